@@ -1,0 +1,121 @@
+//! The application state, the router, and serving it over HTTP and HTTPS with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::Settings;
+use crate::rest;
+use crate::rest::envelope::{Format, render_error};
+use crate::rest::error::ApiError;
+use crate::store::DynStore;
+
+pub struct AppState {
+    pub store: DynStore,
+    pub settings: Settings,
+}
+
+/// Which listener a request came through (the portal's `require_https` setting refuses webhooks over HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    Https,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/rest/{*path}", any(rest::handle))
+        .route("/rest/", any(rest::handle))
+        .fallback(not_found)
+        .with_state(state)
+        // A panic anywhere in a handler becomes the vendor's error envelope, never a stack trace.
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("handler panicked");
+            render_error(&ApiError::internal(), Format::Json)
+        }))
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"ok"}"#).into_response()
+}
+
+async fn not_found() -> Response {
+    render_error(&ApiError::method_not_found(), Format::Json)
+}
+
+async fn mark_transport(transport: Transport, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(transport);
+    next.run(request).await
+}
+
+/// Listeners bound and ready; `serve` runs them until a shutdown signal.
+pub struct Bound {
+    pub http: std::net::TcpListener,
+    pub https: std::net::TcpListener,
+}
+
+impl Bound {
+    pub fn bind(http: SocketAddr, https: SocketAddr) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr| -> anyhow::Result<std::net::TcpListener> {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        };
+        Ok(Self { http: bind(http)?, https: bind(https)? })
+    }
+}
+
+/// Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish, return.
+pub async fn serve(state: Arc<AppState>, bound: Bound, tls: RustlsConfig) -> anyhow::Result<()> {
+    let app = router(state);
+    let http_app = app.clone().layer(middleware::from_fn(|r, n| mark_transport(Transport::Http, r, n)));
+    let https_app = app.layer(middleware::from_fn(|r, n| mark_transport(Transport::Https, r, n)));
+    let handle = Handle::new();
+    let signal_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
+    });
+    let http = axum_server::from_tcp(bound.http)
+        .handle(handle.clone())
+        .serve(http_app.into_make_service_with_connect_info::<SocketAddr>());
+    let https = axum_server::from_tcp_rustls(bound.https, tls)
+        .handle(handle)
+        .serve(https_app.into_make_service_with_connect_info::<SocketAddr>());
+    tokio::try_join!(http, https)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

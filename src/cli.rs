@@ -1,0 +1,149 @@
+//! The command line: `serve`, `state load`, `state export`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, AppState, Bound};
+use crate::config::{ServeArgs, Settings, StorageArgs};
+use crate::fixtures::{self, demo};
+use crate::store::{self, LoadError};
+
+#[derive(Debug, Parser)]
+#[command(name = "crmchat", version, about = "Bitrix24 REST API for Open Channel CRM chats, self-hosted")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the REST API over HTTP and HTTPS.
+    Serve(ServeArgs),
+    /// Load or export the portal state.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Upsert a state file (JSON or YAML) into the database.
+    Load {
+        file: PathBuf,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Print the whole current state as JSON (or write it to --output).
+    Export {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRMCHAT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    // Logs go to standard error: standard output carries command results (`state export`, the demo URL).
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::State(StateCommand::Load { file, storage }) => {
+                let store = store::open(&storage.database_url()).await?;
+                load_file(&store, &file).await?;
+                eprintln!("loaded {}", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::State(StateCommand::Export { output, storage }) => {
+                let store = store::open(&storage.database_url()).await?;
+                let state = store.export_state().await?;
+                let text = serde_json::to_string_pretty(&state)? + "\n";
+                match output {
+                    Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+                    None => std::io::stdout().write_all(text.as_bytes())?,
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+async fn load_file(store: &store::DynStore, file: &std::path::Path) -> anyhow::Result<()> {
+    let document =
+        fixtures::read_document(file).map_err(|e| anyhow::anyhow!("{}: invalid portal state:\n{e}", file.display()))?;
+    match store.load_state(document.state, document.has_portal).await {
+        Ok(()) => Ok(()),
+        Err(LoadError::Invalid(errors)) => {
+            anyhow::bail!("{}: invalid portal state:\n{errors}", file.display())
+        }
+        Err(LoadError::Store(e)) => Err(e.into()),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = args.storage.database_url();
+    let store = store::open(&url).await.with_context(|| format!("opening {}", store::redact_url(&url)))?;
+    if args.demo && !store.is_initialized().await? {
+        store
+            .load_state(demo::demo_state(), true)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the demo portal: {e}"))?;
+    }
+    if let Some(file) = &args.fixture {
+        load_file(&store, file).await?;
+    }
+    let portal = store.portal().await?;
+    let cert = crate::tls::ensure_certificate(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        &args.storage.data_dir,
+        &portal.domain,
+    )?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert, &cert.key)
+        .await
+        .with_context(|| format!("loading the TLS certificate {}", cert.cert.display()))?;
+    let bound = Bound::bind(args.http, args.https)?;
+    let (http, https) = (bound.http.local_addr()?, bound.https.local_addr()?);
+    let settings = Settings { max_body_bytes: args.max_body_bytes, ..Settings::default() };
+    let state = Arc::new(AppState { store, settings });
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;
+    writeln!(out, "http: http://{http}")?;
+    writeln!(out, "https: https://{https}")?;
+    writeln!(out, "tls certificate: {}{}", cert.cert.display(), if cert.generated { " (new)" } else { "" })?;
+    if args.demo {
+        let hook = format!("http://{http}/rest/{}/{}/", demo::DEMO_WEBHOOK_USER, demo::DEMO_WEBHOOK_CODE);
+        writeln!(out, "webhook: {hook}")?;
+        writeln!(
+            out,
+            "try: curl -s {hook}imopenlines.crm.chat.user.delete.json -H 'Content-Type: application/json' \
+             -d '{{\"CRM_ENTITY_TYPE\":\"deal\",\"CRM_ENTITY\":288,\"USER_ID\":12}}'"
+        )?;
+        writeln!(
+            out,
+            "     curl -s --cacert {} https://localhost:{}/rest/{}/{}/imopenlines.crm.chat.user.delete.json ...",
+            cert.cert.display(),
+            https.port(),
+            demo::DEMO_WEBHOOK_USER,
+            demo::DEMO_WEBHOOK_CODE
+        )?;
+    }
+    writeln!(out, "ready")?;
+    out.flush()?;
+    drop(out);
+    app::serve(state, bound, tls).await?;
+    Ok(ExitCode::SUCCESS)
+}

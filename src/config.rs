@@ -1,0 +1,61 @@
+//! Typed settings for `serve`, from flags and `CRMCHAT_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Directory for the embedded database and the generated TLS certificate.
+    #[arg(long, env = "CRMCHAT_DATA_DIR", default_value = "./crmchat-data")]
+    pub data_dir: PathBuf,
+    /// Database URL; default `sqlite://<data-dir>/crmchat.db`.
+    #[arg(long, env = "CRMCHAT_DATABASE")]
+    pub database: Option<String>,
+}
+
+impl StorageArgs {
+    pub fn database_url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| format!("sqlite://{}/crmchat.db", self.data_dir.display()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Plain HTTP listener.
+    #[arg(long, env = "CRMCHAT_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// HTTPS listener.
+    #[arg(long, env = "CRMCHAT_HTTPS", default_value = "127.0.0.1:8443")]
+    pub https: SocketAddr,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// A portal state file (JSON or YAML) to load at start-up, before accepting requests.
+    #[arg(long, env = "CRMCHAT_FIXTURE")]
+    pub fixture: Option<PathBuf>,
+    /// Load the built-in demo portal (when the database is still empty) and print a webhook URL to try.
+    #[arg(long, env = "CRMCHAT_DEMO")]
+    pub demo: bool,
+    /// TLS certificate (PEM); without it a self-signed one is created in `<data-dir>/tls/`.
+    #[arg(long, env = "CRMCHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "CRMCHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "CRMCHAT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// Settings the request path needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    pub param_limits: crate::rest::params::Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { max_body_bytes: 1024 * 1024, param_limits: Default::default() }
+    }
+}

@@ -1,0 +1,12 @@
+//! crmchat: a self-hosted server implementing the Bitrix24 REST API for Open Channel chats bound to CRM
+//! records.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod fixtures;
+pub mod methods;
+pub mod rest;
+pub mod store;
+pub mod tls;

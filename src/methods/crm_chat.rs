@@ -1,0 +1,147 @@
+//! `imopenlines.crm.chat.*`: the chats of CRM records and their members.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::args::{is_empty, php_numeric_int, strict_int};
+use super::{CallContext, MethodFuture, MethodResult, Params};
+use crate::domain::rules::{can_read_record, chat_belongs_to_record, last_chat, line_allows};
+use crate::domain::{CrmEntityType, CrmRecord, SessionLink};
+use crate::rest::error::ApiError;
+use crate::store::{Change, ChangeOutcome};
+
+pub fn user_delete_handler<'a>(ctx: &'a CallContext, params: &'a Params) -> MethodFuture<'a> {
+    Box::pin(user_delete(ctx, params))
+}
+
+/// `imopenlines.crm.chat.user.delete`: remove a user or bot from the chat of a CRM record.
+pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
+    // 1, 1b: a USER_ID of 0 or below counts as missing, as on the reference; garbage is refused [crmchat].
+    let user_id = match strict_int(params.get("USER_ID")) {
+        _ if is_empty(params.get("USER_ID")) => return Err(empty_user()),
+        Some(id) if id <= 0 => return Err(empty_user()),
+        Some(id) => id,
+        None => return Err(ApiError::argument_invalid_type("USER_ID")),
+    };
+    // 2
+    if is_empty(params.get("CRM_ENTITY_TYPE")) || is_empty(params.get("CRM_ENTITY")) {
+        return Err(ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Empty CRM data"));
+    }
+    // 3, 3b
+    let entity_id = crm_entity(params)?;
+    let requested_chat = chat_id_param(params)?;
+    // 4
+    require_im(ctx)?;
+    // 5
+    let Some(record) = readable_record(ctx, params, entity_id).await? else {
+        return Err(ApiError::access_denied("You don't have access to join user to chat"));
+    };
+    // 6, 7: with no chat bound to the record the reference answers 0 and never looks at USER_ID.
+    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
+    let Some(chat_id) = requested_chat.or_else(|| last_chat(&links)) else {
+        return Ok(json!(0).into());
+    };
+    // 8
+    ensure_chat_in_record(&links, chat_id)?;
+    // 9: the reference OR-s the line permission with the CRM read check of row 5, so only the portal's
+    // `strict_line_permissions` setting makes this row reachable.
+    if !may_join_line(ctx, chat_id, &record).await? {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CHAT_DELETE_USER_PERMISSION_DENIED",
+            "You don't have access to delete a user from this chat",
+        ));
+    }
+    // 10
+    match ctx.store.user(user_id).await? {
+        Some(user) if user.active => {}
+        _ => return Err(ApiError::bad_request("CRM_CHAT_USER_NOT_ACTIVE", "User not active")),
+    }
+    // 11, 12: the membership check and the removal are one atomic step, so parallel removals of the same
+    // member give exactly one success.
+    let change = Change::RemoveMember { chat_id, user_id, record: (record.entity_type, record.id), at_ms: ctx.now_ms };
+    match ctx.store.apply(change).await? {
+        ChangeOutcome::MemberRemoved { .. } => Ok(json!(chat_id).into()),
+        ChangeOutcome::NotAMember => {
+            // The documentation names WRONG_REQUEST here; the real server answers with the messenger's error.
+            Err(ApiError::bad_request("USER_NOT_FOUND", "The specified user is not in chat."))
+        }
+    }
+}
+
+fn empty_user() -> ApiError {
+    ApiError::bad_request("CRM_CHAT_EMPTY_USER", "Empty User ID")
+}
+
+/// `CRM_ENTITY`: numeric in PHP's sense with an integer part above zero.
+pub(crate) fn crm_entity(params: &Params) -> Result<i64, ApiError> {
+    match php_numeric_int(params.get("CRM_ENTITY")) {
+        Some(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::argument_invalid_type("CRM_ENTITY")),
+    }
+}
+
+/// `CHAT_ID`: empty means "the record's last chat"; otherwise a positive integer [crmchat: the reference
+/// casts garbage to 0 and reports success].
+pub(crate) fn chat_id_param(params: &Params) -> Result<Option<i64>, ApiError> {
+    let value = params.get("CHAT_ID");
+    if is_empty(value) {
+        return Ok(None);
+    }
+    match strict_int(value) {
+        Some(id) if id > 0 => Ok(Some(id)),
+        _ => Err(ApiError::argument_invalid_type("CHAT_ID")),
+    }
+}
+
+pub(crate) fn require_im(ctx: &CallContext) -> Result<(), ApiError> {
+    if ctx.portal.has_module("im") {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("IM_NOT_INSTALLED", "Messenger is not installed."))
+    }
+}
+
+/// The record named by `CRM_ENTITY_TYPE`/`CRM_ENTITY` when the caller may read it. An unknown type is not
+/// an error of its own: nobody can read such a record. A record id that does not exist is judged by the
+/// caller's level for the type, as the reference's permission check does (it then has no chats).
+pub(crate) async fn readable_record(
+    ctx: &CallContext,
+    params: &Params,
+    entity_id: i64,
+) -> Result<Option<CrmRecord>, ApiError> {
+    let type_text = super::args::as_text(params.get("CRM_ENTITY_TYPE")).unwrap_or_default();
+    let Some(entity_type) = CrmEntityType::parse(&type_text) else {
+        return Ok(None);
+    };
+    let record = ctx.store.crm_record(entity_type, entity_id).await?.unwrap_or(CrmRecord {
+        entity_type,
+        id: entity_id,
+        responsible: 0,
+        observers: Vec::new(),
+    });
+    Ok(can_read_record(&ctx.caller, &record).then_some(record))
+}
+
+pub(crate) fn ensure_chat_in_record(links: &[SessionLink], chat_id: i64) -> Result<(), ApiError> {
+    if chat_belongs_to_record(links, chat_id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("CHAT_NOT_IN_CRM", "Chat does not belong to the CRM entity being checked"))
+    }
+}
+
+/// May the caller manage members of the chat? Line `join` permission, or (unless the portal is strict)
+/// read access to the record.
+pub(crate) async fn may_join_line(ctx: &CallContext, chat_id: i64, record: &CrmRecord) -> Result<bool, ApiError> {
+    if !ctx.portal.strict_line_permissions && can_read_record(&ctx.caller, record) {
+        return Ok(true);
+    }
+    let Some(chat) = ctx.store.chat(chat_id).await? else {
+        return Ok(false);
+    };
+    let Some(line) = ctx.store.line(chat.line_id).await? else {
+        return Ok(false);
+    };
+    Ok(line_allows(&ctx.caller, ctx.caller.line_join, &line))
+}

@@ -1,0 +1,44 @@
+//! The vendor methods, one function per method, each reading like its table in `shared/spec/methods.md`.
+
+pub mod args;
+pub mod crm_chat;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{Map, Value};
+
+use crate::domain::{PortalSettings, User};
+use crate::rest::error::ApiError;
+use crate::store::DynStore;
+
+pub type Params = Map<String, Value>;
+
+/// Everything a method may use: the store, the portal's settings and the authenticated caller.
+pub struct CallContext {
+    pub store: DynStore,
+    pub portal: PortalSettings,
+    pub caller: User,
+    /// The scopes granted to the caller's webhook or application token.
+    pub scopes: Vec<String>,
+    pub now_ms: i64,
+}
+
+/// A method's answer: `result`, and `total`/`next` for list methods only (a client starts paging when it
+/// sees `next`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub result: Value,
+    pub total: Option<i64>,
+    pub next: Option<i64>,
+}
+
+impl From<Value> for Output {
+    fn from(result: Value) -> Self {
+        Self { result, total: None, next: None }
+    }
+}
+
+pub type MethodResult = Result<Output, ApiError>;
+pub type MethodFuture<'a> = Pin<Box<dyn Future<Output = MethodResult> + Send + 'a>>;
+pub type Handler = for<'a> fn(&'a CallContext, &'a Params) -> MethodFuture<'a>;

@@ -1,0 +1,153 @@
+//! The Bitrix24 REST wire protocol: URLs, parameters, authentication, envelopes and dispatch.
+
+pub mod auth;
+pub mod envelope;
+pub mod error;
+pub mod params;
+pub mod registry;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+
+use self::envelope::{Format, Timing, render, render_error, success_body, unix_now};
+use self::error::ApiError;
+use crate::app::{AppState, Transport};
+use crate::methods::{CallContext, Params};
+
+/// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.
+#[derive(Debug, PartialEq)]
+pub struct RestPath<'a> {
+    pub webhook: Option<(&'a str, &'a str)>,
+    /// Lower-cased, without the format suffix.
+    pub method: String,
+    pub format: Format,
+}
+
+pub fn parse_path(path: &str) -> Option<RestPath<'_>> {
+    let rest = path.strip_prefix("/rest/")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (webhook, method) = match segments.as_slice() {
+        [method] => (None, *method),
+        [user, code, method] => (Some((*user, *code)), *method),
+        _ => return None,
+    };
+    let mut method = method.to_ascii_lowercase();
+    let mut format = Format::Json;
+    if let Some(stripped) = method.strip_suffix(".json") {
+        method = stripped.to_string();
+    } else if let Some(stripped) = method.strip_suffix(".xml") {
+        method = stripped.to_string();
+        format = Format::Xml;
+    }
+    if method.is_empty() {
+        return None;
+    }
+    Some(RestPath { webhook, method, format })
+}
+
+/// Every `/rest/...` request: method lookup (404) → parameters → authentication and scope (401) → method.
+pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let start = unix_now();
+    let (parts, body) = request.into_parts();
+    let transport = parts.extensions.get::<Transport>().copied().unwrap_or(Transport::Http);
+    let path = parts.uri.path().to_string();
+    let Some(rest_path) = parse_path(&path) else {
+        return render_error(&ApiError::method_not_found(), Format::Json);
+    };
+    let format = rest_path.format;
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let result = call(&app, &rest_path, transport, parts.uri.query(), &parts.headers, body, start).await;
+    let response = match &result {
+        Ok((status, body)) => render(*status, body, format),
+        Err(err) => render_error(err, format),
+    };
+    // Only the method name is logged: the path holds the webhook code and parameters may hold tokens.
+    tracing::info!(
+        method = %rest_path.method,
+        status = response.status().as_u16(),
+        error = result.as_ref().err().map(|e| e.code).unwrap_or(""),
+        request_id = %request_id,
+        elapsed_ms = (unix_now() - start) * 1000.0,
+        "rest call"
+    );
+    response
+}
+
+async fn call(
+    app: &AppState,
+    rest_path: &RestPath<'_>,
+    transport: Transport,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    start: f64,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let Some(method) = registry::find(&rest_path.method) else {
+        return Err(ApiError::method_not_found());
+    };
+    let mut params = read_params(app, query, headers, body).await?;
+    let credentials = auth::extract(rest_path.webhook, headers, &mut params);
+    let portal = app.store.portal().await?;
+    if portal.require_https && transport == Transport::Http && matches!(credentials, auth::Credentials::Webhook { .. })
+    {
+        return Err(ApiError::https_required());
+    }
+    let caller = auth::authenticate(&app.store, credentials).await?;
+    if let Some(scope) = method.scope
+        && !caller.has_scope(scope)
+    {
+        return Err(caller.insufficient_scope());
+    }
+    let ctx = CallContext {
+        store: app.store.clone(),
+        portal,
+        caller: caller.user.clone(),
+        scopes: caller.scopes.clone(),
+        now_ms: (start * 1000.0) as i64,
+    };
+    let method_start = unix_now();
+    let output = (method.handler)(&ctx, &params).await?;
+    let finish = unix_now();
+    let timing = Timing {
+        start,
+        finish,
+        processing: finish - method_start,
+        operating: 0.0,
+        operating_reset_at: start as i64 + 600,
+    };
+    Ok((StatusCode::OK, success_body(&output, &timing)))
+}
+
+async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {
+    let bytes =
+        axum::body::to_bytes(body, app.settings.max_body_bytes).await.map_err(|_| ApiError::payload_too_large())?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    params::parse_request(query, content_type, &bytes, &app.settings.param_limits)
+        .await
+        .map_err(|e| ApiError::bad_request("ERROR_ARGUMENT", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_four_url_shapes() {
+        let p = parse_path("/rest/imopenlines.crm.chat.getLastId.json").unwrap();
+        assert_eq!((p.webhook, p.method.as_str(), p.format), (None, "imopenlines.crm.chat.getlastid", Format::Json));
+        let p = parse_path("/rest/server.time/").unwrap();
+        assert_eq!(p.method, "server.time");
+        let p = parse_path("/rest/1/abc/Method.XML").unwrap();
+        assert_eq!((p.webhook, p.method.as_str(), p.format), (Some(("1", "abc")), "method", Format::Xml));
+        let p = parse_path("/rest/1/abc/method/").unwrap();
+        assert_eq!(p.webhook, Some(("1", "abc")));
+        assert!(parse_path("/rest/1/method").is_none());
+        assert!(parse_path("/rest/").is_none());
+        assert!(parse_path("/rest/a/b/c/d").is_none());
+    }
+}

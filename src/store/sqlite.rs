@@ -1,0 +1,657 @@
+//! The embedded SQLite backend: WAL, `synchronous=FULL`, foreign keys on; one writer connection so that
+//! write transactions never contend, and a pool of readers that never wait for it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{Change, ChangeOutcome, LoadError, Store, StoreError, StoreResult, WebhookCredential};
+use crate::domain::{
+    Chat, CrmEntityType, CrmRecord, Line, LineLevel, Member, PortalSettings, ReadLevel, SessionLink, SessionStatus,
+    User, UserKind, rules,
+};
+use crate::fixtures::{self, PortalState, StatusDef};
+
+pub struct SqliteStore {
+    readers: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every acknowledged change must survive a crash the moment after the response.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt(format!("create {dir:?}: {e}")))?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { readers, writer })
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction never fails half-way because another
+    /// process (a `state load` next to the server) wrote in between.
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn read_level(s: &str) -> StoreResult<ReadLevel> {
+    ReadLevel::parse(s).ok_or_else(|| StoreError::Corrupt(format!("read level {s:?}")))
+}
+
+fn line_level(s: &str) -> StoreResult<LineLevel> {
+    LineLevel::parse(s).ok_or_else(|| StoreError::Corrupt(format!("line level {s:?}")))
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<User> {
+    let kind: String = row.get("kind");
+    Ok(User {
+        id: row.get("id"),
+        name: row.get("name"),
+        last_name: row.get("last_name"),
+        active: row.get("active"),
+        kind: UserKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("user kind {kind:?}")))?,
+        admin: row.get("admin"),
+        crm_read: [
+            read_level(row.get("crm_read_lead"))?,
+            read_level(row.get("crm_read_deal"))?,
+            read_level(row.get("crm_read_contact"))?,
+            read_level(row.get("crm_read_company"))?,
+        ],
+        line_join: line_level(row.get("line_join"))?,
+        line_history: line_level(row.get("line_history"))?,
+    })
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+}
+
+pub(crate) fn ms_to_rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub(crate) fn rfc3339_to_ms(s: &str) -> StoreResult<i64> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| StoreError::Corrupt(format!("date {s:?}: {e}")))
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn portal(&self) -> StoreResult<PortalSettings> {
+        let row = sqlx::query(
+            "SELECT domain, language, modules, plan, strict_line_permissions, require_https FROM portal WHERE id = 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(row) = row else {
+            return Ok(PortalSettings::from(&fixtures::PortalSettings::default()));
+        };
+        Ok(PortalSettings {
+            domain: row.get("domain"),
+            language: row.get("language"),
+            modules: split_list(row.get("modules")),
+            plan: row.get("plan"),
+            strict_line_permissions: row.get("strict_line_permissions"),
+            require_https: row.get("require_https"),
+        })
+    }
+
+    async fn webhook(&self, user_id: i64, code_sha256: &str) -> StoreResult<Option<WebhookCredential>> {
+        let row = sqlx::query("SELECT id, user_id, scopes FROM webhooks WHERE code_sha256 = $1 AND user_id = $2")
+            .bind(code_sha256)
+            .bind(user_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|r| WebhookCredential {
+            id: r.get("id"),
+            user_id: r.get("user_id"),
+            scopes: split_list(r.get("scopes")),
+        }))
+    }
+
+    async fn user(&self, id: i64) -> StoreResult<Option<User>> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.readers).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn crm_record(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Option<CrmRecord>> {
+        let Some(row) = sqlx::query("SELECT responsible FROM crm_records WHERE entity_type = $1 AND id = $2")
+            .bind(entity_type.as_str())
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let observers = sqlx::query_scalar(
+            "SELECT user_id FROM crm_observers WHERE entity_type = $1 AND entity_id = $2 ORDER BY position",
+        )
+        .bind(entity_type.as_str())
+        .bind(id)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(Some(CrmRecord { entity_type, id, responsible: row.get("responsible"), observers }))
+    }
+
+    async fn record_sessions(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Vec<SessionLink>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.chat_id, s.status, s.modified_ms, c.connector_id, \
+                    COALESCE(k.title, '') AS title, COALESCE(k.active, FALSE) AS connector_active \
+             FROM session_crm sc \
+             JOIN sessions s ON s.id = sc.session_id \
+             JOIN chats c ON c.id = s.chat_id \
+             LEFT JOIN connectors k ON k.line_id = c.line_id AND k.id = c.connector_id \
+             WHERE sc.entity_type = $1 AND sc.entity_id = $2",
+        )
+        .bind(entity_type.as_str())
+        .bind(id)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionLink {
+                session_id: r.get("id"),
+                chat_id: r.get("chat_id"),
+                status: SessionStatus(r.get("status")),
+                modified: r.get("modified_ms"),
+                connector_id: r.get("connector_id"),
+                connector_title: r.get("title"),
+                connector_active: r.get("connector_active"),
+            })
+            .collect())
+    }
+
+    async fn chat(&self, id: i64) -> StoreResult<Option<Chat>> {
+        let row = sqlx::query("SELECT id, line_id, connector_id, author_id FROM chats WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|r| Chat {
+            id: r.get("id"),
+            line_id: r.get("line_id"),
+            connector_id: r.get("connector_id"),
+            author: r.get("author_id"),
+        }))
+    }
+
+    async fn line(&self, id: i64) -> StoreResult<Option<Line>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM lines WHERE id = $1").bind(id).fetch_optional(&self.readers).await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let queue = sqlx::query_scalar("SELECT user_id FROM line_queue WHERE line_id = $1 ORDER BY position")
+            .bind(id)
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(Some(Line { id, queue }))
+    }
+
+    async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2")
+            .bind(chat_id)
+            .bind(user_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
+        let mut tx = self.begin_write().await?;
+        let outcome = match change {
+            Change::RemoveMember { chat_id, user_id, record, at_ms } => {
+                remove_member(&mut tx, chat_id, user_id, record, at_ms).await?
+            }
+        };
+        match outcome {
+            ChangeOutcome::NotAMember => tx.rollback().await?,
+            _ => tx.commit().await?,
+        }
+        Ok(outcome)
+    }
+
+    async fn export_state(&self) -> StoreResult<PortalState> {
+        let mut conn = self.readers.acquire().await?;
+        // One read transaction, so the export is a consistent snapshot even while the server writes.
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        let state = export(&mut conn).await;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        state
+    }
+
+    async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
+        let mut tx = self.begin_write().await?;
+        let existing = export(&mut tx).await?;
+        let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
+        replace_all(&mut tx, &merged).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn is_initialized(&self) -> StoreResult<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM portal WHERE id = 1").fetch_optional(&self.readers).await?;
+        Ok(found.is_some())
+    }
+}
+
+async fn remove_member(
+    tx: &mut Transaction<'static, Sqlite>,
+    chat_id: i64,
+    user_id: i64,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<ChangeOutcome> {
+    let deleted = sqlx::query("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2")
+        .bind(chat_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Ok(ChangeOutcome::NotAMember);
+    }
+    let rows = sqlx::query(
+        "SELECT m.user_id, u.kind, u.active FROM chat_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.chat_id = $1 ORDER BY m.join_seq",
+    )
+    .bind(chat_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let remaining: Vec<Member> = rows
+        .iter()
+        .map(|r| Member {
+            user_id: r.get("user_id"),
+            kind: UserKind::parse(r.get("kind")).unwrap_or(UserKind::Employee),
+            active: r.get("active"),
+        })
+        .collect();
+    let author: Option<i64> =
+        sqlx::query_scalar("SELECT author_id FROM chats WHERE id = $1").bind(chat_id).fetch_one(&mut **tx).await?;
+    let new_author = if author == Some(user_id) { rules::next_author(&remaining, user_id).or(author) } else { author };
+    let member_count = remaining.len() as i64;
+    sqlx::query("UPDATE chats SET member_count = $1, author_id = $2 WHERE id = $3")
+        .bind(member_count)
+        .bind(new_author)
+        .bind(chat_id)
+        .execute(&mut **tx)
+        .await?;
+    let mut recipients: Vec<i64> = remaining.iter().map(|m| m.user_id).collect();
+    recipients.push(user_id);
+    let notification = serde_json::json!({
+        "chat_id": chat_id, "user_id": user_id, "user_count": member_count, "recipients": recipients,
+    });
+    sqlx::query("INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)")
+        .bind(chat_id)
+        .bind("chatUserLeave")
+        .bind(notification.to_string())
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await?;
+    let event = serde_json::json!({
+        "CHAT_ID": chat_id, "USER_ID": user_id, "CRM_ENTITY_TYPE": record.0.as_upper(),
+        "CRM_ENTITY": record.1, "USER_COUNT": member_count,
+    });
+    sqlx::query("INSERT INTO outbox (event, payload, created_ms) VALUES ($1, $2, $3)")
+        .bind("ONCRMCHATUSERDELETE")
+        .bind(event.to_string())
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
+}
+
+async fn export(conn: &mut sqlx::SqliteConnection) -> StoreResult<PortalState> {
+    use crate::fixtures::*;
+    let mut state = PortalState::default();
+    if let Some(r) = sqlx::query("SELECT * FROM portal WHERE id = 1").fetch_optional(&mut *conn).await? {
+        state.portal = fixtures::PortalSettings {
+            domain: r.get("domain"),
+            language: r.get("language"),
+            modules: split_list(r.get("modules")),
+            plan: r.get("plan"),
+            strict_line_permissions: r.get("strict_line_permissions"),
+            require_https: r.get("require_https"),
+        };
+    }
+    for r in sqlx::query("SELECT * FROM users ORDER BY id").fetch_all(&mut *conn).await? {
+        let u = user_from_row(&r)?;
+        state.users.push(UserDef {
+            id: u.id,
+            name: u.name,
+            last_name: u.last_name,
+            active: u.active,
+            kind: u.kind.as_str().into(),
+            admin: u.admin,
+            crm_read: CrmReadDef {
+                lead: u.crm_read[0].as_str().into(),
+                deal: u.crm_read[1].as_str().into(),
+                contact: u.crm_read[2].as_str().into(),
+                company: u.crm_read[3].as_str().into(),
+            },
+            lines: LinePermsDef { join: u.line_join.as_str().into(), history: u.line_history.as_str().into() },
+        });
+    }
+    let observers = sqlx::query("SELECT entity_type, entity_id, user_id FROM crm_observers ORDER BY position")
+        .fetch_all(&mut *conn)
+        .await?;
+    for r in sqlx::query("SELECT * FROM crm_records ORDER BY entity_type, id").fetch_all(&mut *conn).await? {
+        let (t, id): (String, i64) = (r.get("entity_type"), r.get("id"));
+        state.crm.push(CrmDef {
+            observers: observers
+                .iter()
+                .filter(|o| o.get::<String, _>("entity_type") == t && o.get::<i64, _>("entity_id") == id)
+                .map(|o| o.get("user_id"))
+                .collect(),
+            entity_type: t,
+            id,
+            title: r.get("title"),
+            responsible: r.get("responsible"),
+        });
+    }
+    let queue = sqlx::query("SELECT line_id, user_id FROM line_queue ORDER BY position").fetch_all(&mut *conn).await?;
+    let connectors = sqlx::query("SELECT * FROM connectors ORDER BY position").fetch_all(&mut *conn).await?;
+    for r in sqlx::query("SELECT * FROM lines ORDER BY id").fetch_all(&mut *conn).await? {
+        let id: i64 = r.get("id");
+        state.lines.push(LineDef {
+            id,
+            name: r.get("name"),
+            queue: queue.iter().filter(|q| q.get::<i64, _>("line_id") == id).map(|q| q.get("user_id")).collect(),
+            connectors: connectors
+                .iter()
+                .filter(|c| c.get::<i64, _>("line_id") == id)
+                .map(|c| ConnectorDef { id: c.get("id"), title: c.get("title"), active: c.get("active") })
+                .collect(),
+        });
+    }
+    let mut chats: Vec<ChatDef> = sqlx::query("SELECT * FROM chats ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| ChatDef {
+            id: r.get("id"),
+            line: r.get("line_id"),
+            connector: r.get("connector_id"),
+            author: r.get("author_id"),
+            members: Vec::new(),
+            sessions: Vec::new(),
+            messages: Vec::new(),
+        })
+        .collect();
+    let index: std::collections::HashMap<i64, usize> = chats.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+    let chat_of = |id: i64| index.get(&id).copied().ok_or_else(|| StoreError::Corrupt(format!("chat {id}")));
+    for r in sqlx::query("SELECT chat_id, user_id FROM chat_members ORDER BY chat_id, join_seq")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        chats[chat_of(r.get("chat_id"))?].members.push(r.get("user_id"));
+    }
+    let links = sqlx::query("SELECT session_id, entity_type, entity_id FROM session_crm ORDER BY session_id, position")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut links_by_session: std::collections::HashMap<i64, Vec<CrmRefDef>> = Default::default();
+    for l in &links {
+        links_by_session
+            .entry(l.get("session_id"))
+            .or_default()
+            .push(CrmRefDef { entity_type: l.get("entity_type"), id: l.get("entity_id") });
+    }
+    for r in sqlx::query("SELECT * FROM sessions ORDER BY chat_id, id").fetch_all(&mut *conn).await? {
+        let id: i64 = r.get("id");
+        chats[chat_of(r.get("chat_id"))?].sessions.push(SessionDef {
+            id,
+            status: StatusDef::Name(SessionStatus(r.get("status")).name().into()),
+            modified: ms_to_rfc3339(r.get("modified_ms")),
+            crm: links_by_session.remove(&id).unwrap_or_default(),
+        });
+    }
+    for r in sqlx::query("SELECT * FROM messages ORDER BY chat_id, id").fetch_all(&mut *conn).await? {
+        chats[chat_of(r.get("chat_id"))?].messages.push(MessageDef {
+            id: r.get("id"),
+            author: r.get("author_id"),
+            text: r.get("text"),
+            date: ms_to_rfc3339(r.get("date_ms")),
+        });
+    }
+    state.chats = chats;
+    for r in sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&mut *conn).await? {
+        state.webhooks.push(WebhookDef {
+            id: Some(r.get("id")),
+            user: r.get("user_id"),
+            code: None,
+            code_sha256: Some(r.get("code_sha256")),
+            scopes: split_list(r.get("scopes")),
+        });
+    }
+    for r in sqlx::query("SELECT * FROM apps ORDER BY client_id").fetch_all(&mut *conn).await? {
+        state.apps.push(AppDef {
+            client_id: r.get("client_id"),
+            client_secret: None,
+            secret_sha256: Some(r.get("secret_sha256")),
+            scopes: split_list(r.get("scopes")),
+            application_token: r.get("application_token"),
+        });
+    }
+    Ok(state)
+}
+
+/// Write a complete, validated state in place of the stored one. Notifications and the outbox are history,
+/// not state, and stay.
+async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState) -> StoreResult<()> {
+    for table in [
+        "messages",
+        "session_crm",
+        "sessions",
+        "chat_members",
+        "chats",
+        "connectors",
+        "line_queue",
+        "lines",
+        "crm_observers",
+        "crm_records",
+        "webhooks",
+        "apps",
+        "users",
+        "portal",
+    ] {
+        sqlx::query(&format!("DELETE FROM {table}")).execute(&mut **tx).await?;
+    }
+    let p = &state.portal;
+    sqlx::query(
+        "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https) \
+         VALUES (1, $1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&p.domain)
+    .bind(&p.language)
+    .bind(p.modules.join(","))
+    .bind(&p.plan)
+    .bind(p.strict_line_permissions)
+    .bind(p.require_https)
+    .execute(&mut **tx)
+    .await?;
+    for u in &state.users {
+        sqlx::query(
+            "INSERT INTO users (id, name, last_name, active, kind, admin, crm_read_lead, crm_read_deal, \
+             crm_read_contact, crm_read_company, line_join, line_history) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(u.id)
+        .bind(&u.name)
+        .bind(&u.last_name)
+        .bind(u.active)
+        .bind(&u.kind)
+        .bind(u.admin)
+        .bind(&u.crm_read.lead)
+        .bind(&u.crm_read.deal)
+        .bind(&u.crm_read.contact)
+        .bind(&u.crm_read.company)
+        .bind(&u.lines.join)
+        .bind(&u.lines.history)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for c in &state.crm {
+        sqlx::query("INSERT INTO crm_records (entity_type, id, title, responsible) VALUES ($1, $2, $3, $4)")
+            .bind(&c.entity_type)
+            .bind(c.id)
+            .bind(&c.title)
+            .bind(c.responsible)
+            .execute(&mut **tx)
+            .await?;
+        for (pos, o) in c.observers.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO crm_observers (entity_type, entity_id, user_id, position) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&c.entity_type)
+            .bind(c.id)
+            .bind(o)
+            .bind(pos as i64)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    for l in &state.lines {
+        sqlx::query("INSERT INTO lines (id, name) VALUES ($1, $2)").bind(l.id).bind(&l.name).execute(&mut **tx).await?;
+        for (pos, u) in l.queue.iter().enumerate() {
+            sqlx::query("INSERT INTO line_queue (line_id, user_id, position) VALUES ($1, $2, $3)")
+                .bind(l.id)
+                .bind(u)
+                .bind(pos as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for (pos, k) in l.connectors.iter().enumerate() {
+            sqlx::query("INSERT INTO connectors (line_id, id, title, active, position) VALUES ($1, $2, $3, $4, $5)")
+                .bind(l.id)
+                .bind(&k.id)
+                .bind(&k.title)
+                .bind(k.active)
+                .bind(pos as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    let now = now_ms();
+    for c in &state.chats {
+        sqlx::query(
+            "INSERT INTO chats (id, line_id, connector_id, author_id, member_count, next_join_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(c.id)
+        .bind(c.line)
+        .bind(&c.connector)
+        .bind(c.author)
+        .bind(c.members.len() as i64)
+        .bind(c.members.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+        for (seq, m) in c.members.iter().enumerate() {
+            sqlx::query("INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) VALUES ($1, $2, $3, $4)")
+                .bind(c.id)
+                .bind(m)
+                .bind(seq as i64)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for s in &c.sessions {
+            let status = match &s.status {
+                StatusDef::Code(code) => SessionStatus::from_code(*code),
+                StatusDef::Name(name) => SessionStatus::from_name(name),
+            }
+            .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
+            sqlx::query("INSERT INTO sessions (id, chat_id, status, modified_ms) VALUES ($1, $2, $3, $4)")
+                .bind(s.id)
+                .bind(c.id)
+                .bind(status.0)
+                .bind(rfc3339_to_ms(&s.modified)?)
+                .execute(&mut **tx)
+                .await?;
+            for (pos, r) in s.crm.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO session_crm (session_id, entity_type, entity_id, position) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(s.id)
+                .bind(&r.entity_type)
+                .bind(r.id)
+                .bind(pos as i64)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        for m in &c.messages {
+            sqlx::query("INSERT INTO messages (id, chat_id, author_id, text, date_ms) VALUES ($1, $2, $3, $4, $5)")
+                .bind(m.id)
+                .bind(c.id)
+                .bind(m.author)
+                .bind(&m.text)
+                .bind(rfc3339_to_ms(&m.date)?)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    for w in &state.webhooks {
+        let hash = w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
+        sqlx::query("INSERT INTO webhooks (id, user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(w.id)
+            .bind(w.user)
+            .bind(hash)
+            .bind(w.scopes.join(","))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for a in &state.apps {
+        let hash = a.secret_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("app without hash".into()))?;
+        sqlx::query("INSERT INTO apps (client_id, secret_sha256, scopes, application_token) VALUES ($1, $2, $3, $4)")
+            .bind(&a.client_id)
+            .bind(hash)
+            .bind(a.scopes.join(","))
+            .bind(&a.application_token)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+impl From<&fixtures::PortalSettings> for PortalSettings {
+    fn from(p: &fixtures::PortalSettings) -> Self {
+        PortalSettings {
+            domain: p.domain.clone(),
+            language: p.language.clone(),
+            modules: p.modules.clone(),
+            plan: p.plan.clone(),
+            strict_line_permissions: p.strict_line_permissions,
+            require_https: p.require_https,
+        }
+    }
+}
