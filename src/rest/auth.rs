@@ -2,10 +2,10 @@
 
 use axum::http::HeaderMap;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::domain::User;
+use crate::fixtures::validate::sha256_hex;
 use crate::methods::Params;
 use crate::store::DynStore;
 
@@ -80,10 +80,6 @@ pub fn extract(webhook: Option<(&str, &str)>, headers: &HeaderMap, params: &mut 
         (None, Some(token)) => Credentials::Token(token),
         (None, None) => Credentials::None,
     }
-}
-
-pub fn sha256_hex(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// Check credentials against the store. Secrets are compared by their SHA-256 only; the clear value is
