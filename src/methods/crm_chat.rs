@@ -4,15 +4,11 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::args::{is_empty, php_numeric_int, strict_int};
-use super::{CallContext, MethodFuture, MethodResult, Params};
-use crate::domain::rules::{can_read_record, chat_belongs_to_record, last_chat, line_allows};
+use super::{CallContext, MethodResult, Params};
+use crate::domain::rules::{can_read_record, chat_belongs_to_record, last_chat, line_allows, record_chats};
 use crate::domain::{CrmEntityType, CrmRecord, SessionLink};
 use crate::rest::error::ApiError;
 use crate::store::{Change, ChangeOutcome};
-
-pub fn user_delete_handler<'a>(ctx: &'a CallContext, params: &'a Params) -> MethodFuture<'a> {
-    Box::pin(user_delete(ctx, params))
-}
 
 /// `imopenlines.crm.chat.user.delete`: remove a user or bot from the chat of a CRM record.
 pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
@@ -62,11 +58,121 @@ pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
     let change = Change::RemoveMember { chat_id, user_id, record: (record.entity_type, record.id), at_ms: ctx.now_ms };
     match ctx.store.apply(change).await? {
         ChangeOutcome::MemberRemoved { .. } => Ok(json!(chat_id).into()),
-        ChangeOutcome::NotAMember => {
-            // The documentation names WRONG_REQUEST here; the real server answers with the messenger's error.
-            Err(ApiError::bad_request("USER_NOT_FOUND", "The specified user is not in chat."))
-        }
+        // The documentation names WRONG_REQUEST here; the real server answers with the messenger's error.
+        ChangeOutcome::NotAMember => Err(ApiError::bad_request("USER_NOT_FOUND", "The specified user is not in chat.")),
+        _ => Err(ApiError::bad_request("WRONG_REQUEST", "You don't have access or user already not in chat")),
     }
+}
+
+/// `imopenlines.crm.chat.user.add`: add a user or bot to the chat of a CRM record.
+pub async fn user_add(ctx: &CallContext, params: &Params) -> MethodResult {
+    // 1–3b
+    let entity_id = required_crm_entity(params)?;
+    let requested_chat = chat_id_param(params)?;
+    // 4, 5
+    require_im(ctx)?;
+    let Some(record) = readable_record(ctx, params, entity_id).await? else {
+        return Err(ApiError::access_denied("You don't have access to join user to chat"));
+    };
+    // 6, 7
+    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
+    let Some(chat_id) = requested_chat.or_else(|| last_chat(&links)) else {
+        return Ok(json!(0).into());
+    };
+    // 8, 9
+    ensure_chat_in_record(&links, chat_id)?;
+    if !may_join_line(ctx, chat_id, &record).await? {
+        return Err(ApiError::access_denied("You don't have access to join user to chat"));
+    }
+    // 10, 10b: the reference builds this argument error from the text "Empty USER_ID".
+    let user_id = match strict_int(params.get("USER_ID")) {
+        _ if is_empty(params.get("USER_ID")) => return Err(ApiError::argument_null_or_empty("Empty USER_ID")),
+        Some(id) if id <= 0 => return Err(ApiError::argument_null_or_empty("Empty USER_ID")),
+        Some(id) => id,
+        None => return Err(ApiError::argument_invalid_type("USER_ID")),
+    };
+    // 11
+    let target = match ctx.store.user(user_id).await? {
+        Some(user) if user.active => user,
+        _ => return Err(ApiError::bad_request("CRM_CHAT_USER_NOT_ACTIVE", "User not active")),
+    };
+    // 12
+    if !can_read_record(&target, &record) {
+        return Err(ApiError::access_denied(
+            "This user does not have access to the chat because he does not have access to this CRM entity",
+        ));
+    }
+    // 13 [crmchat]: judged by the target's own `history` permission (the reference applies the caller's).
+    let line = chat_line(ctx, chat_id).await?;
+    if !line.as_ref().is_some_and(|line| line_allows(&target, target.line_history, line)) {
+        return Err(ApiError::access_denied(
+            "This user does not have access to the chat because he does not have access to this view chat history",
+        ));
+    }
+    // 14, 15
+    let change = Change::AddMember { chat_id, user_id, record: (record.entity_type, record.id), at_ms: ctx.now_ms };
+    match ctx.store.apply(change).await? {
+        ChangeOutcome::MemberAdded { .. } | ChangeOutcome::AlreadyAMember => Ok(json!(chat_id).into()),
+        _ => Err(ApiError::bad_request("WRONG_REQUEST", "You don't have access or user already not in chat")),
+    }
+}
+
+/// `imopenlines.crm.chat.getLastId`: the chat of the record's most recently modified session.
+pub async fn get_last_id(ctx: &CallContext, params: &Params) -> MethodResult {
+    if is_empty(params.get("CRM_ENTITY_TYPE")) || is_empty(params.get("CRM_ENTITY")) {
+        return Err(ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Empty CRM data"));
+    }
+    let entity_id = crm_entity(params)?;
+    // The reference folds every other failure (no messenger, unknown type, no access, no chat) into one answer.
+    let not_found = || ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Could not find CRM entity");
+    if require_im(ctx).is_err() {
+        return Err(not_found());
+    }
+    let Some(record) = readable_record(ctx, params, entity_id).await? else {
+        return Err(not_found());
+    };
+    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
+    match last_chat(&links) {
+        Some(chat_id) => Ok(json!(chat_id).into()),
+        None => Err(not_found()),
+    }
+}
+
+/// `imopenlines.crm.chat.get`: the record's chats, active ones only unless `ACTIVE_ONLY` is exactly `N`.
+pub async fn get(ctx: &CallContext, params: &Params) -> MethodResult {
+    let entity_id = required_crm_entity(params)?;
+    let Some(record) = readable_record(ctx, params, entity_id).await? else {
+        // Sic: the reference's text has no apostrophe.
+        return Err(ApiError::access_denied("You dont have access to this action"));
+    };
+    let active_only = !matches!(params.get("ACTIVE_ONLY"), Some(serde_json::Value::String(s)) if s == "N");
+    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
+    let chats: Vec<serde_json::Value> = record_chats(&links, active_only)
+        .into_iter()
+        .map(|c| {
+            // The reference returns CHAT_ID as a string.
+            json!({"CHAT_ID": c.chat_id.to_string(), "CONNECTOR_ID": c.connector_id, "CONNECTOR_TITLE": c.connector_title})
+        })
+        .collect();
+    Ok(json!(chats).into())
+}
+
+/// Rows 1–3 shared by `user.add`, `chat.get` and `message.add`: each CRM parameter null-checked, then typed.
+pub(crate) fn required_crm_entity(params: &Params) -> Result<i64, ApiError> {
+    if is_empty(params.get("CRM_ENTITY_TYPE")) {
+        return Err(ApiError::argument_null_or_empty("CRM_ENTITY_TYPE"));
+    }
+    if is_empty(params.get("CRM_ENTITY")) {
+        return Err(ApiError::argument_null_or_empty("CRM_ENTITY"));
+    }
+    crm_entity(params)
+}
+
+async fn chat_line(ctx: &CallContext, chat_id: i64) -> Result<Option<crate::domain::Line>, ApiError> {
+    let Some(chat) = ctx.store.chat(chat_id).await? else {
+        return Ok(None);
+    };
+    Ok(ctx.store.line(chat.line_id).await?)
 }
 
 fn empty_user() -> ApiError {
@@ -137,11 +243,5 @@ pub(crate) async fn may_join_line(ctx: &CallContext, chat_id: i64, record: &CrmR
     if !ctx.portal.strict_line_permissions && can_read_record(&ctx.caller, record) {
         return Ok(true);
     }
-    let Some(chat) = ctx.store.chat(chat_id).await? else {
-        return Ok(false);
-    };
-    let Some(line) = ctx.store.line(chat.line_id).await? else {
-        return Ok(false);
-    };
-    Ok(line_allows(&ctx.caller, ctx.caller.line_join, &line))
+    Ok(chat_line(ctx, chat_id).await?.is_some_and(|line| line_allows(&ctx.caller, ctx.caller.line_join, &line)))
 }

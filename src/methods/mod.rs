@@ -2,6 +2,8 @@
 
 pub mod args;
 pub mod crm_chat;
+pub mod im_chat;
+pub mod message;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +23,8 @@ pub struct CallContext {
     pub caller: User,
     /// The scopes granted to the caller's webhook or application token.
     pub scopes: Vec<String>,
+    /// The OAuth application's client id; `None` for a webhook.
+    pub client_id: Option<String>,
     pub now_ms: i64,
 }
 

@@ -22,6 +22,8 @@ pub struct Caller {
     pub kind: AuthKind,
     /// The webhook id or application client id: what operating-time accounting is keyed by.
     pub credential_id: String,
+    /// The OAuth application's client id; `None` for a webhook.
+    pub client_id: Option<String>,
 }
 
 impl Caller {
@@ -72,13 +74,17 @@ pub fn extract(webhook: Option<(&str, &str)>, headers: &HeaderMap, params: &mut 
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
     let token = bearer.or_else(|| param_token(params, "auth")).or_else(|| param_token(params, "access_token"));
-    for key in RESERVED {
-        params.shift_remove(*key);
-    }
+    strip_reserved(params);
     match (webhook, token) {
         (Some((user_id, code)), _) => Credentials::Webhook { user_id: user_id.into(), code: code.into() },
         (None, Some(token)) => Credentials::Token(token),
         (None, None) => Credentials::None,
+    }
+}
+
+pub fn strip_reserved(params: &mut Params) {
+    for key in RESERVED {
+        params.shift_remove(*key);
     }
 }
 
@@ -100,6 +106,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials) -> Result<
                     scopes: hook.scopes,
                     kind: AuthKind::Webhook,
                     credential_id: format!("webhook:{}", hook.id),
+                    client_id: None,
                 }),
                 _ => Err(ApiError::invalid_credentials()),
             }

@@ -1,8 +1,10 @@
 //! The Bitrix24 REST wire protocol: URLs, parameters, authentication, envelopes and dispatch.
 
 pub mod auth;
+pub mod batch;
 pub mod envelope;
 pub mod error;
+pub mod introspection;
 pub mod params;
 pub mod registry;
 
@@ -15,8 +17,10 @@ use axum::response::Response;
 
 use self::envelope::{Format, Timing, render, render_error, success_body, unix_now};
 use self::error::ApiError;
+use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
-use crate::methods::{CallContext, Params};
+use crate::domain::PortalSettings;
+use crate::methods::{CallContext, Output, Params};
 
 /// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.
 #[derive(Debug, PartialEq)]
@@ -98,29 +102,49 @@ async fn call(
         return Err(ApiError::https_required());
     }
     let caller = auth::authenticate(&app.store, credentials).await?;
+    let (output, timing) = match method.kind {
+        Kind::Batch => {
+            let output = batch::run(app, &caller, &portal, &params, start).await;
+            let finish = unix_now();
+            (output, timing(start, start, finish))
+        }
+        Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
+    };
+    Ok((StatusCode::OK, success_body(&output, &timing)))
+}
+
+/// Run one method for an authenticated caller: its scope check, then the method itself.
+pub(crate) async fn invoke(
+    app: &AppState,
+    caller: &auth::Caller,
+    portal: &PortalSettings,
+    method: &MethodDef,
+    params: &Params,
+    start: f64,
+) -> Result<(Output, Timing), ApiError> {
     if let Some(scope) = method.scope
         && !caller.has_scope(scope)
     {
         return Err(caller.insufficient_scope());
     }
+    let Kind::Method(handler) = method.kind else {
+        return Err(ApiError::bad_request("ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"));
+    };
     let ctx = CallContext {
         store: app.store.clone(),
-        portal,
+        portal: portal.clone(),
         caller: caller.user.clone(),
         scopes: caller.scopes.clone(),
+        client_id: caller.client_id.clone(),
         now_ms: (start * 1000.0) as i64,
     };
     let method_start = unix_now();
-    let output = (method.handler)(&ctx, &params).await?;
-    let finish = unix_now();
-    let timing = Timing {
-        start,
-        finish,
-        processing: finish - method_start,
-        operating: 0.0,
-        operating_reset_at: start as i64 + 600,
-    };
-    Ok((StatusCode::OK, success_body(&output, &timing)))
+    let output = handler(&ctx, params).await?;
+    Ok((output, timing(start, method_start, unix_now())))
+}
+
+fn timing(start: f64, method_start: f64, finish: f64) -> Timing {
+    Timing { start, finish, processing: finish - method_start, operating: 0.0, operating_reset_at: start as i64 + 600 }
 }
 
 async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {

@@ -1,23 +1,54 @@
 //! The method registry: every vendor method crmchat serves, with its scope and handler.
 
-use crate::methods::{Handler, crm_chat};
+use super::introspection;
+use crate::methods::{Handler, crm_chat, im_chat, message};
+
+pub enum Kind {
+    Method(Handler),
+    /// `batch` runs other methods and so lives in the protocol layer.
+    Batch,
+}
 
 pub struct MethodDef {
     /// Lower-case, as the URL's method segment is matched after lower-casing.
     pub name: &'static str,
     /// `None` for global methods that need no scope.
     pub scope: Option<&'static str>,
-    pub handler: Handler,
+    pub kind: Kind,
 }
 
-pub static METHODS: &[MethodDef] = &[MethodDef {
-    name: "imopenlines.crm.chat.user.delete",
-    scope: Some("imopenlines"),
-    handler: crm_chat::user_delete_handler,
-}];
+macro_rules! method {
+    ($name:literal, $scope:expr, $f:path) => {
+        MethodDef { name: $name, scope: $scope, kind: Kind::Method(|ctx, params| Box::pin($f(ctx, params))) }
+    };
+}
+
+pub static METHODS: &[MethodDef] = &[
+    MethodDef { name: "batch", scope: None, kind: Kind::Batch },
+    method!("scope", None, introspection::scope),
+    method!("methods", None, introspection::methods),
+    method!("method.get", None, introspection::method_get),
+    method!("server.time", None, introspection::server_time),
+    method!("profile", None, introspection::profile),
+    method!("app.info", None, introspection::app_info),
+    method!("imopenlines.crm.chat.user.delete", Some("imopenlines"), crm_chat::user_delete),
+    method!("imopenlines.crm.chat.user.add", Some("imopenlines"), crm_chat::user_add),
+    method!("imopenlines.crm.chat.getlastid", Some("imopenlines"), crm_chat::get_last_id),
+    method!("imopenlines.crm.chat.get", Some("imopenlines"), crm_chat::get),
+    method!("imopenlines.crm.message.add", Some("imopenlines"), message::add),
+    method!("im.chat.user.list", Some("im"), im_chat::user_list),
+];
 
 pub fn find(name: &str) -> Option<&'static MethodDef> {
     METHODS.iter().find(|m| m.name == name)
+}
+
+/// Every scope some method belongs to, sorted.
+pub fn all_scopes() -> Vec<&'static str> {
+    let mut scopes: Vec<&'static str> = METHODS.iter().filter_map(|m| m.scope).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    scopes
 }
 
 #[cfg(test)]

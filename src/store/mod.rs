@@ -41,15 +41,44 @@ pub struct WebhookCredential {
 /// A write, applied by the store in one transaction together with its notification and outbox record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    RemoveMember { chat_id: i64, user_id: i64, record: (CrmEntityType, i64), at_ms: i64 },
+    RemoveMember {
+        chat_id: i64,
+        user_id: i64,
+        record: (CrmEntityType, i64),
+        at_ms: i64,
+    },
+    AddMember {
+        chat_id: i64,
+        user_id: i64,
+        record: (CrmEntityType, i64),
+        at_ms: i64,
+    },
+    /// A message from `author`, who must be a member of the chat when the change is applied.
+    AddMessage {
+        chat_id: i64,
+        author: i64,
+        text: String,
+        record: (CrmEntityType, i64),
+        at_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeOutcome {
     /// The membership was removed; the chat now has `member_count` members and `author` as its author.
-    MemberRemoved { member_count: i64, author: Option<i64> },
+    MemberRemoved {
+        member_count: i64,
+        author: Option<i64>,
+    },
     /// The user was not a member (also when a concurrent call removed them first).
     NotAMember,
+    MemberAdded {
+        member_count: i64,
+    },
+    AlreadyAMember,
+    MessageAdded {
+        id: i64,
+    },
 }
 
 #[async_trait]
@@ -63,6 +92,10 @@ pub trait Store: Send + Sync + 'static {
     async fn chat(&self, id: i64) -> StoreResult<Option<Chat>>;
     async fn line(&self, id: i64) -> StoreResult<Option<Line>>;
     async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool>;
+    /// Member user ids in join order.
+    async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>>;
+    /// The CRM records bound to any session of the chat.
+    async fn chat_records(&self, chat_id: i64) -> StoreResult<Vec<CrmRecord>>;
     async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome>;
     async fn export_state(&self) -> StoreResult<PortalState>;
     /// Upsert a state file into the portal: merged with what is stored, validated as a whole, written in one

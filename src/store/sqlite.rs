@@ -226,15 +226,47 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
+    async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY join_seq")
+            .bind(chat_id)
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    async fn chat_records(&self, chat_id: i64) -> StoreResult<Vec<CrmRecord>> {
+        let keys: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT DISTINCT sc.entity_type, sc.entity_id FROM sessions s \
+             JOIN session_crm sc ON sc.session_id = s.id WHERE s.chat_id = $1",
+        )
+        .bind(chat_id)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut records = Vec::new();
+        for (entity_type, id) in keys {
+            let entity_type = CrmEntityType::parse(&entity_type)
+                .ok_or_else(|| StoreError::Corrupt(format!("crm type {entity_type:?}")))?;
+            if let Some(record) = self.crm_record(entity_type, id).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
     async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
         let mut tx = self.begin_write().await?;
         let outcome = match change {
             Change::RemoveMember { chat_id, user_id, record, at_ms } => {
                 remove_member(&mut tx, chat_id, user_id, record, at_ms).await?
             }
+            Change::AddMember { chat_id, user_id, record, at_ms } => {
+                add_member(&mut tx, chat_id, user_id, record, at_ms).await?
+            }
+            Change::AddMessage { chat_id, author, text, record, at_ms } => {
+                add_message(&mut tx, chat_id, author, &text, record, at_ms).await?
+            }
         };
         match outcome {
-            ChangeOutcome::NotAMember => tx.rollback().await?,
+            ChangeOutcome::NotAMember | ChangeOutcome::AlreadyAMember => tx.rollback().await?,
             _ => tx.commit().await?,
         }
         Ok(outcome)
@@ -307,12 +339,120 @@ async fn remove_member(
         .await?;
     let mut recipients: Vec<i64> = remaining.iter().map(|m| m.user_id).collect();
     recipients.push(user_id);
+    record_membership_change(
+        tx,
+        "chatUserLeave",
+        "ONCRMCHATUSERDELETE",
+        chat_id,
+        user_id,
+        member_count,
+        recipients,
+        record,
+        at_ms,
+    )
+    .await?;
+    Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
+}
+
+async fn add_member(
+    tx: &mut Transaction<'static, Sqlite>,
+    chat_id: i64,
+    user_id: i64,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<ChangeOutcome> {
+    let inserted = sqlx::query(
+        "INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) \
+         SELECT id, $2, next_join_seq, $3 FROM chats WHERE id = $1 \
+         ON CONFLICT (chat_id, user_id) DO NOTHING",
+    )
+    .bind(chat_id)
+    .bind(user_id)
+    .bind(at_ms)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(ChangeOutcome::AlreadyAMember);
+    }
+    let member_count: i64 = sqlx::query_scalar(
+        "UPDATE chats SET next_join_seq = next_join_seq + 1, \
+         member_count = (SELECT COUNT(*) FROM chat_members WHERE chat_id = $1) WHERE id = $1 RETURNING member_count",
+    )
+    .bind(chat_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let recipients = sqlx::query_scalar("SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY join_seq")
+        .bind(chat_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    record_membership_change(
+        tx,
+        "chatUserJoin",
+        "ONCRMCHATUSERADD",
+        chat_id,
+        user_id,
+        member_count,
+        recipients,
+        record,
+        at_ms,
+    )
+    .await?;
+    Ok(ChangeOutcome::MemberAdded { member_count })
+}
+
+async fn add_message(
+    tx: &mut Transaction<'static, Sqlite>,
+    chat_id: i64,
+    author: i64,
+    text: &str,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<ChangeOutcome> {
+    let member: Option<i64> = sqlx::query_scalar("SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2")
+        .bind(chat_id)
+        .bind(author)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if member.is_none() {
+        return Ok(ChangeOutcome::NotAMember);
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (id, chat_id, author_id, text, date_ms) \
+         SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4 FROM messages RETURNING id",
+    )
+    .bind(chat_id)
+    .bind(author)
+    .bind(text)
+    .bind(at_ms)
+    .fetch_one(&mut **tx)
+    .await?;
+    let event = serde_json::json!({
+        "CHAT_ID": chat_id, "MESSAGE_ID": id, "USER_ID": author, "MESSAGE": text,
+        "CRM_ENTITY_TYPE": record.0.as_upper(), "CRM_ENTITY": record.1,
+    });
+    insert_outbox(tx, "ONOPENLINEMESSAGEADD", &event, at_ms).await?;
+    Ok(ChangeOutcome::MessageAdded { id })
+}
+
+/// The messenger notification for the chat's members and the outbox record of a membership change.
+#[allow(clippy::too_many_arguments)]
+async fn record_membership_change(
+    tx: &mut Transaction<'static, Sqlite>,
+    notification_kind: &str,
+    event_name: &str,
+    chat_id: i64,
+    user_id: i64,
+    member_count: i64,
+    recipients: Vec<i64>,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<()> {
     let notification = serde_json::json!({
         "chat_id": chat_id, "user_id": user_id, "user_count": member_count, "recipients": recipients,
     });
     sqlx::query("INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)")
         .bind(chat_id)
-        .bind("chatUserLeave")
+        .bind(notification_kind)
         .bind(notification.to_string())
         .bind(at_ms)
         .execute(&mut **tx)
@@ -321,13 +461,22 @@ async fn remove_member(
         "CHAT_ID": chat_id, "USER_ID": user_id, "CRM_ENTITY_TYPE": record.0.as_upper(),
         "CRM_ENTITY": record.1, "USER_COUNT": member_count,
     });
+    insert_outbox(tx, event_name, &event, at_ms).await
+}
+
+async fn insert_outbox(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &str,
+    payload: &serde_json::Value,
+    at_ms: i64,
+) -> StoreResult<()> {
     sqlx::query("INSERT INTO outbox (event, payload, created_ms) VALUES ($1, $2, $3)")
-        .bind("ONCRMCHATUSERDELETE")
-        .bind(event.to_string())
+        .bind(event)
+        .bind(payload.to_string())
         .bind(at_ms)
         .execute(&mut **tx)
         .await?;
-    Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
+    Ok(())
 }
 
 async fn export(conn: &mut sqlx::SqliteConnection) -> StoreResult<PortalState> {

@@ -1,0 +1,58 @@
+//! `imopenlines.crm.message.add`: post a message into a CRM record's chat on behalf of a user.
+
+use serde_json::{Value, json};
+
+use super::args::{as_text, is_empty, strict_int};
+use super::crm_chat::{crm_entity, ensure_chat_in_record, readable_record};
+use super::{CallContext, MethodResult, Params};
+use crate::domain::rules::can_read_record;
+use crate::rest::error::ApiError;
+use crate::store::{Change, ChangeOutcome};
+
+pub async fn add(ctx: &CallContext, params: &Params) -> MethodResult {
+    let not_empty = |name: &str| {
+        if is_empty(params.get(name)) { Err(ApiError::argument_null_or_empty(name)) } else { Ok(()) }
+    };
+    let positive_id = |name: &str| -> Result<i64, ApiError> {
+        not_empty(name)?;
+        match strict_int(params.get(name)) {
+            Some(id) if id > 0 => Ok(id),
+            _ => Err(ApiError::argument_invalid_type(name)),
+        }
+    };
+    not_empty("CRM_ENTITY_TYPE")?;
+    not_empty("CRM_ENTITY")?;
+    let entity_id = crm_entity(params)?;
+    let user_id = positive_id("USER_ID")?;
+    let chat_id = positive_id("CHAT_ID")?;
+    not_empty("MESSAGE")?;
+    let text = match params.get("MESSAGE") {
+        Some(Value::Array(_) | Value::Object(_)) => return Err(ApiError::argument_invalid_type("MESSAGE")),
+        value => as_text(value).unwrap_or_default(),
+    };
+
+    let Some(record) = readable_record(ctx, params, entity_id).await? else {
+        return Err(ApiError::access_denied("You dont have access to this action"));
+    };
+    let author = ctx.store.user(user_id).await?;
+    if !author.as_ref().is_some_and(|user| can_read_record(user, &record)) {
+        return Err(ApiError::access_denied("User dont have access to this entity"));
+    }
+    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
+    ensure_chat_in_record(&links, chat_id)?;
+    let message_not_added = || ApiError::bad_request("MESSAGE_ADD_ERROR", "Message isn't added");
+    if !author.is_some_and(|user| user.active) {
+        return Err(message_not_added());
+    }
+    let change = Change::AddMessage {
+        chat_id,
+        author: user_id,
+        text,
+        record: (record.entity_type, record.id),
+        at_ms: ctx.now_ms,
+    };
+    match ctx.store.apply(change).await? {
+        ChangeOutcome::MessageAdded { id } => Ok(json!(id).into()),
+        _ => Err(message_not_added()),
+    }
+}
