@@ -19,12 +19,30 @@ use crate::config::Settings;
 use crate::rest;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::ApiError;
+use crate::rest::limits::{Clock, OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
 use crate::store::DynStore;
 
 pub struct AppState {
     pub store: DynStore,
     pub settings: Settings,
+    pub requests: Arc<dyn RequestLimits>,
+    pub operating: Arc<dyn OperatingTimeLimits>,
 }
+
+impl AppState {
+    /// The state of one server process, with in-memory limiters.
+    pub fn new(store: DynStore, settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            settings,
+            requests: Arc::new(RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS)),
+            operating: Arc::new(OperatingTime::new(clock, LIMITER_MAX_KEYS)),
+        }
+    }
+}
+
+/// Limiter entries kept at most (client IPs, credentials × methods): bounds their memory at a few MB.
+pub const LIMITER_MAX_KEYS: usize = 100_000;
 
 /// Which listener a request came through (the portal's `require_https` setting refuses webhooks over HTTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +56,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/rest/{*path}", any(rest::handle))
         .route("/rest/", any(rest::handle))
+        .route("/oauth/token/", any(rest::oauth::token))
+        .route("/oauth/token", any(rest::oauth::token))
         .fallback(not_found)
         .with_state(state)
         // A panic anywhere in a handler becomes the vendor's error envelope, never a stack trace.

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CRMCHAT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Lifetime of issued OAuth access tokens.
+    #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
+    pub access_token_ttl: u64,
 }
 
 /// Settings the request path needs.
@@ -52,10 +55,11 @@ pub struct ServeArgs {
 pub struct Settings {
     pub max_body_bytes: usize,
     pub param_limits: crate::rest::params::Limits,
+    pub access_token_ttl_secs: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, param_limits: Default::default() }
+        Self { max_body_bytes: 1024 * 1024, param_limits: Default::default(), access_token_ttl_secs: 3600 }
     }
 }

@@ -8,5 +8,6 @@ pub mod domain;
 pub mod fixtures;
 pub mod methods;
 pub mod rest;
+pub mod secrets;
 pub mod store;
 pub mod tls;

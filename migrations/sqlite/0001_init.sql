@@ -139,3 +139,22 @@ CREATE TABLE apps (
     scopes TEXT NOT NULL,
     application_token TEXT NOT NULL
 );
+
+-- One-time OAuth authorization codes (the local stand-in for the vendor's consent screen).
+CREATE TABLE oauth_codes (
+    code_sha256 TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL REFERENCES apps (client_id) ON DELETE CASCADE,
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    expires_ms BIGINT NOT NULL
+);
+
+-- Issued OAuth token pairs; only hashes are kept. A refresh replaces the row (rotating refresh tokens).
+CREATE TABLE oauth_tokens (
+    access_sha256 TEXT PRIMARY KEY,
+    refresh_sha256 TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL REFERENCES apps (client_id) ON DELETE CASCADE,
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    scopes TEXT NOT NULL,
+    access_expires_ms BIGINT NOT NULL,
+    refresh_expires_ms BIGINT NOT NULL
+);

@@ -1,13 +1,13 @@
 //! Who is calling: an inbound webhook (user id and code in the path) or an OAuth access token.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::error::ApiError;
 use crate::domain::User;
-use crate::fixtures::validate::sha256_hex;
 use crate::methods::Params;
-use crate::store::DynStore;
+use crate::secrets::sha256_hex;
+use crate::store::{DynStore, TokenRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthKind {
@@ -88,9 +88,9 @@ pub fn strip_reserved(params: &mut Params) {
     }
 }
 
-/// Check credentials against the store. Secrets are compared by their SHA-256 only; the clear value is
-/// never stored or logged.
-pub async fn authenticate(store: &DynStore, credentials: Credentials) -> Result<Caller, ApiError> {
+/// Check credentials against the store at time `now_ms`. Secrets are looked up by their SHA-256 only; the
+/// clear value is never stored or logged.
+pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i64) -> Result<Caller, ApiError> {
     match credentials {
         Credentials::None => Err(ApiError::no_auth_found()),
         Credentials::Webhook { user_id, code } => {
@@ -111,8 +111,77 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials) -> Result<
                 _ => Err(ApiError::invalid_credentials()),
             }
         }
-        // No access token has been issued by this server (the OAuth flow arrives with its own issue), so
-        // every token is unknown to it.
-        Credentials::Token(_) => Err(ApiError::invalid_token()),
+        Credentials::Token(token) => {
+            let record = store.token_by_access(&sha256_hex(&token)).await?;
+            let user = match &record {
+                Some(record) => store.user(record.user_id).await?,
+                None => None,
+            };
+            let record = check_token(record, user.as_ref(), now_ms)?;
+            Ok(Caller {
+                user: user.expect("checked by check_token"),
+                scopes: record.scopes.clone(),
+                kind: AuthKind::OAuth,
+                credential_id: format!("app:{}", record.client_id),
+                client_id: Some(record.client_id),
+            })
+        }
+    }
+}
+
+/// The access-token rules, in the reference's order: unknown, expired (access tokens live one hour by
+/// default), then the user's state.
+pub fn check_token(record: Option<TokenRecord>, user: Option<&User>, now_ms: i64) -> Result<TokenRecord, ApiError> {
+    let Some(record) = record else {
+        return Err(ApiError::invalid_token());
+    };
+    if now_ms >= record.access_expires_ms {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "expired_token", "The access token provided has expired"));
+    }
+    if !user.is_some_and(|u| u.active) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "authorization_error", "Unable to authorize user"));
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LineLevel, ReadLevel, UserKind};
+
+    fn token(expires: i64) -> TokenRecord {
+        TokenRecord {
+            access_sha256: "a".into(),
+            refresh_sha256: "r".into(),
+            client_id: "app".into(),
+            user_id: 1,
+            scopes: vec!["im".into()],
+            access_expires_ms: expires,
+            refresh_expires_ms: expires * 2,
+        }
+    }
+
+    fn user(active: bool) -> User {
+        User {
+            id: 1,
+            name: String::new(),
+            last_name: String::new(),
+            active,
+            kind: UserKind::Employee,
+            admin: false,
+            crm_read: [ReadLevel::All; 4],
+            line_join: LineLevel::All,
+            line_history: LineLevel::All,
+        }
+    }
+
+    #[test]
+    fn token_rules_in_order() {
+        let code = |r: Result<TokenRecord, ApiError>| r.map(|_| "ok").unwrap_or_else(|e| e.code);
+        assert_eq!(code(check_token(None, Some(&user(true)), 0)), "invalid_token");
+        assert_eq!(code(check_token(Some(token(1000)), Some(&user(true)), 999)), "ok");
+        assert_eq!(code(check_token(Some(token(1000)), Some(&user(true)), 1000)), "expired_token");
+        assert_eq!(code(check_token(Some(token(1000)), Some(&user(false)), 999)), "authorization_error");
+        assert_eq!(code(check_token(Some(token(1000)), None, 999)), "authorization_error");
     }
 }

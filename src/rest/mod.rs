@@ -5,18 +5,23 @@ pub mod batch;
 pub mod envelope;
 pub mod error;
 pub mod introspection;
+pub mod limits;
+pub mod oauth;
 pub mod params;
 pub mod registry;
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use self::envelope::{Format, Timing, render, render_error, success_body, unix_now};
 use self::error::ApiError;
+use self::limits::{OperatingStatus, Plan};
 use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
 use crate::domain::PortalSettings;
@@ -59,13 +64,15 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let start = unix_now();
     let (parts, body) = request.into_parts();
     let transport = parts.extensions.get::<Transport>().copied().unwrap_or(Transport::Http);
+    let client_ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
     let path = parts.uri.path().to_string();
     let Some(rest_path) = parse_path(&path) else {
         return render_error(&ApiError::method_not_found(), Format::Json);
     };
     let format = rest_path.format;
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let result = call(&app, &rest_path, transport, parts.uri.query(), &parts.headers, body, start).await;
+    let request = Incoming { rest_path: &rest_path, transport, client_ip: &client_ip, query: parts.uri.query() };
+    let result = call(&app, request, &parts.headers, body, start).await;
     let response = match &result {
         Ok((status, body)) => render(*status, body, format),
         Err(err) => render_error(err, format),
@@ -82,38 +89,62 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     response
 }
 
+/// What the protocol layer needs of a request besides its headers and body.
+struct Incoming<'a> {
+    rest_path: &'a RestPath<'a>,
+    transport: Transport,
+    client_ip: &'a str,
+    query: Option<&'a str>,
+}
+
 async fn call(
     app: &AppState,
-    rest_path: &RestPath<'_>,
-    transport: Transport,
-    query: Option<&str>,
+    request: Incoming<'_>,
     headers: &HeaderMap,
     body: Body,
     start: f64,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
-    let Some(method) = registry::find(&rest_path.method) else {
+    let Some(method) = registry::find(&request.rest_path.method) else {
         return Err(ApiError::method_not_found());
     };
-    let mut params = read_params(app, query, headers, body).await?;
-    let credentials = auth::extract(rest_path.webhook, headers, &mut params);
+    let mut params = read_params(app, request.query, headers, body).await?;
+    let credentials = auth::extract(request.rest_path.webhook, headers, &mut params);
     let portal = app.store.portal().await?;
-    if portal.require_https && transport == Transport::Http && matches!(credentials, auth::Credentials::Webhook { .. })
+    if portal.require_https
+        && request.transport == Transport::Http
+        && matches!(credentials, auth::Credentials::Webhook { .. })
     {
         return Err(ApiError::https_required());
     }
-    let caller = auth::authenticate(&app.store, credentials).await?;
+    let caller = auth::authenticate(&app.store, credentials, (start * 1000.0) as i64).await?;
+    check_scope(&caller, method)?;
+    // One bucket per portal and client IP: applications on one server share it. A batch counts once.
+    if let Some(plan) = Plan::for_name(&portal.plan)
+        && !app.requests.admit(&format!("{}|{}", portal.domain, request.client_ip), plan).await
+    {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "QUERY_LIMIT_EXCEEDED", "Too many requests"));
+    }
     let (output, timing) = match method.kind {
         Kind::Batch => {
             let output = batch::run(app, &caller, &portal, &params, start).await;
             let finish = unix_now();
-            (output, timing(start, start, finish))
+            // The outer batch is not charged operating time; its commands are.
+            let operating = OperatingStatus { operating: 0.0, reset_at: start as i64 + 600, blocked: false };
+            (output, timing(start, start, finish, &operating))
         }
         Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
     };
     Ok((StatusCode::OK, success_body(&output, &timing)))
 }
 
-/// Run one method for an authenticated caller: its scope check, then the method itself.
+fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError> {
+    match method.scope {
+        Some(scope) if !caller.has_scope(scope) => Err(caller.insufficient_scope()),
+        _ => Ok(()),
+    }
+}
+
+/// Run one method for an authenticated caller: its scope check, its operating-time limit, the method itself.
 pub(crate) async fn invoke(
     app: &AppState,
     caller: &auth::Caller,
@@ -122,14 +153,18 @@ pub(crate) async fn invoke(
     params: &Params,
     start: f64,
 ) -> Result<(Output, Timing), ApiError> {
-    if let Some(scope) = method.scope
-        && !caller.has_scope(scope)
-    {
-        return Err(caller.insufficient_scope());
-    }
+    check_scope(caller, method)?;
     let Kind::Method(handler) = method.kind else {
         return Err(ApiError::bad_request("ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"));
     };
+    let operating_key = format!("{}|{}", caller.credential_id, method.name);
+    if app.operating.status(&operating_key).await.blocked {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "OPERATION_TIME_LIMIT",
+            "Method is blocked due to operation time limit.",
+        ));
+    }
     let ctx = CallContext {
         store: app.store.clone(),
         portal: portal.clone(),
@@ -138,13 +173,24 @@ pub(crate) async fn invoke(
         client_id: caller.client_id.clone(),
         now_ms: (start * 1000.0) as i64,
     };
-    let method_start = unix_now();
-    let output = handler(&ctx, params).await?;
-    Ok((output, timing(start, method_start, unix_now())))
+    let method_start = std::time::Instant::now();
+    let method_start_unix = unix_now();
+    let result = handler(&ctx, params).await;
+    // Failed calls consume operating time too: the work was done.
+    app.operating.record(&operating_key, method_start.elapsed()).await;
+    let output = result?;
+    let operating = app.operating.status(&operating_key).await;
+    Ok((output, timing(start, method_start_unix, unix_now(), &operating)))
 }
 
-fn timing(start: f64, method_start: f64, finish: f64) -> Timing {
-    Timing { start, finish, processing: finish - method_start, operating: 0.0, operating_reset_at: start as i64 + 600 }
+fn timing(start: f64, method_start: f64, finish: f64, operating: &OperatingStatus) -> Timing {
+    Timing {
+        start,
+        finish,
+        processing: finish - method_start,
+        operating: operating.operating,
+        operating_reset_at: operating.reset_at,
+    }
 }
 
 async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {

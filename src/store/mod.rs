@@ -38,6 +38,44 @@ pub struct WebhookCredential {
     pub scopes: Vec<String>,
 }
 
+/// A webhook as `crmchat webhook list` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookInfo {
+    pub id: i64,
+    pub user_id: i64,
+    pub scopes: Vec<String>,
+    pub created_ms: i64,
+}
+
+/// An OAuth application; the client secret is kept only as its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRecord {
+    pub client_id: String,
+    pub secret_sha256: String,
+    pub scopes: Vec<String>,
+    pub application_token: String,
+}
+
+/// An issued token pair, stored by the hashes of both tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub access_sha256: String,
+    pub refresh_sha256: String,
+    pub client_id: String,
+    pub user_id: i64,
+    pub scopes: Vec<String>,
+    pub access_expires_ms: i64,
+    pub refresh_expires_ms: i64,
+}
+
+/// A one-time authorization code, as `take_auth_code` hands it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthCode {
+    pub client_id: String,
+    pub user_id: i64,
+    pub expires_ms: i64,
+}
+
 /// A write, applied by the store in one transaction together with its notification and outbox record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -103,9 +141,40 @@ pub trait Store: Send + Sync + 'static {
     async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError>;
     /// True once the portal row exists (a state was loaded).
     async fn is_initialized(&self) -> StoreResult<bool>;
+
+    // Credentials management. Secrets arrive hashed; the store never sees a clear value.
+    async fn add_webhook(&self, user_id: i64, code_sha256: &str, scopes: &[String], at_ms: i64) -> StoreResult<i64>;
+    async fn list_webhooks(&self) -> StoreResult<Vec<WebhookInfo>>;
+    async fn revoke_webhook(&self, id: i64) -> StoreResult<bool>;
+    /// False when an application with that client id exists already.
+    async fn add_app(&self, app: &AppRecord) -> StoreResult<bool>;
+    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
+    async fn remove_app(&self, client_id: &str) -> StoreResult<bool>;
+    async fn app(&self, client_id: &str) -> StoreResult<Option<AppRecord>>;
+    async fn add_auth_code(&self, code_sha256: &str, code: &AuthCode) -> StoreResult<()>;
+    /// Consume a code: it is deleted whether or not it has expired, so it works at most once.
+    async fn take_auth_code(&self, code_sha256: &str) -> StoreResult<Option<AuthCode>>;
+    async fn add_tokens(&self, tokens: &TokenRecord) -> StoreResult<()>;
+    async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>>;
+    async fn token_by_refresh(&self, refresh_sha256: &str) -> StoreResult<Option<TokenRecord>>;
+    /// Replace the pair holding `old_refresh_sha256` by `new` in one step; `None` when that refresh token is
+    /// unknown (already used, or never issued), so a refresh token works once.
+    async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>>;
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+pub fn rfc3339_to_ms(s: &str) -> StoreResult<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| StoreError::Corrupt(format!("date {s:?}: {e}")))
+}
 
 /// Open the database named by `url` and apply its migrations.
 pub async fn open(url: &str) -> anyhow::Result<DynStore> {

@@ -5,11 +5,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{Change, ChangeOutcome, LoadError, Store, StoreError, StoreResult, WebhookCredential};
+use super::{
+    AppRecord, AuthCode, Change, ChangeOutcome, LoadError, Store, StoreError, StoreResult, TokenRecord,
+    WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
+};
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, Member, PortalSettings, ReadLevel, SessionLink, SessionStatus,
     User, UserKind, rules,
@@ -89,16 +92,6 @@ fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<User> {
 
 fn split_list(s: &str) -> Vec<String> {
     s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
-}
-
-pub(crate) fn ms_to_rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-pub(crate) fn rfc3339_to_ms(s: &str) -> StoreResult<i64> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|d| d.timestamp_millis())
-        .map_err(|e| StoreError::Corrupt(format!("date {s:?}: {e}")))
 }
 
 fn now_ms() -> i64 {
@@ -285,7 +278,7 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         let existing = export(&mut tx).await?;
         let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
-        replace_all(&mut tx, &merged).await?;
+        write_state(&mut tx, &merged).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
@@ -295,6 +288,166 @@ impl Store for SqliteStore {
             sqlx::query_scalar("SELECT id FROM portal WHERE id = 1").fetch_optional(&self.readers).await?;
         Ok(found.is_some())
     }
+
+    async fn add_webhook(&self, user_id: i64, code_sha256: &str, scopes: &[String], at_ms: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO webhooks (user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(code_sha256)
+        .bind(scopes.join(","))
+        .bind(at_ms)
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
+    async fn list_webhooks(&self) -> StoreResult<Vec<WebhookInfo>> {
+        let rows = sqlx::query("SELECT id, user_id, scopes, created_ms FROM webhooks ORDER BY id")
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WebhookInfo {
+                id: r.get("id"),
+                user_id: r.get("user_id"),
+                scopes: split_list(r.get("scopes")),
+                created_ms: r.get("created_ms"),
+            })
+            .collect())
+    }
+
+    async fn revoke_webhook(&self, id: i64) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&self.writer).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn add_app(&self, app: &AppRecord) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO apps (client_id, secret_sha256, scopes, application_token) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (client_id) DO NOTHING",
+        )
+        .bind(&app.client_id)
+        .bind(&app.secret_sha256)
+        .bind(app.scopes.join(","))
+        .bind(&app.application_token)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
+        let rows = sqlx::query("SELECT * FROM apps ORDER BY client_id").fetch_all(&self.readers).await?;
+        Ok(rows.iter().map(app_from_row).collect())
+    }
+
+    async fn remove_app(&self, client_id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM apps WHERE client_id = $1").bind(client_id).execute(&self.writer).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn app(&self, client_id: &str) -> StoreResult<Option<AppRecord>> {
+        let row = sqlx::query("SELECT * FROM apps WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.as_ref().map(app_from_row))
+    }
+
+    async fn add_auth_code(&self, code_sha256: &str, code: &AuthCode) -> StoreResult<()> {
+        sqlx::query("INSERT INTO oauth_codes (code_sha256, client_id, user_id, expires_ms) VALUES ($1, $2, $3, $4)")
+            .bind(code_sha256)
+            .bind(&code.client_id)
+            .bind(code.user_id)
+            .bind(code.expires_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_auth_code(&self, code_sha256: &str) -> StoreResult<Option<AuthCode>> {
+        let row =
+            sqlx::query("DELETE FROM oauth_codes WHERE code_sha256 = $1 RETURNING client_id, user_id, expires_ms")
+                .bind(code_sha256)
+                .fetch_optional(&self.writer)
+                .await?;
+        Ok(row.map(|r| AuthCode {
+            client_id: r.get("client_id"),
+            user_id: r.get("user_id"),
+            expires_ms: r.get("expires_ms"),
+        }))
+    }
+
+    async fn add_tokens(&self, tokens: &TokenRecord) -> StoreResult<()> {
+        insert_tokens(&self.writer, tokens).await
+    }
+
+    async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM oauth_tokens WHERE access_sha256 = $1")
+            .bind(access_sha256)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.as_ref().map(token_from_row))
+    }
+
+    async fn token_by_refresh(&self, refresh_sha256: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM oauth_tokens WHERE refresh_sha256 = $1")
+            .bind(refresh_sha256)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.as_ref().map(token_from_row))
+    }
+
+    async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>> {
+        let mut tx = self.begin_write().await?;
+        let old = sqlx::query("DELETE FROM oauth_tokens WHERE refresh_sha256 = $1 RETURNING *")
+            .bind(old_refresh_sha256)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(old) = old.as_ref().map(token_from_row) else {
+            return Ok(None);
+        };
+        insert_tokens(&mut *tx, new).await?;
+        tx.commit().await?;
+        Ok(Some(old))
+    }
+}
+
+fn app_from_row(r: &sqlx::sqlite::SqliteRow) -> AppRecord {
+    AppRecord {
+        client_id: r.get("client_id"),
+        secret_sha256: r.get("secret_sha256"),
+        scopes: split_list(r.get("scopes")),
+        application_token: r.get("application_token"),
+    }
+}
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> TokenRecord {
+    TokenRecord {
+        access_sha256: r.get("access_sha256"),
+        refresh_sha256: r.get("refresh_sha256"),
+        client_id: r.get("client_id"),
+        user_id: r.get("user_id"),
+        scopes: split_list(r.get("scopes")),
+        access_expires_ms: r.get("access_expires_ms"),
+        refresh_expires_ms: r.get("refresh_expires_ms"),
+    }
+}
+
+async fn insert_tokens<'e>(executor: impl sqlx::SqliteExecutor<'e>, t: &TokenRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO oauth_tokens (access_sha256, refresh_sha256, client_id, user_id, scopes, access_expires_ms, \
+         refresh_expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&t.access_sha256)
+    .bind(&t.refresh_sha256)
+    .bind(&t.client_id)
+    .bind(t.user_id)
+    .bind(t.scopes.join(","))
+    .bind(t.access_expires_ms)
+    .bind(t.refresh_expires_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 async fn remove_member(
@@ -613,31 +766,16 @@ async fn export(conn: &mut sqlx::SqliteConnection) -> StoreResult<PortalState> {
     Ok(state)
 }
 
-/// Write a complete, validated state in place of the stored one. Notifications and the outbox are history,
-/// not state, and stay.
-async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState) -> StoreResult<()> {
-    for table in [
-        "messages",
-        "session_crm",
-        "sessions",
-        "chat_members",
-        "chats",
-        "connectors",
-        "line_queue",
-        "lines",
-        "crm_observers",
-        "crm_records",
-        "webhooks",
-        "apps",
-        "users",
-        "portal",
-    ] {
-        sqlx::query(&format!("DELETE FROM {table}")).execute(&mut **tx).await?;
-    }
+/// Write a complete, validated state over the stored one. The merged state holds every stored row, so rows
+/// are upserted (never deleted, which would cascade to issued tokens); the lists inside a row (members,
+/// sessions, queue, …) are replaced. Notifications and the outbox are history, not state, and stay.
+async fn write_state(tx: &mut Transaction<'static, Sqlite>, state: &PortalState) -> StoreResult<()> {
     let p = &state.portal;
     sqlx::query(
         "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https) \
-         VALUES (1, $1, $2, $3, $4, $5, $6)",
+         VALUES (1, $1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET domain = excluded.domain, \
+         language = excluded.language, modules = excluded.modules, plan = excluded.plan, \
+         strict_line_permissions = excluded.strict_line_permissions, require_https = excluded.require_https",
     )
     .bind(&p.domain)
     .bind(&p.language)
@@ -651,7 +789,11 @@ async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState)
         sqlx::query(
             "INSERT INTO users (id, name, last_name, active, kind, admin, crm_read_lead, crm_read_deal, \
              crm_read_contact, crm_read_company, line_join, line_history) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO UPDATE SET \
+             name = excluded.name, last_name = excluded.last_name, active = excluded.active, kind = excluded.kind, \
+             admin = excluded.admin, crm_read_lead = excluded.crm_read_lead, crm_read_deal = excluded.crm_read_deal, \
+             crm_read_contact = excluded.crm_read_contact, crm_read_company = excluded.crm_read_company, \
+             line_join = excluded.line_join, line_history = excluded.line_history",
         )
         .bind(u.id)
         .bind(&u.name)
@@ -669,11 +811,19 @@ async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState)
         .await?;
     }
     for c in &state.crm {
-        sqlx::query("INSERT INTO crm_records (entity_type, id, title, responsible) VALUES ($1, $2, $3, $4)")
+        sqlx::query(
+            "INSERT INTO crm_records (entity_type, id, title, responsible) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (entity_type, id) DO UPDATE SET title = excluded.title, responsible = excluded.responsible",
+        )
+        .bind(&c.entity_type)
+        .bind(c.id)
+        .bind(&c.title)
+        .bind(c.responsible)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM crm_observers WHERE entity_type = $1 AND entity_id = $2")
             .bind(&c.entity_type)
             .bind(c.id)
-            .bind(&c.title)
-            .bind(c.responsible)
             .execute(&mut **tx)
             .await?;
         for (pos, o) in c.observers.iter().enumerate() {
@@ -689,7 +839,13 @@ async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState)
         }
     }
     for l in &state.lines {
-        sqlx::query("INSERT INTO lines (id, name) VALUES ($1, $2)").bind(l.id).bind(&l.name).execute(&mut **tx).await?;
+        sqlx::query("INSERT INTO lines (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+            .bind(l.id)
+            .bind(&l.name)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM line_queue WHERE line_id = $1").bind(l.id).execute(&mut **tx).await?;
+        sqlx::query("DELETE FROM connectors WHERE line_id = $1").bind(l.id).execute(&mut **tx).await?;
         for (pos, u) in l.queue.iter().enumerate() {
             sqlx::query("INSERT INTO line_queue (line_id, user_id, position) VALUES ($1, $2, $3)")
                 .bind(l.id)
@@ -713,16 +869,20 @@ async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState)
     for c in &state.chats {
         sqlx::query(
             "INSERT INTO chats (id, line_id, connector_id, author_id, member_count, next_join_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO UPDATE SET line_id = excluded.line_id, \
+             connector_id = excluded.connector_id, author_id = excluded.author_id, \
+             member_count = excluded.member_count, next_join_seq = excluded.next_join_seq",
         )
         .bind(c.id)
         .bind(c.line)
         .bind(&c.connector)
         .bind(c.author)
         .bind(c.members.len() as i64)
-        .bind(c.members.len() as i64)
         .execute(&mut **tx)
         .await?;
+        for table in ["chat_members", "sessions", "messages"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE chat_id = $1")).bind(c.id).execute(&mut **tx).await?;
+        }
         for (seq, m) in c.members.iter().enumerate() {
             sqlx::query("INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) VALUES ($1, $2, $3, $4)")
                 .bind(c.id)
@@ -770,24 +930,32 @@ async fn replace_all(tx: &mut Transaction<'static, Sqlite>, state: &PortalState)
     }
     for w in &state.webhooks {
         let hash = w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
-        sqlx::query("INSERT INTO webhooks (id, user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4, $5)")
-            .bind(w.id)
-            .bind(w.user)
-            .bind(hash)
-            .bind(w.scopes.join(","))
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO webhooks (id, user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, code_sha256 = excluded.code_sha256, \
+             scopes = excluded.scopes",
+        )
+        .bind(w.id)
+        .bind(w.user)
+        .bind(hash)
+        .bind(w.scopes.join(","))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     }
     for a in &state.apps {
         let hash = a.secret_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("app without hash".into()))?;
-        sqlx::query("INSERT INTO apps (client_id, secret_sha256, scopes, application_token) VALUES ($1, $2, $3, $4)")
-            .bind(&a.client_id)
-            .bind(hash)
-            .bind(a.scopes.join(","))
-            .bind(&a.application_token)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO apps (client_id, secret_sha256, scopes, application_token) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (client_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, \
+             scopes = excluded.scopes, application_token = excluded.application_token",
+        )
+        .bind(&a.client_id)
+        .bind(hash)
+        .bind(a.scopes.join(","))
+        .bind(&a.application_token)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

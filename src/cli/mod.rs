@@ -8,6 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod credentials;
+
 use crate::app::{self, AppState, Bound};
 use crate::config::{ServeArgs, Settings, StorageArgs};
 use crate::fixtures::{self, demo};
@@ -27,6 +29,74 @@ pub enum Command {
     /// Load or export the portal state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Manage inbound webhooks.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Manage OAuth applications.
+    #[command(subcommand)]
+    App(AppCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Create a webhook for a user; prints its URL once (only a hash of the code is stored).
+    Add {
+        #[arg(long)]
+        user: i64,
+        /// Comma-separated scopes, e.g. `imopenlines,im`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        /// The server's base URL, used to print the webhook URL.
+        #[arg(long, env = "CRMCHAT_BASE_URL", default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// List webhooks (never their codes).
+    List {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Revoke a webhook by id.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Register an application; prints its client secret and application token once.
+    Add {
+        #[arg(long)]
+        client_id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// List applications (never their secrets).
+    List {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Remove an application and every token issued to it.
+    Remove {
+        #[arg(long)]
+        client_id: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Issue a one-time authorization code (valid 30 s) for a user: the local stand-in for the consent screen.
+    Code {
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        user: i64,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("loaded {}", file.display());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Webhook(command) => credentials::webhook(command).await,
+            Command::App(command) => credentials::app(command).await,
             Command::State(StateCommand::Export { output, storage }) => {
                 let store = store::open(&storage.database_url()).await?;
                 let state = store.export_state().await?;
@@ -116,8 +188,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading the TLS certificate {}", cert.cert.display()))?;
     let bound = Bound::bind(args.http, args.https)?;
     let (http, https) = (bound.http.local_addr()?, bound.https.local_addr()?);
-    let settings = Settings { max_body_bytes: args.max_body_bytes, ..Settings::default() };
-    let state = Arc::new(AppState { store, settings });
+    let settings = Settings {
+        max_body_bytes: args.max_body_bytes,
+        access_token_ttl_secs: args.access_token_ttl,
+        ..Settings::default()
+    };
+    let state = Arc::new(AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)));
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;

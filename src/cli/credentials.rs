@@ -1,0 +1,124 @@
+//! `crmchat webhook …` and `crmchat app …`: credentials management. A running server reads credentials from
+//! the database on every call, so changes take effect without a restart.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::{AppCommand, WebhookCommand};
+use crate::rest::oauth::new_secret;
+use crate::rest::registry::all_scopes;
+use crate::secrets::{random_alphanumeric, sha256_hex};
+use crate::store::{self, AppRecord, AuthCode, DynStore};
+
+/// Authorization codes are short-lived, as on the vendor's consent screen.
+const AUTH_CODE_TTL_MS: i64 = 30_000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn check_scopes(scopes: &[String]) -> anyhow::Result<Vec<String>> {
+    let known = all_scopes();
+    let mut out: Vec<String> = Vec::new();
+    for scope in scopes.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if !known.contains(&scope) {
+            bail!("unknown scope {scope:?} (known: {})", known.join(", "));
+        }
+        if !out.iter().any(|s| s == scope) {
+            out.push(scope.to_string());
+        }
+    }
+    if out.is_empty() {
+        bail!("at least one scope is required (known: {})", known.join(", "));
+    }
+    Ok(out)
+}
+
+async fn require_user(store: &DynStore, user: i64) -> anyhow::Result<()> {
+    match store.user(user).await? {
+        Some(u) if u.active => Ok(()),
+        Some(_) => bail!("user {user} is deactivated"),
+        None => bail!("user {user} does not exist"),
+    }
+}
+
+pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        WebhookCommand::Add { user, scope, base_url, storage } => {
+            let scopes = check_scopes(&scope)?;
+            let store = store::open(&storage.database_url()).await?;
+            require_user(&store, user).await?;
+            let code = random_alphanumeric(24);
+            let id = store.add_webhook(user, &sha256_hex(&code), &scopes, now_ms()).await?;
+            println!("webhook {id}: {}/rest/{user}/{code}/", base_url.trim_end_matches('/'));
+            eprintln!("The code is shown only now; crmchat keeps only its hash.");
+        }
+        WebhookCommand::List { storage } => {
+            let store = store::open(&storage.database_url()).await?;
+            println!("{:>6}  {:>8}  {:<24}  created", "id", "user", "scopes");
+            for hook in store.list_webhooks().await? {
+                let created = crate::store::ms_to_rfc3339(hook.created_ms);
+                println!("{:>6}  {:>8}  {:<24}  {created}", hook.id, hook.user_id, hook.scopes.join(","));
+            }
+        }
+        WebhookCommand::Revoke { id, storage } => {
+            let store = store::open(&storage.database_url()).await?;
+            if !store.revoke_webhook(id).await? {
+                bail!("no webhook with id {id}");
+            }
+            println!("webhook {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AppCommand::Add { client_id, scope, storage } => {
+            let scopes = check_scopes(&scope)?;
+            if client_id.trim().is_empty() {
+                bail!("the client id must not be empty");
+            }
+            let store = store::open(&storage.database_url()).await?;
+            let secret = new_secret();
+            let application_token = new_secret();
+            let record = AppRecord {
+                client_id: client_id.clone(),
+                secret_sha256: sha256_hex(&secret),
+                scopes,
+                application_token: application_token.clone(),
+            };
+            if !store.add_app(&record).await? {
+                bail!("an application {client_id:?} exists already");
+            }
+            println!("client_id: {client_id}");
+            println!("client_secret: {secret}");
+            println!("application_token: {application_token}");
+            eprintln!("The client secret is shown only now; crmchat keeps only its hash.");
+        }
+        AppCommand::List { storage } => {
+            let store = store::open(&storage.database_url()).await?;
+            for app in store.list_apps().await? {
+                println!("{}  {}", app.client_id, app.scopes.join(","));
+            }
+        }
+        AppCommand::Remove { client_id, storage } => {
+            let store = store::open(&storage.database_url()).await?;
+            if !store.remove_app(&client_id).await? {
+                bail!("no application {client_id:?}");
+            }
+            println!("application {client_id} removed");
+        }
+        AppCommand::Code { client_id, user, storage } => {
+            let store = store::open(&storage.database_url()).await?;
+            store.app(&client_id).await?.with_context(|| format!("no application {client_id:?}"))?;
+            require_user(&store, user).await?;
+            let code = random_alphanumeric(32);
+            let grant = AuthCode { client_id, user_id: user, expires_ms: now_ms() + AUTH_CODE_TTL_MS };
+            store.add_auth_code(&sha256_hex(&code), &grant).await?;
+            println!("{code}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

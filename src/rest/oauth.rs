@@ -1,0 +1,155 @@
+//! The OAuth token endpoint `/oauth/token/` [crmchat: served locally; the vendor runs it on its own auth
+//! server]: `authorization_code` and `refresh_token` grants with rotating refresh tokens.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use rand::RngCore;
+use serde_json::{Value, json};
+
+use super::envelope::{Format, render, unix_now};
+use super::error::ApiError;
+use super::params;
+use crate::app::AppState;
+use crate::secrets::sha256_hex;
+use crate::store::{AppRecord, TokenRecord};
+
+/// Refresh tokens live 180 days.
+pub const REFRESH_TOKEN_TTL_MS: i64 = 180 * 24 * 3600 * 1000;
+
+/// A new random secret: 32 bytes as hex.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn oauth_error(status: StatusCode, code: &'static str, description: &str) -> ApiError {
+    ApiError::new(status, code, description)
+}
+
+fn invalid_request(description: &str) -> ApiError {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
+fn invalid_grant(description: &str) -> ApiError {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+}
+
+pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let result = grant(&app, request).await;
+    let status = if result.is_ok() { "ok" } else { "refused" };
+    // Never the parameters: they carry the client secret, the code and the refresh token.
+    tracing::info!(outcome = status, "oauth token request");
+    match result {
+        Ok(body) => render(StatusCode::OK, &body, Format::Json),
+        Err(err) => render(err.status, &err.body(), Format::Json),
+    }
+}
+
+async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes =
+        axum::body::to_bytes(body, app.settings.max_body_bytes).await.map_err(|_| ApiError::payload_too_large())?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let params = params::parse_request(parts.uri.query(), content_type, &bytes, &app.settings.param_limits)
+        .await
+        .map_err(|e| invalid_request(&e.to_string()))?;
+    let text = |name: &str| match params.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(invalid_request(&format!("Missing parameter: {name}"))),
+    };
+    let grant_type = text("grant_type")?;
+    let client_id = text("client_id")?;
+    let client_secret = text("client_secret")?;
+    let app_record = authenticate_client(app, &client_id, &client_secret).await?;
+    let now_ms = (unix_now() * 1000.0) as i64;
+    let issued = new_tokens(app, &app_record, now_ms);
+    let tokens = &issued.record;
+    match grant_type.as_str() {
+        "authorization_code" => {
+            let code = text("code")?;
+            let Some(found) = app.store.take_auth_code(&sha256_hex(&code)).await? else {
+                return Err(invalid_grant("Invalid authorization code"));
+            };
+            if found.client_id != client_id || found.expires_ms <= now_ms {
+                return Err(invalid_grant("Invalid authorization code"));
+            }
+            let record = TokenRecord { user_id: found.user_id, ..tokens.clone() };
+            app.store.add_tokens(&record).await?;
+            token_body(app, &issued, &record).await
+        }
+        "refresh_token" => {
+            let refresh = text("refresh_token")?;
+            let old_hash = sha256_hex(&refresh);
+            let Some(old) = app.store.token_by_refresh(&old_hash).await? else {
+                return Err(invalid_grant("Invalid refresh token"));
+            };
+            if old.client_id != client_id || old.refresh_expires_ms <= now_ms {
+                return Err(invalid_grant("Invalid refresh token"));
+            }
+            let record = TokenRecord { user_id: old.user_id, ..tokens.clone() };
+            // Rotation is one atomic step: of two concurrent refreshes with the same token, one fails.
+            if app.store.rotate_tokens(&old_hash, &record).await?.is_none() {
+                return Err(invalid_grant("Invalid refresh token"));
+            }
+            token_body(app, &issued, &record).await
+        }
+        _ => Err(invalid_request("Unsupported grant_type")),
+    }
+}
+
+async fn authenticate_client(app: &AppState, client_id: &str, secret: &str) -> Result<AppRecord, ApiError> {
+    let invalid_client = || oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
+    let Some(record) = app.store.app(client_id).await? else {
+        return Err(invalid_client());
+    };
+    if !crate::secrets::hash_matches(secret, &record.secret_sha256) {
+        return Err(invalid_client());
+    }
+    Ok(record)
+}
+
+struct Issued {
+    access_token: String,
+    refresh_token: String,
+    record: TokenRecord,
+}
+
+fn new_tokens(app: &AppState, client: &AppRecord, now_ms: i64) -> Issued {
+    let (access_token, refresh_token) = (new_secret(), new_secret());
+    let record = TokenRecord {
+        access_sha256: sha256_hex(&access_token),
+        refresh_sha256: sha256_hex(&refresh_token),
+        client_id: client.client_id.clone(),
+        user_id: 0,
+        scopes: client.scopes.clone(),
+        access_expires_ms: now_ms + app.settings.access_token_ttl_secs as i64 * 1000,
+        refresh_expires_ms: now_ms + REFRESH_TOKEN_TTL_MS,
+    };
+    Issued { access_token, refresh_token, record }
+}
+
+async fn token_body(app: &AppState, issued: &Issued, record: &TokenRecord) -> Result<Value, ApiError> {
+    let portal = app.store.portal().await?;
+    Ok(json!({
+        "access_token": issued.access_token,
+        "expires": record.access_expires_ms / 1000,
+        "expires_in": app.settings.access_token_ttl_secs,
+        "scope": record.scopes.join(","),
+        "domain": portal.domain,
+        "server_endpoint": format!("https://{}/oauth/", portal.domain),
+        "status": "L",
+        "client_endpoint": format!("https://{}/rest/", portal.domain),
+        "member_id": member_id(&portal.domain),
+        "user_id": record.user_id,
+        "refresh_token": issued.refresh_token,
+    }))
+}
+
+/// The portal's stable member id: 32 hex characters derived from its domain.
+pub fn member_id(domain: &str) -> String {
+    sha256_hex(domain)[..32].to_string()
+}
