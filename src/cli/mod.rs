@@ -29,6 +29,11 @@ pub enum Command {
     /// Load or export the portal state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Apply the database migrations and exit (serve also applies them at start-up).
+    Migrate {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
     /// Manage inbound webhooks.
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -133,6 +138,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let store = store::open(&storage.database_url()).await?;
                 load_file(&store, &file).await?;
                 eprintln!("loaded {}", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Migrate { storage } => {
+                let url = storage.database_url();
+                store::open(&url).await?;
+                eprintln!("{} is migrated", store::redact_url(&url));
                 Ok(ExitCode::SUCCESS)
             }
             Command::Webhook(command) => credentials::webhook(command).await,
