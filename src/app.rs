@@ -109,14 +109,24 @@ pub async fn serve(state: Arc<AppState>, bound: Bound, tls: RustlsConfig) -> any
         tracing::info!("shutting down: finishing in-flight requests");
         signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
     });
-    let http = axum_server::from_tcp(bound.http)
-        .handle(handle.clone())
-        .serve(http_app.into_make_service_with_connect_info::<SocketAddr>());
-    let https = axum_server::from_tcp_rustls(bound.https, tls)
-        .handle(handle)
-        .serve(https_app.into_make_service_with_connect_info::<SocketAddr>());
+    let mut http = axum_server::from_tcp(bound.http).handle(handle.clone());
+    limit_slow_clients(http.http_builder());
+    let mut https = axum_server::from_tcp_rustls(bound.https, tls).handle(handle);
+    limit_slow_clients(https.http_builder());
+    let http = http.serve(http_app.into_make_service_with_connect_info::<SocketAddr>());
+    let https = https.serve(https_app.into_make_service_with_connect_info::<SocketAddr>());
     tokio::try_join!(http, https)?;
     Ok(())
+}
+
+/// A client must send its request headers within this time; bodies get the same limit in the REST layer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Cut off clients that send their headers too slowly. Idle keep-alive connections are parked tasks, not
+/// threads, so hundreds of them cost no worker.
+fn limit_slow_clients(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(CLIENT_TIMEOUT);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(CLIENT_TIMEOUT);
 }
 
 async fn shutdown_signal() {

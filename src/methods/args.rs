@@ -84,7 +84,7 @@ pub fn php_numeric_int(value: Option<&Value>) -> Option<i64> {
 }
 
 /// A value that is an integer and nothing else: a JSON integer (or a float without fraction, as JS
-/// clients may send) or a string of an optional sign and digits.
+/// clients may send) or a string of digits with an optional minus sign.
 pub fn strict_int(value: Option<&Value>) -> Option<i64> {
     match value? {
         Value::Number(n) => n.as_i64().or_else(|| {
@@ -92,7 +92,7 @@ pub fn strict_int(value: Option<&Value>) -> Option<i64> {
             (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
         }),
         Value::String(s) => {
-            let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+            let digits = s.strip_prefix('-').unwrap_or(s);
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
@@ -150,7 +150,16 @@ mod tests {
         assert_eq!(strict_int(Some(&json!("-3"))), Some(-3));
         assert_eq!(strict_int(Some(&json!(12))), Some(12));
         assert_eq!(strict_int(Some(&json!(12.0))), Some(12));
-        for v in [json!("12abc"), json!("1.5"), json!("abc"), json!([12]), json!(1.5), json!(true), json!(" 12")] {
+        for v in [
+            json!("12abc"),
+            json!("1.5"),
+            json!("abc"),
+            json!([12]),
+            json!(1.5),
+            json!(true),
+            json!(" 12"),
+            json!("+12"),
+        ] {
             assert_eq!(strict_int(Some(&v)), None, "{v}");
         }
         assert_eq!(strict_int(Some(&json!("99999999999999999999"))), None);

@@ -193,9 +193,19 @@ fn timing(start: f64, method_start: f64, finish: f64, operating: &OperatingStatu
     }
 }
 
+/// The whole body, refused past `max_bytes` (413) or when it trickles in slower than the client timeout.
+pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Bytes, ApiError> {
+    match tokio::time::timeout(crate::app::CLIENT_TIMEOUT, axum::body::to_bytes(body, max_bytes)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::payload_too_large()),
+        Err(_) => {
+            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "Request body was not received in time"))
+        }
+    }
+}
+
 async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {
-    let bytes =
-        axum::body::to_bytes(body, app.settings.max_body_bytes).await.map_err(|_| ApiError::payload_too_large())?;
+    let bytes = read_body(body, app.settings.max_body_bytes).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     params::parse_request(query, content_type, &bytes, &app.settings.param_limits)
         .await

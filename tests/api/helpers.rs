@@ -1,0 +1,466 @@
+//! The test harness: spawn the real `crmchat` binary on a fresh data directory, call it over HTTP like a
+//! client, read the portal state back with `crmchat state export` (zero-to-production's `spawn_app`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const METHOD: &str = "imopenlines.crm.chat.user.delete";
+pub const DEMO_CODE: &str = "demowebhookcode1";
+pub const DEMO_HOOK: &str = "/rest/1/demowebhookcode1/";
+pub const JSON_UTF8: &str = "application/json; charset=utf-8";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `CRMCHAT_*` settings of the environment must not leak into the servers under test.
+const SCRUBBED_ENV: &[&str] = &[
+    "CRMCHAT_DATA_DIR",
+    "CRMCHAT_DATABASE",
+    "CRMCHAT_HTTP",
+    "CRMCHAT_HTTPS",
+    "CRMCHAT_FIXTURE",
+    "CRMCHAT_DEMO",
+    "CRMCHAT_TLS_CERT",
+    "CRMCHAT_TLS_KEY",
+    "CRMCHAT_MAX_BODY_BYTES",
+];
+
+/// The demo portal of `crmchat serve --demo`, as a state file to change per test.
+pub fn demo_fixture() -> Value {
+    serde_json::from_str(crmchat::fixtures::demo::DEMO_JSON).expect("the demo fixture is JSON")
+}
+
+/// The demo fixture changed by `f`.
+pub fn demo_with(f: impl FnOnce(&mut Value)) -> Value {
+    let mut fixture = demo_fixture();
+    f(&mut fixture);
+    fixture
+}
+
+/// Adds a user to a fixture.
+pub fn add_user(fixture: &mut Value, user: Value) {
+    fixture["users"].as_array_mut().unwrap().push(user);
+}
+
+/// Adds a webhook with scopes `imopenlines` and `im` for `user` and returns its prefix.
+pub fn add_webhook(fixture: &mut Value, user: i64, code: &str) -> String {
+    let webhook = serde_json::json!({"user": user, "code": code, "scopes": ["imopenlines", "im"]});
+    fixture["webhooks"].as_array_mut().unwrap().push(webhook);
+    hook(user, code)
+}
+
+/// The fixture's chat `id`, to change.
+pub fn fixture_chat(fixture: &mut Value, id: i64) -> &mut Value {
+    fixture["chats"].as_array_mut().unwrap().iter_mut().find(|c| c["id"] == id).expect("chat in the fixture")
+}
+
+/// `/rest/{user}/{code}/`.
+pub fn hook(user: i64, code: &str) -> String {
+    format!("/rest/{user}/{code}/")
+}
+
+/// A command for the binary under test with a clean environment.
+pub fn crmchat_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmchat"));
+    for key in SCRUBBED_ENV {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+/// `--data-dir DIR`, plus `--database URL` when `CRMCHAT_TEST_DATABASE` is set.
+pub fn storage_args(data_dir: &Path) -> Vec<String> {
+    let mut args = vec!["--data-dir".to_string(), data_dir.display().to_string()];
+    if let Ok(url) = std::env::var("CRMCHAT_TEST_DATABASE")
+        && !url.is_empty()
+    {
+        args.push("--database".into());
+        args.push(url);
+    }
+    args
+}
+
+/// Runs the binary with exactly `args` and waits for it.
+pub fn run_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    crmchat_command().args(args).stdin(Stdio::null()).output().expect("running crmchat")
+}
+
+/// `crmchat state export` of a data directory, parsed.
+pub fn export_dir(data_dir: &Path) -> Value {
+    let mut args = vec!["state".to_string(), "export".to_string()];
+    args.extend(storage_args(data_dir));
+    let out = run_cli(&args);
+    assert!(out.status.success(), "state export failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("state export printed something else than JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// `crmchat state load FILE` into a data directory.
+pub fn load_file(data_dir: &Path, file: &Path) -> Output {
+    let mut args = vec!["state".to_string(), "load".to_string(), file.display().to_string()];
+    args.extend(storage_args(data_dir));
+    run_cli(&args)
+}
+
+/// An answer of the server.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+    /// The body as JSON, `Null` when it is not JSON.
+    pub body: Value,
+}
+
+impl Resp {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("reading the response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, headers, text, body }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_type(&self) -> Option<&str> {
+        self.header(CONTENT_TYPE.as_str())
+    }
+}
+
+struct Server {
+    child: Child,
+    http_base: String,
+    https_base: String,
+    cert_path: PathBuf,
+}
+
+pub struct TestApp {
+    pub http_base: String,
+    pub https_base: String,
+    pub cert_path: PathBuf,
+    pub data_dir: PathBuf,
+    /// The demo webhook prefix, `/rest/1/demowebhookcode1/`.
+    pub hook: String,
+    pub log_path: PathBuf,
+    /// Never follows redirects: a REST answer must never be one.
+    pub client: reqwest::Client,
+    extra_env: Vec<(String, String)>,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(demo_fixture()).await
+}
+
+pub async fn spawn_app_with(fixture: Value) -> TestApp {
+    spawn_app_with_env(fixture, &[]).await
+}
+
+/// Spawns a server on a new data directory loaded with `fixture`; `env` is added to the server's environment.
+pub async fn spawn_app_with_env(fixture: Value, env: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::Builder::new().prefix("crmchat-test-").tempdir().expect("creating a temp dir");
+    let data_dir = dir.path().to_path_buf();
+    let fixture_path = data_dir.join("fixture.json");
+    std::fs::write(&fixture_path, serde_json::to_vec_pretty(&fixture).unwrap()).expect("writing the fixture");
+    let log_path = data_dir.join("server.log");
+    let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let server = start_server(&data_dir, Some(&fixture_path), &log_path, &extra_env);
+    TestApp {
+        http_base: server.http_base,
+        https_base: server.https_base,
+        cert_path: server.cert_path,
+        data_dir,
+        hook: DEMO_HOOK.to_string(),
+        log_path,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("building the HTTP client"),
+        extra_env,
+        child: Some(server.child),
+        _dir: dir,
+    }
+}
+
+/// Starts `crmchat serve` and waits for its `ready` line; standard error goes (appended) to `log_path`.
+fn start_server(data_dir: &Path, fixture: Option<&Path>, log_path: &Path, env: &[(String, String)]) -> Server {
+    let log = File::options().create(true).append(true).open(log_path).expect("opening the server log");
+    let mut cmd = crmchat_command();
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(data_dir));
+    if let Some(fixture) = fixture {
+        cmd.arg("--fixture").arg(fixture);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+    let mut child = cmd.spawn().expect("spawning crmchat serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    // Keeps draining standard output for the life of the process.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Once nobody listens, keep reading anyway so the server never blocks on a full pipe.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let (mut http_base, mut https_base, mut cert_path) = (None, None, None);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("http: ") {
+                    http_base = Some(url.trim().to_string());
+                } else if let Some(url) = line.strip_prefix("https: ") {
+                    https_base = Some(url.trim().to_string());
+                } else if let Some(path) = line.strip_prefix("tls certificate: ") {
+                    let path = path.trim();
+                    let path = path.strip_suffix(" (new)").unwrap_or(path);
+                    cert_path = Some(PathBuf::from(path));
+                } else if line.trim() == "ready" {
+                    break;
+                }
+                seen.push(line);
+            }
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "crmchat serve did not print `ready` ({err:?}); stdout:\n{}\nlog:\n{}",
+                    seen.join("\n"),
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Server {
+        child,
+        http_base: http_base.expect("no `http:` line before `ready`"),
+        https_base: https_base.expect("no `https:` line before `ready`"),
+        cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.http_base, path)
+    }
+
+    /// `{hook}{method}.json`.
+    pub fn method_path(&self, method: &str) -> String {
+        format!("{}{method}.json", self.hook)
+    }
+
+    /// POSTs `params` as JSON to the demo webhook.
+    pub async fn call(&self, method: &str, params: Value) -> Resp {
+        self.call_as(&self.hook.clone(), method, params).await
+    }
+
+    /// POSTs `params` as JSON through another webhook prefix (`/rest/15/code/`).
+    pub async fn call_as(&self, hook: &str, method: &str, params: Value) -> Resp {
+        self.post_raw(&format!("{hook}{method}.json"), Some("application/json"), params.to_string().into_bytes()).await
+    }
+
+    /// `imopenlines.crm.chat.user.delete` through the demo webhook.
+    pub async fn delete(&self, params: Value) -> Resp {
+        self.call(METHOD, params).await
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> Resp {
+        self.send(self.client.get(self.url(path_and_query))).await
+    }
+
+    pub async fn post_form(&self, path: &str, body: &str) -> Resp {
+        self.post_raw(path, Some("application/x-www-form-urlencoded"), body.as_bytes().to_vec()).await
+    }
+
+    /// A `multipart/form-data` body of plain fields.
+    pub async fn post_multipart(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let boundary = "crmchatTestBoundary7MA4YWxk";
+        let mut body = String::new();
+        for (name, value) in fields {
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.post_raw(path, Some(&content_type), body.into_bytes()).await
+    }
+
+    /// POSTs `body` as is, with `content_type` (none: no Content-Type header).
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Resp {
+        let mut request = self.client.post(self.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        self.send(request).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Resp {
+        Resp::read(request.send().await.expect("sending the request")).await
+    }
+
+    /// A client that trusts the server's generated certificate.
+    pub fn https_client(&self) -> reqwest::ClientBuilder {
+        let pem = std::fs::read(&self.cert_path).expect("reading the generated certificate");
+        let cert = reqwest::Certificate::from_pem(&pem).expect("the generated certificate is PEM");
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).add_root_certificate(cert)
+    }
+
+    /// The whole portal state, as `crmchat state export` prints it.
+    pub fn export(&self) -> Value {
+        export_dir(&self.data_dir)
+    }
+
+    /// The server's log (its standard error) so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same data directory, without the fixture
+    /// (`--fixture` upserts on every start and would undo the changes made since).
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("killing the server");
+            child.wait().expect("reaping the server");
+        }
+        let server = start_server(&self.data_dir, None, &self.log_path, &self.extra_env);
+        self.http_base = server.http_base;
+        self.https_base = server.https_base;
+        self.cert_path = server.cert_path;
+        self.child = Some(server.child);
+    }
+
+    /// Stops the server with SIGKILL now (Drop does it too).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var("TEST_LOG").is_ok_and(|v| !v.is_empty() && v != "0") {
+            eprintln!("---- crmchat log ({}) ----\n{}", self.data_dir.display(), self.log());
+        }
+    }
+}
+
+// ---- assertions ----
+
+fn assert_rest_headers(resp: &Resp, content_type: &str) {
+    assert_eq!(resp.content_type(), Some(content_type), "Content-Type of {}", resp.text);
+    assert_eq!(resp.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(resp.header("access-control-allow-headers"), Some("origin, content-type, accept"));
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+}
+
+/// The headers every JSON REST answer carries.
+pub fn assert_json_headers(resp: &Resp) {
+    assert_rest_headers(resp, JSON_UTF8);
+}
+
+pub fn assert_xml_headers(resp: &Resp) {
+    assert_rest_headers(resp, "text/xml; charset=utf-8");
+}
+
+/// The error envelope, exactly: `{"error", "error_description"}` and nothing else (no `time`).
+pub fn assert_error(resp: &Resp, status: u16, code: &str, description: &str) {
+    let expected = serde_json::json!({"error": code, "error_description": description});
+    assert_error_body(resp, status, &expected);
+}
+
+/// `ERROR_ARGUMENT` for `argument`, with the invalid-type text, exactly (key order included).
+pub fn assert_invalid_argument(resp: &Resp, argument: &str) {
+    let text = format!(
+        r#"{{"error":"ERROR_ARGUMENT","error_description":"The value of an argument '{argument}' has an invalid type","argument":"{argument}"}}"#
+    );
+    assert_error_body(resp, 400, &serde_json::from_str(&text).unwrap());
+    assert_eq!(resp.text, text, "exact body");
+}
+
+pub fn assert_error_body(resp: &Resp, status: u16, expected: &Value) {
+    assert_eq!((resp.status, &resp.body), (status, expected), "answer: {} {}", resp.status, resp.text);
+    assert!(resp.body.get("time").is_none(), "an error carries no `time`: {}", resp.text);
+    assert_json_headers(resp);
+}
+
+/// A success: 200, exactly `{"result": result, "time": {...}}`, a full `time` block.
+pub fn assert_success(resp: &Resp, result: Value) {
+    assert_eq!((resp.status, resp.body.get("result")), (200, Some(&result)), "answer: {}", resp.text);
+    let keys: Vec<&str> = resp.body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["result", "time"], "{}", resp.text);
+    assert_time(&resp.body["time"]);
+    assert_json_headers(resp);
+}
+
+/// Success of `user.delete`: the chat id as a JSON integer.
+pub fn assert_removed(resp: &Resp, chat_id: i64) {
+    assert_success(resp, Value::from(chat_id));
+    assert!(resp.body["result"].is_i64(), "the chat id is a JSON integer: {}", resp.text);
+}
+
+/// `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$`, like PHP's `date('c')`.
+pub fn is_php_date(s: &str) -> bool {
+    let pattern = "dddd-dd-ddTdd:dd:dd+00:00";
+    s.len() == pattern.len()
+        && s.bytes().zip(pattern.bytes()).all(|(c, p)| if p == b'd' { c.is_ascii_digit() } else { c == p })
+}
+
+/// The `time` block of a success (protocol.md, Success envelope).
+pub fn assert_time(time: &Value) {
+    let t = time.as_object().unwrap_or_else(|| panic!("`time` is an object: {time}"));
+    for key in ["start", "finish", "duration", "processing", "operating"] {
+        assert!(t.get(key).is_some_and(Value::is_number), "time.{key} is a number: {time}");
+    }
+    let f = |key: &str| t[key].as_f64().unwrap();
+    let (start, finish) = (f("start"), f("finish"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((start - now).abs() < 120.0, "time.start is the current unix time: {time}");
+    assert!(start <= finish, "start <= finish: {time}");
+    assert!((f("duration") - (finish - start)).abs() < 1e-3, "duration = finish - start: {time}");
+    assert!(f("processing") >= 0.0 && f("processing") <= f("duration") + 1e-3, "processing within duration: {time}");
+    assert!(f("operating") >= 0.0, "operating: {time}");
+    for (key, instant) in [("date_start", start), ("date_finish", finish)] {
+        let text = t.get(key).and_then(Value::as_str).unwrap_or_else(|| panic!("time.{key} is a string: {time}"));
+        assert!(is_php_date(text), "time.{key} looks like PHP's date('c'): {text}");
+        let parsed = chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp();
+        assert!((parsed - instant.floor() as i64).abs() <= 1, "time.{key} is the same instant as the number: {time}");
+    }
+    let reset = t.get("operating_reset_at").unwrap_or_else(|| panic!("time.operating_reset_at: {time}"));
+    assert!(reset.is_i64(), "time.operating_reset_at is an integer: {time}");
+}
+
+/// The chat `id` of an export.
+pub fn chat(export: &Value, id: i64) -> &Value {
+    export["chats"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("chat {id} exported"))
+}
+
+pub fn members(export: &Value, chat_id: i64) -> Vec<i64> {
+    chat(export, chat_id)["members"].as_array().unwrap().iter().map(|m| m.as_i64().unwrap()).collect()
+}
+
+pub fn author(export: &Value, chat_id: i64) -> Option<i64> {
+    chat(export, chat_id)["author"].as_i64()
+}
