@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use crate::rest;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::ApiError;
 use crate::rest::limits::{Clock, OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
+use crate::rest::limits_redis::RedisLimits;
 use crate::store::DynStore;
 
 pub struct AppState {
@@ -27,6 +28,8 @@ pub struct AppState {
     pub settings: Settings,
     pub requests: Arc<dyn RequestLimits>,
     pub operating: Arc<dyn OperatingTimeLimits>,
+    /// Set when the limits are shared through Redis (for `/healthz`).
+    pub redis: Option<Arc<RedisLimits>>,
 }
 
 impl AppState {
@@ -37,7 +40,19 @@ impl AppState {
             settings,
             requests: Arc::new(RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS)),
             operating: Arc::new(OperatingTime::new(clock, LIMITER_MAX_KEYS)),
+            redis: None,
         }
+    }
+
+    /// The state of an instance that shares its limits with others through Redis at `redis_url`.
+    pub fn with_redis(store: DynStore, settings: Settings, redis_url: &str) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(crate::rest::limits::SystemClock);
+        let redis = Arc::new(RedisLimits::new(
+            redis_url,
+            RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS),
+            OperatingTime::new(clock, LIMITER_MAX_KEYS),
+        )?);
+        Ok(Self { store, settings, requests: redis.clone(), operating: redis.clone(), redis: Some(redis) })
     }
 }
 
@@ -67,8 +82,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
 }
 
-async fn healthz() -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"ok"}"#).into_response()
+/// 200 once the portal is loaded and REST calls are accepted (the listeners open only then). With Redis, the
+/// detail tells whether limits are currently shared or local to this instance.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let limits = match &state.redis {
+        None => "local",
+        Some(redis) if redis.is_healthy() => "redis",
+        Some(_) => "local (redis unreachable)",
+    };
+    let body = serde_json::json!({"status": "ok", "limits": limits});
+    (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 async fn not_found() -> Response {

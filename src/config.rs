@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CRMCHAT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Share the rate limits of several instances through this Redis (e.g. `redis://127.0.0.1:6379`).
+    #[arg(long, env = "CRMCHAT_REDIS")]
+    pub redis: Option<String>,
     /// Lifetime of issued OAuth access tokens.
     #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     pub access_token_ttl: u64,

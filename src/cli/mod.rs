@@ -204,7 +204,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         access_token_ttl_secs: args.access_token_ttl,
         ..Settings::default()
     };
-    let state = Arc::new(AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)));
+    let state = Arc::new(match &args.redis {
+        Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
+        None => AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)),
+    });
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;

@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod error;
 pub mod introspection;
 pub mod limits;
+pub mod limits_redis;
 pub mod oauth;
 pub mod params;
 pub mod registry;

@@ -1,0 +1,208 @@
+//! Limits shared by several crmchat instances through Redis: the request-intensity bucket and the
+//! operating-time windows live in Redis and are updated by atomic Lua scripts that mirror [`LeakyBucket`] and
+//! [`OperatingWindow`] of the in-memory limiters, with Redis's own clock so instances need not agree on time.
+//!
+//! When Redis cannot be reached, each instance keeps serving with its local limiters (an outage of the limit
+//! store should not take the API down; the limit is then per instance until Redis is back) and says so in the
+//! log and in `/healthz`. Redis is retried at most every [`RETRY_AFTER`].
+//!
+//! [`LeakyBucket`]: super::limits::LeakyBucket
+//! [`OperatingWindow`]: super::limits::OperatingWindow
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+
+use super::limits::{
+    LeakyBucket, OPERATING_LIMIT_SECS, OperatingStatus, OperatingTime, OperatingTimeLimits, Plan, RequestLimiter,
+    RequestLimits,
+};
+
+/// How long one Redis round trip may take before the local limiter answers instead.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a failure, Redis is not tried again for this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+const KEY_PREFIX: &str = "crmchat:limits:";
+
+/// The leaky bucket of `LeakyBucket::try_admit`, in Lua. Numbers are written with %.0f: Lua's default
+/// formatting would turn microsecond timestamps into lossy scientific notation.
+const ADMIT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local burst, rate, unit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'level', 'updated', 'rate')
+local level = tonumber(state[1]) or 0
+local updated = tonumber(state[2]) or now
+local old_rate = tonumber(state[3]) or rate
+local elapsed = now - updated
+if elapsed < 0 then elapsed = 0 end
+level = level - elapsed * old_rate
+if level < 0 then level = 0 end
+if level + unit > burst * unit then return 0 end
+level = level + unit
+if now > updated then updated = now end
+redis.call('HSET', KEYS[1], 'level', string.format('%.0f', level), 'updated', string.format('%.0f', updated),
+  'rate', string.format('%.0f', rate))
+redis.call('PEXPIRE', KEYS[1], math.floor(level / rate / 1000) + 1000)
+return 1
+"#;
+
+/// `OperatingWindow::status`: the sum of the last ten minutes and when the oldest of them expires.
+const STATUS_LUA: &str = r#"
+local now = tonumber(redis.call('TIME')[1])
+local oldest = math.floor(now / 60) - 9
+local fields = redis.call('HGETALL', KEYS[1])
+local total, first = 0, nil
+for i = 1, #fields, 2 do
+  local minute, micros = tonumber(fields[i]), tonumber(fields[i + 1])
+  if minute >= oldest then
+    total = total + micros
+    if first == nil or minute < first then first = minute end
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+local reset = now + 600
+if first ~= nil then reset = (first + 10) * 60 end
+return {string.format('%.0f', total), reset}
+"#;
+
+/// `OperatingWindow::record` (the caller drops calls under 0.1 s).
+const RECORD_LUA: &str = r#"
+local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
+redis.call('HINCRBY', KEYS[1], minute, ARGV[1])
+redis.call('EXPIRE', KEYS[1], 660)
+return 1
+"#;
+
+pub struct RedisLimits {
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    down_until: Mutex<Option<Instant>>,
+    healthy: AtomicBool,
+    local_requests: RequestLimiter,
+    local_operating: OperatingTime,
+    admit: Script,
+    status: Script,
+    record: Script,
+}
+
+impl RedisLimits {
+    /// `url` is checked here; the connection is made on first use, so an instance starts even while Redis is
+    /// down.
+    pub fn new(url: &str, local_requests: RequestLimiter, local_operating: OperatingTime) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            connection: tokio::sync::Mutex::new(None),
+            down_until: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            local_requests,
+            local_operating,
+            admit: Script::new(ADMIT_LUA),
+            status: Script::new(STATUS_LUA),
+            record: Script::new(RECORD_LUA),
+        })
+    }
+
+    /// Is Redis answering (as of the last attempt)?
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        if self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        let mut slot = self.connection.lock().await;
+        if slot.is_none() {
+            match tokio::time::timeout(REDIS_TIMEOUT, self.client.get_multiplexed_async_connection()).await {
+                Ok(Ok(connection)) => *slot = Some(connection),
+                Ok(Err(err)) => {
+                    self.mark_down(&err.to_string());
+                    return None;
+                }
+                Err(_) => {
+                    self.mark_down("connection timed out");
+                    return None;
+                }
+            }
+        }
+        slot.clone()
+    }
+
+    fn mark_down(&self, reason: &str) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + RETRY_AFTER);
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(reason, "redis unreachable: limits fall back to this instance's local limiters");
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis reachable again: limits are shared");
+        }
+    }
+
+    /// Run a script; `None` (and Redis marked down for a while) on any failure.
+    async fn run<T: redis::FromRedisValue>(&self, script: &Script, key: &str, args: &[String]) -> Option<T> {
+        let mut connection = self.connection().await?;
+        let mut invocation = script.key(format!("{KEY_PREFIX}{key}"));
+        for arg in args {
+            invocation.arg(arg);
+        }
+        match tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => {
+                self.mark_up();
+                Some(value)
+            }
+            Ok(Err(err)) => {
+                *self.connection.lock().await = None;
+                self.mark_down(&err.to_string());
+                None
+            }
+            Err(_) => {
+                *self.connection.lock().await = None;
+                self.mark_down("command timed out");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RequestLimits for RedisLimits {
+    async fn admit(&self, key: &str, plan: Plan) -> bool {
+        let args = [plan.burst.to_string(), plan.per_second.to_string(), LeakyBucket::UNIT.to_string()];
+        match self.run::<i64>(&self.admit, &format!("req:{key}"), &args).await {
+            Some(admitted) => admitted == 1,
+            None => self.local_requests.admit(key, plan),
+        }
+    }
+}
+
+#[async_trait]
+impl OperatingTimeLimits for RedisLimits {
+    async fn status(&self, key: &str) -> OperatingStatus {
+        match self.run::<(String, i64)>(&self.status, &format!("op:{key}"), &[]).await {
+            Some((total_us, reset_at)) => {
+                let operating = total_us.parse::<f64>().unwrap_or(0.0) / 1e6;
+                OperatingStatus { operating, reset_at, blocked: operating > OPERATING_LIMIT_SECS }
+            }
+            None => self.local_operating.status(key),
+        }
+    }
+
+    async fn record(&self, key: &str, duration: Duration) {
+        if duration < super::limits::MIN_COUNTED {
+            return;
+        }
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).to_string();
+        if self.run::<i64>(&self.record, &format!("op:{key}"), &[micros]).await.is_none() {
+            self.local_operating.record(key, duration);
+        }
+    }
+}
