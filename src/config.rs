@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Share the rate limits of several instances through this Redis (e.g. `redis://127.0.0.1:6379`).
     #[arg(long, env = "CRMCHAT_REDIS")]
     pub redis: Option<String>,
+    /// Behind a reverse proxy: take the client IP from the last `X-Forwarded-For` entry and the scheme from
+    /// `X-Forwarded-Proto`. Only set this when every request comes through the proxy.
+    #[arg(long, env = "CRMCHAT_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
     /// Lifetime of issued OAuth access tokens.
     #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     pub access_token_ttl: u64,
@@ -59,10 +63,16 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub param_limits: crate::rest::params::Limits,
     pub access_token_ttl_secs: u64,
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, param_limits: Default::default(), access_token_ttl_secs: 3600 }
+        Self {
+            max_body_bytes: 1024 * 1024,
+            param_limits: Default::default(),
+            access_token_ttl_secs: 3600,
+            trust_forwarded_for: false,
+        }
     }
 }

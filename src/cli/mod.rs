@@ -202,6 +202,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings {
         max_body_bytes: args.max_body_bytes,
         access_token_ttl_secs: args.access_token_ttl,
+        trust_forwarded_for: args.trust_forwarded_for,
         ..Settings::default()
     };
     let state = Arc::new(match &args.redis {

@@ -60,12 +60,30 @@ pub fn parse_path(path: &str) -> Option<RestPath<'_>> {
     Some(RestPath { webhook, method, format })
 }
 
+/// The transport and client IP of a request; behind a trusted proxy, as the proxy reports them.
+fn client_of(app: &AppState, parts: &axum::http::request::Parts) -> (Transport, String) {
+    let mut transport = parts.extensions.get::<Transport>().copied().unwrap_or(Transport::Http);
+    let mut ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
+    if app.settings.trust_forwarded_for {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        // The proxy appends the address it saw; earlier entries come from the client and prove nothing.
+        if let Some(last) = header("x-forwarded-for").and_then(|v| v.rsplit(',').next()).map(str::trim)
+            && !last.is_empty()
+        {
+            ip = last.to_string();
+        }
+        if header("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")) {
+            transport = Transport::Https;
+        }
+    }
+    (transport, ip)
+}
+
 /// Every `/rest/...` request: method lookup (404) → parameters → authentication and scope (401) → method.
 pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let start = unix_now();
     let (parts, body) = request.into_parts();
-    let transport = parts.extensions.get::<Transport>().copied().unwrap_or(Transport::Http);
-    let client_ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
+    let (transport, client_ip) = client_of(&app, &parts);
     let path = parts.uri.path().to_string();
     let Some(rest_path) = parse_path(&path) else {
         return render_error(&ApiError::method_not_found(), Format::Json);
