@@ -13,7 +13,17 @@ pub async fn add(ctx: &CallContext, params: &Params) -> MethodResult {
     let not_empty = |name: &str| {
         if is_empty(params.get(name)) { Err(ApiError::argument_null_or_empty(name)) } else { Ok(()) }
     };
-    let positive_id = |name: &str| -> Result<i64, ApiError> {
+    // An integer USER_ID of 0 or below counts as missing (the shared rule of methods.md); a CHAT_ID must be
+    // a positive integer, anything else is of the wrong type [crmchat].
+    let user_id = |name: &str| -> Result<i64, ApiError> {
+        not_empty(name)?;
+        match strict_int(params.get(name)) {
+            Some(id) if id > 0 => Ok(id),
+            Some(_) => Err(ApiError::argument_null_or_empty(name)),
+            None => Err(ApiError::argument_invalid_type(name)),
+        }
+    };
+    let chat_id = |name: &str| -> Result<i64, ApiError> {
         not_empty(name)?;
         match strict_int(params.get(name)) {
             Some(id) if id > 0 => Ok(id),
@@ -23,8 +33,8 @@ pub async fn add(ctx: &CallContext, params: &Params) -> MethodResult {
     not_empty("CRM_ENTITY_TYPE")?;
     not_empty("CRM_ENTITY")?;
     let entity_id = crm_entity(params)?;
-    let user_id = positive_id("USER_ID")?;
-    let chat_id = positive_id("CHAT_ID")?;
+    let user_id = user_id("USER_ID")?;
+    let chat_id = chat_id("CHAT_ID")?;
     not_empty("MESSAGE")?;
     let text = match params.get("MESSAGE") {
         Some(Value::Array(_) | Value::Object(_)) => return Err(ApiError::argument_invalid_type("MESSAGE")),
