@@ -158,3 +158,11 @@ CREATE TABLE oauth_tokens (
     access_expires_ms BIGINT NOT NULL,
     refresh_expires_ms BIGINT NOT NULL
 );
+
+-- Moved by every change of what servers keep in memory (see src/store/cache.rs), so they notice changes made by
+-- other processes.
+CREATE TABLE revision (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value BIGINT NOT NULL
+);
+INSERT INTO revision (id, value) VALUES (1, 0);

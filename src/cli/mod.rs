@@ -187,6 +187,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.fixture {
         load_file(&store, file).await?;
     }
+    // Requests read settings, credentials and the portal's structure from memory.
+    let store: store::DynStore = Arc::new(store::cache::CachedStore::new(store).await?);
     let portal = store.portal().await?;
     let cert = crate::tls::ensure_certificate(
         args.tls_cert.as_deref(),

@@ -228,7 +228,6 @@ pub struct Chat {
     pub id: i64,
     pub line_id: i64,
     pub connector_id: String,
-    pub author: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

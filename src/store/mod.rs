@@ -1,7 +1,14 @@
 //! Persistence behind one interface. The methods read through it and describe every write as a [`Change`],
 //! which a backend applies atomically (one transaction per change); nothing here knows about HTTP.
+//! Two backends, SQLite and PostgreSQL, share their SQL through [`sql`].
 
+pub mod cache;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
+mod sqlite_writer;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -139,6 +146,9 @@ pub trait Store: Send + Sync + 'static {
     /// Upsert a state file into the portal: merged with what is stored, validated as a whole, written in one
     /// transaction. An invalid file changes nothing.
     async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError>;
+    /// A counter moved by every change of settings, credentials, users, records, lines, chats or sessions —
+    /// what the in-memory read model holds — by this process or another.
+    async fn revision(&self) -> StoreResult<i64>;
     /// True once the portal row exists (a state was loaded).
     async fn is_initialized(&self) -> StoreResult<bool>;
 
@@ -181,7 +191,7 @@ pub async fn open(url: &str) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("PostgreSQL is not supported by this build yet: {}", redact_url(url))
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         anyhow::bail!("unsupported database URL (expected sqlite:// or postgres://): {}", redact_url(url))
     }

@@ -75,17 +75,162 @@ pub fn crmchat_command() -> Command {
     cmd
 }
 
-/// `--data-dir DIR`, plus `--database URL` when `CRMCHAT_TEST_DATABASE` is set.
+/// `--data-dir DIR`, plus `--database URL` when `CRMCHAT_TEST_DATABASE` is set. When it names a PostgreSQL
+/// server, each data directory gets a database of its own on it (see [`data_dir_database`]).
 pub fn storage_args(data_dir: &Path) -> Vec<String> {
     let mut args = vec!["--data-dir".to_string(), data_dir.display().to_string()];
     if let Ok(url) = std::env::var("CRMCHAT_TEST_DATABASE")
         && !url.is_empty()
     {
         args.push("--database".into());
-        args.push(url);
+        args.push(if is_postgres(&url) { data_dir_database(data_dir) } else { url });
     }
     args
 }
+
+// ---- the database under test ----
+
+const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// In a data directory: the URL of its PostgreSQL database.
+const DATABASE_MARKER: &str = "test-database-url";
+/// The prefix of the per-data-directory databases, which [`sweep_databases`] may drop.
+const DATA_DIR_DATABASES: &str = "crmchat_t";
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
+/// The PostgreSQL server for tests: `CRMCHAT_TEST_DATABASE` when it names one, else the local one (trust auth).
+pub fn postgres_server() -> String {
+    std::env::var("CRMCHAT_TEST_DATABASE").ok().filter(|url| is_postgres(url)).unwrap_or_else(|| LOCAL_POSTGRES.into())
+}
+
+/// `url` naming the database `name` instead (the query string stays).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let host = base.find("://").map_or(0, |i| i + 3);
+    let server = base[host..].find('/').map_or(base, |i| &base[..host + i]);
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// Runs `future` to completion on a runtime of its own: the callers are synchronous code, often inside a
+/// test's runtime, which must not be blocked on.
+fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(future)
+    })
+    .join()
+    .expect("the database helper thread")
+}
+
+/// Runs `statements` on the server's maintenance database.
+fn on_postgres_server(statements: Vec<String>) -> Result<(), sqlx::Error> {
+    use sqlx::{Connection, Executor};
+    let server = postgres_server();
+    block_on(async move {
+        let mut conn = sqlx::PgConnection::connect(&server).await?;
+        for statement in statements {
+            conn.execute(statement.as_str()).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Creates `{prefix}_{random}` on [`postgres_server`], with `comment`; its URL.
+fn create_database(prefix: &str, comment: Option<&str>) -> String {
+    let name = format!("{prefix}_{:016x}", rand::random::<u64>());
+    let mut statements = vec![format!("CREATE DATABASE \"{name}\"")];
+    if let Some(comment) = comment {
+        statements.push(format!("COMMENT ON DATABASE \"{name}\" IS '{}'", comment.replace('\'', "''")));
+    }
+    on_postgres_server(statements).unwrap_or_else(|e| {
+        panic!(
+            "creating a test database on {}: {e} (is PostgreSQL running?)",
+            crmchat::store::redact_url(&postgres_server())
+        )
+    });
+    with_database(&postgres_server(), &name)
+}
+
+/// Drops the database of `url`, best-effort (connections left by a killed server are closed).
+fn drop_database(url: &str) {
+    let name = url.split('?').next().unwrap_or(url).rsplit('/').next().unwrap_or_default().to_string();
+    if let Err(e) = on_postgres_server(vec![format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")]) {
+        eprintln!("could not drop the test database {name}: {e}");
+    }
+}
+
+/// A fresh PostgreSQL database `{prefix}_{random}` on [`postgres_server`], dropped with the value.
+pub struct PgDatabase {
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create(prefix: &str) -> Self {
+        Self { url: create_database(prefix, None) }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        drop_database(&self.url);
+    }
+}
+
+/// The data directory's own PostgreSQL database, created on first use and remembered in the directory. A
+/// [`TestApp`] drops it; the database of a bare directory (CLI tests) carries the directory's path as its
+/// comment and is dropped by [`sweep_databases`] once the directory is gone.
+fn data_dir_database(data_dir: &Path) -> String {
+    let marker = data_dir.join(DATABASE_MARKER);
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return url;
+    }
+    sweep_databases();
+    let url = create_database(DATA_DIR_DATABASES, Some(&data_dir.display().to_string()));
+    std::fs::write(&marker, &url).expect("writing the database marker");
+    url
+}
+
+fn drop_data_dir_database(data_dir: &Path) {
+    if let Ok(url) = std::fs::read_to_string(data_dir.join(DATABASE_MARKER)) {
+        drop_database(&url);
+        let _ = std::fs::remove_file(data_dir.join(DATABASE_MARKER));
+    }
+}
+
+/// Drops the per-data-directory databases whose directory no longer exists (left by this run or an earlier
+/// one).
+fn sweep_databases() {
+    use sqlx::Connection;
+    let server = postgres_server();
+    let stale: Vec<String> = block_on(async move {
+        let Ok(mut conn) = sqlx::PgConnection::connect(&server).await else { return Vec::new() };
+        let databases: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT datname::text, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE $1",
+        )
+        .bind(format!("{DATA_DIR_DATABASES}\\_%"))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        databases
+            .into_iter()
+            .filter(|(_, dir)| dir.as_ref().is_some_and(|dir| !Path::new(dir).exists()))
+            .map(|(name, _)| name)
+            .collect()
+    });
+    for name in stale {
+        drop_database(&with_database(&postgres_server(), &name));
+    }
+}
+
+// ----
 
 /// Runs the binary with exactly `args` and waits for it.
 pub fn run_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
@@ -361,6 +506,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.kill();
+        drop_data_dir_database(&self.data_dir);
         if std::env::var("TEST_LOG").is_ok_and(|v| !v.is_empty() && v != "0") {
             eprintln!("---- crmchat log ({}) ----\n{}", self.data_dir.display(), self.log());
         }
@@ -463,4 +609,274 @@ pub fn members(export: &Value, chat_id: i64) -> Vec<i64> {
 
 pub fn author(export: &Value, chat_id: i64) -> Option<i64> {
     chat(export, chat_id)["author"].as_i64()
+}
+
+// ---- added for the CRM chat family and batch tests ----
+
+/// `ERROR_ARGUMENT` for `argument`, with the null-or-empty text, exactly (key order included).
+pub fn assert_null_argument(resp: &Resp, argument: &str) {
+    let text = format!(
+        r#"{{"error":"ERROR_ARGUMENT","error_description":"Argument '{argument}' is null or empty","argument":"{argument}"}}"#
+    );
+    assert_error_body(resp, 400, &serde_json::from_str(&text).unwrap());
+    assert_eq!(resp.text, text, "exact body");
+}
+
+/// Adds a webhook for `user` with exactly `scopes` and returns its prefix.
+pub fn add_webhook_with_scopes(fixture: &mut Value, user: i64, code: &str, scopes: &[&str]) -> String {
+    let webhook = serde_json::json!({"user": user, "code": code, "scopes": scopes});
+    fixture["webhooks"].as_array_mut().unwrap().push(webhook);
+    hook(user, code)
+}
+
+// ---- added for the OAuth, credentials, limits and hostile-input tests ----
+
+/// Like [`spawn_app_with`], with extra `serve` flags (`--access-token-ttl 1`). A later `restart()` starts the
+/// server without them.
+pub async fn spawn_app_with_args(fixture: Value, args: &[&str]) -> TestApp {
+    let dir = tempfile::Builder::new().prefix("crmchat-test-").tempdir().expect("creating a temp dir");
+    let data_dir = dir.path().to_path_buf();
+    let fixture_path = data_dir.join("fixture.json");
+    std::fs::write(&fixture_path, serde_json::to_vec_pretty(&fixture).unwrap()).expect("writing the fixture");
+    let log_path = data_dir.join("server.log");
+    let log = File::options().create(true).append(true).open(&log_path).expect("opening the server log");
+    let mut cmd = crmchat_command();
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(&data_dir));
+    cmd.arg("--fixture").arg(&fixture_path).args(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+    let mut child = cmd.spawn().expect("spawning crmchat serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let (mut http_base, mut https_base, mut cert_path) = (None, None, None);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.trim() == "ready" => break,
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("http: ") {
+                    http_base = Some(url.trim().to_string());
+                } else if let Some(url) = line.strip_prefix("https: ") {
+                    https_base = Some(url.trim().to_string());
+                } else if let Some(path) = line.strip_prefix("tls certificate: ") {
+                    cert_path = Some(PathBuf::from(path.trim().trim_end_matches(" (new)")));
+                }
+            }
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("crmchat serve {args:?} did not print `ready` ({err:?}); log:\n{}", {
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                });
+            }
+        }
+    }
+    TestApp {
+        http_base: http_base.expect("no `http:` line before `ready`"),
+        https_base: https_base.expect("no `https:` line before `ready`"),
+        cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
+        data_dir,
+        hook: DEMO_HOOK.to_string(),
+        log_path,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("building the HTTP client"),
+        extra_env: Vec::new(),
+        child: Some(child),
+        _dir: dir,
+    }
+}
+
+/// A finished CLI run: its exit status and both outputs as text.
+#[derive(Debug)]
+pub struct CliRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TestApp {
+    /// Runs `crmchat ARGS --data-dir DIR` against this server's database (while it runs).
+    pub fn cli(&self, args: &[&str]) -> CliRun {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(storage_args(&self.data_dir));
+        let out = run_cli(&all);
+        CliRun {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Like [`TestApp::cli`], asserting success; returns standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let run = self.cli(args);
+        assert!(run.ok, "crmchat {args:?} failed:\n{}\n{}", run.stdout, run.stderr);
+        run.stdout
+    }
+
+    /// `host:port` of the plain HTTP listener.
+    pub fn http_addr(&self) -> String {
+        self.http_base.trim_start_matches("http://").trim_end_matches('/').to_string()
+    }
+
+    /// `GET /healthz` answers 200 within five seconds: the server is alive.
+    pub async fn assert_healthy(&self) {
+        let request = self.client.get(self.url("/healthz")).timeout(Duration::from_secs(5));
+        let resp = request.send().await.expect("the server still answers /healthz");
+        assert_eq!(resp.status().as_u16(), 200, "/healthz");
+    }
+}
+
+/// No answer ever shows the server's internals.
+pub fn assert_no_internals(text: &str) {
+    let lower = text.to_ascii_lowercase();
+    for needle in ["sqlx", "sqlite", "panicked", "stack backtrace", "rust_backtrace", "src/"] {
+        assert!(!lower.contains(needle), "the answer shows internals ({needle}): {text}");
+    }
+}
+
+/// The error envelope with any code and text: exactly `{"error", "error_description"}` (plus `argument`),
+/// JSON headers, no `time`, no internals.
+pub fn assert_envelope(resp: &Resp, status: u16) {
+    assert_eq!(resp.status, status, "answer: {}", resp.text);
+    let body = resp.body.as_object().unwrap_or_else(|| panic!("a JSON object: {}", resp.text));
+    assert!(body.get("error").is_some_and(Value::is_string), "error code: {}", resp.text);
+    assert!(
+        body.get("error_description").and_then(Value::as_str).is_some_and(|d| !d.is_empty()),
+        "error_description: {}",
+        resp.text
+    );
+    assert!(body.keys().all(|k| ["error", "error_description", "argument"].contains(&k.as_str())), "{}", resp.text);
+    assert_json_headers(resp);
+    assert_no_internals(&resp.text);
+}
+
+/// What a raw TCP exchange produced.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub bytes: Vec<u8>,
+    /// The server closed (or reset) the connection before `wait` ran out.
+    pub closed: bool,
+    pub elapsed: Duration,
+}
+
+impl RawAnswer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The status code of the first response, if one came.
+    pub fn status(&self) -> Option<u16> {
+        let text = self.text();
+        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    /// The body of the first response, parsed as JSON (`Null` when it is not).
+    pub fn json_body(&self) -> Value {
+        let text = self.text();
+        text.split_once("\r\n\r\n").and_then(|(_, body)| serde_json::from_str(body).ok()).unwrap_or(Value::Null)
+    }
+}
+
+/// Opens a TCP connection to `addr`, writes `chunks` (sleeping `pause` between them), then reads until the
+/// server closes the connection or `wait` (counted from the connect) runs out.
+pub async fn raw_exchange(addr: &str, chunks: &[&[u8]], pause: Duration, wait: Duration) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connecting");
+    let mut bytes = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i > 0 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        if tokio::time::Instant::now() >= deadline || stream.write_all(chunk).await.is_err() {
+            break; // out of time, or the server closed already: read what it said
+        }
+    }
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    RawAnswer { bytes, closed, elapsed: start.elapsed() }
+}
+
+/// An OAuth application registered with `crmchat app add`, with what that command printed once.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub secret: String,
+    pub application_token: String,
+}
+
+/// The value of `name: value` in a CLI output.
+pub fn printed_field(stdout: &str, name: &str) -> String {
+    let prefix = format!("{name}: ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no `{name}:` line in:\n{stdout}"))
+        .trim()
+        .to_string()
+}
+
+/// `application/x-www-form-urlencoded` text of `pairs`.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+impl TestApp {
+    /// `crmchat app add --client-id ID --scope SCOPES`.
+    pub fn add_oauth_app(&self, client_id: &str, scopes: &str) -> OAuthClient {
+        let out = self.cli_ok(&["app", "add", "--client-id", client_id, "--scope", scopes]);
+        assert_eq!(printed_field(&out, "client_id"), client_id);
+        OAuthClient {
+            client_id: client_id.to_string(),
+            secret: printed_field(&out, "client_secret"),
+            application_token: printed_field(&out, "application_token"),
+        }
+    }
+
+    /// `crmchat app code --client-id ID --user USER`: a one-time authorization code.
+    pub fn auth_code(&self, client_id: &str, user: i64) -> String {
+        let out = self.cli_ok(&["app", "code", "--client-id", client_id, "--user", &user.to_string()]);
+        out.trim().to_string()
+    }
+
+    /// POSTs `pairs` as a form to `/oauth/token/`.
+    pub async fn token_request(&self, pairs: &[(&str, &str)]) -> Resp {
+        self.post_form("/oauth/token/", &form(pairs)).await
+    }
+
+    /// The authorization-code grant for a fresh code of `user`; asserts success and returns the token JSON.
+    pub async fn issue_tokens(&self, client: &OAuthClient, user: i64) -> Value {
+        let code = self.auth_code(&client.client_id, user);
+        let resp = self
+            .token_request(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", &client.client_id),
+                ("client_secret", &client.secret),
+                ("code", &code),
+            ])
+            .await;
+        assert_eq!(resp.status, 200, "token endpoint: {}", resp.text);
+        resp.body
+    }
+
+    /// POSTs `params` as JSON to `/rest/{method}` with `Authorization: Bearer TOKEN`.
+    pub async fn call_bearer(&self, token: &str, method: &str, params: Value) -> Resp {
+        let request = self.client.post(self.url(&format!("/rest/{method}"))).bearer_auth(token).json(&params);
+        self.send(request).await
+    }
 }

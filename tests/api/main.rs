@@ -2,12 +2,28 @@
 
 mod helpers;
 
+mod backend_move;
+mod batch;
+mod chat_get;
+mod chat_user_list;
 mod concurrency;
+mod credentials;
 mod durability;
 mod effects;
 mod fixtures_cli;
+mod fuzz_corpus;
+mod get_last_id;
+mod introspection;
+mod message_add;
+mod oauth;
+mod operating_time;
+mod rate_limit;
+mod schema;
 mod sdk;
 mod secrets;
+mod secrets_oauth;
 mod transports;
 mod urls;
+mod user_add;
 mod user_delete_rules;
+mod xml;

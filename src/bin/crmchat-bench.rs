@@ -1,0 +1,497 @@
+//! `crmchat-bench`: the benchmark of bench/README.md.
+//!
+//! Generates a portal of N chats × M members, loads it with `crmchat state load`, measures a bare-axum baseline
+//! (this binary re-executed as `crmchat-bench baseline`), then crmchat on the `unlimited` plan under six
+//! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`.
+
+#[path = "crmchat-bench/load.rs"]
+mod load;
+#[path = "crmchat-bench/portal.rs"]
+mod portal;
+#[path = "crmchat-bench/procs.rs"]
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use load::{Job, Outcome, Spec, WorkList};
+use portal::{Partitions, Portal};
+use procs::{RssSampler, Server};
+
+#[derive(Debug, Parser)]
+#[command(name = "crmchat-bench", about = "Throughput and latency of crmchat against a bare-axum baseline")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// Small portal (10,000 chats) and short workloads (1 s warm-up + 3 s each): about a minute in all.
+    #[arg(long)]
+    quick: bool,
+    /// Chats (one deal each); default 50,000, or 10,000 with --quick.
+    #[arg(long)]
+    chats: Option<usize>,
+    /// Members per chat.
+    #[arg(long, default_value_t = 20)]
+    members: usize,
+    /// Employees the members are drawn from.
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Warm-up before each measured window, in seconds; default 2, or 1 with --quick.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Measured window of each workload, in seconds; default 10, or 3 with --quick.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seed of the generated portal and of the uniform shuffle.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Log filter for the server (CRMCHAT_LOG); default: the server's own default.
+    #[arg(long)]
+    server_log: Option<String>,
+    /// Output directory; default `target/bench` (next to the directory of this executable).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// The bare-axum baseline server (started by the benchmark itself).
+    #[command(hide = true)]
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: std::net::SocketAddr,
+    },
+}
+
+/// The delete workloads' partitions are sized for this rate over warm-up + window, so they cannot run dry
+/// below it (as far as the portal is large enough; see `Partitions`).
+const MAX_EXPECTED_RPS: f64 = 60_000.0;
+const GOAL_RSS_MB: f64 = 150.0;
+const GOAL_P99_MS: f64 = 10.0;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Sub::Baseline { addr }) => procs::serve_baseline(addr).map(|()| ExitCode::SUCCESS),
+        None => run(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("crmchat-bench: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// One measured workload.
+struct Row {
+    key: &'static str,
+    title: &'static str,
+    conns: usize,
+    out: Outcome,
+    rss_mb: f64,
+    /// Minimum ratio to the bare baseline.
+    goal: Option<f64>,
+    /// For deletes: memberships in the workload's partition and how many were handed out.
+    pool: Option<(usize, usize)>,
+}
+
+impl Row {
+    fn p(&self, q: f64) -> f64 {
+        self.out.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn ratio(&self, bare_rps: f64) -> f64 {
+        if bare_rps > 0.0 { self.out.rps / bare_rps } else { 0.0 }
+    }
+
+    fn pass(&self, bare_rps: f64) -> Option<bool> {
+        let goal = self.goal?;
+        let p99_ok = self.key != "delete_hot_64" || self.p(0.99) <= GOAL_P99_MS;
+        Some(self.ratio(bare_rps) >= goal && p99_ok && self.out.measured > 0)
+    }
+
+    fn goal_text(&self) -> String {
+        match (self.goal, self.key) {
+            (Some(g), "delete_hot_64") => format!(">= {g:.2}, p99 <= {GOAL_P99_MS} ms"),
+            (Some(g), _) => format!(">= {g:.2}"),
+            (None, _) => "(ceiling)".into(),
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mode = if args.quick { "quick" } else { "full" };
+    let chats = args.chats.unwrap_or(if args.quick { 10_000 } else { 50_000 });
+    let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if args.quick { 1.0 } else { 2.0 }));
+    let duration = Duration::from_secs_f64(args.duration.unwrap_or(if args.quick { 3.0 } else { 10.0 }));
+    let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let crmchat = procs::crmchat_binary()?;
+    let build_s = started.elapsed().as_secs_f64();
+    let memberships = chats * args.members;
+    let load_at_start = procs::load_average();
+    if let Some(load) = load_at_start.filter(|&l| l > 1.0) {
+        println!("warning: the machine is busy (load average {load:.1}): other processes compete for the cores");
+    }
+    println!(
+        "crmchat-bench ({mode}): {} chats x {} members = {} memberships; {:.0} s warm-up + {:.0} s per workload",
+        thousands(chats as u64),
+        args.members,
+        thousands(memberships as u64),
+        warmup.as_secs_f64(),
+        duration.as_secs_f64()
+    );
+
+    // The portal.
+    let t = Instant::now();
+    let portal = Portal::generate(chats, args.members, args.users, args.seed)?;
+    let state_file = out_dir.join("portal.json");
+    portal.write_state(&state_file)?;
+    let generate_s = t.elapsed().as_secs_f64();
+    let state_mb = std::fs::metadata(&state_file)?.len() as f64 / 1e6;
+    println!("generated {} ({state_mb:.1} MB) in {generate_s:.1} s", state_file.display());
+    let data_dir = out_dir.join("data");
+    if data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+    }
+    let t = Instant::now();
+    let status = Command::new(&crmchat)
+        .arg("state")
+        .arg("load")
+        .arg(&state_file)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stderr(std::fs::File::create(out_dir.join("load.log"))?)
+        .status()
+        .context("running crmchat state load")?;
+    anyhow::ensure!(
+        status.success(),
+        "crmchat state load failed ({status}); see {}",
+        out_dir.join("load.log").display()
+    );
+    let load_s = t.elapsed().as_secs_f64();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let db_url = format!("sqlite://{}/crmchat.db", data_dir.display());
+    let initial = runtime.block_on(count_memberships(&db_url))?;
+    println!(
+        "loaded with `crmchat state load` in {load_s:.1} s: {} memberships in the database",
+        thousands(initial as u64)
+    );
+    anyhow::ensure!(initial as usize == memberships, "expected {memberships} memberships after the load");
+
+    // The ceiling: bare axum, same runtime settings, same requests as server.time.
+    let mut rows = Vec::new();
+    let me = std::env::current_exe()?;
+    let mut cmd = Command::new(&me);
+    cmd.args(["baseline", "--addr", "127.0.0.1:0"]);
+    let baseline = Server::start("baseline", cmd, &out_dir.join("baseline.log"))?;
+    let sampler = RssSampler::start(baseline.pid());
+    // Workload `i` goes through webhook `i`.
+    let run_one = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
+        let webhook_code = portal::webhook_code(i);
+        let spec = Spec { addr: server.addr, conns, warmup, duration, job, webhook_code, server_pid: server.pid() };
+        runtime.block_on(load::run(spec))
+    };
+    let out = run_one(0, &baseline, 64, Job::ServerTime)?;
+    rows.push(finish_row("bare_axum", "bare axum (fixed JSON)", 64, out, sampler.take_max_mb(), None, None));
+    sampler.finish();
+    baseline.stop(Duration::from_secs(5))?;
+
+    // crmchat.
+    let mut cmd = Command::new(&crmchat);
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--data-dir"]).arg(&data_dir);
+    if let Some(filter) = &args.server_log {
+        cmd.env("CRMCHAT_LOG", filter);
+    }
+    let server_log = out_dir.join("crmchat.log");
+    let server = Server::start("crmchat", cmd, &server_log)?;
+    let sampler = RssSampler::start(server.pid());
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_rss_mb = procs::rss_kb(server.pid()).unwrap_or(0) as f64 / 1024.0;
+    println!("crmchat serving on {} (pid {}), RSS {idle_rss_mb:.1} MB idle", server.addr, server.pid());
+
+    let out = run_one(1, &server, 64, Job::ServerTime)?;
+    rows.push(finish_row("server_time", "server.time (webhook)", 64, out, sampler.take_max_mb(), Some(0.80), None));
+    let out = run_one(2, &server, 64, Job::GetLastId { chats: chats as u32 })?;
+    rows.push(finish_row("get_last_id", "crm.chat.getLastId", 64, out, sampler.take_max_mb(), Some(0.60), None));
+
+    let need = (MAX_EXPECTED_RPS * (warmup + duration).as_secs_f64()).ceil() as usize;
+    let mut parts = Partitions::new(&portal);
+    let deletes: [(&str, &str, usize, f64); 3] = [
+        ("delete_hot_64", "user.delete hot set", 64, 0.30),
+        ("delete_hot_256", "user.delete hot set", 256, 0.40),
+        ("delete_uniform", "user.delete uniform", 64, 0.12),
+    ];
+    let mut deletes_ok = 0;
+    for (i, (key, title, conns, goal)) in deletes.into_iter().enumerate() {
+        // Hot partitions: up to `need`, leaving a fair share for the workloads after them.
+        let items = match i {
+            0 => parts.hot(need.min(parts.remaining() / 3)),
+            1 => parts.hot(need.min(parts.remaining() / 2)),
+            _ => parts.uniform(args.seed),
+        };
+        let list = Arc::new(WorkList::new(items));
+        let out = run_one(3 + i, &server, conns, Job::Delete(list.clone()))?;
+        if i < 2 {
+            parts.consume(list.used());
+        }
+        deletes_ok += out.ok_total;
+        let pool = Some((list.len(), list.used()));
+        rows.push(finish_row(key, title, conns, out, sampler.take_max_mb(), Some(goal), pool));
+    }
+    let rss_mb = sampler.finish();
+    server.stop(Duration::from_secs(40))?;
+
+    // Every successful removal must be gone from the database, and nothing else.
+    let remaining = runtime.block_on(count_memberships(&db_url))?;
+    let removed = initial - remaining;
+    let consistent = removed == deletes_ok as i64;
+    let request_errors: u64 = rows.iter().map(|r| r.out.errors).sum();
+    let errors = request_errors + u64::from(!consistent);
+    let bare_rps = rows[0].out.rps;
+
+    print_table(&rows, bare_rps);
+    let rss_pass = rss_mb <= GOAL_RSS_MB;
+    println!(
+        "server RSS: {idle_rss_mb:.1} MB idle after start, {rss_mb:.1} MB max with {} memberships loaded   goal <= {GOAL_RSS_MB} MB   {}",
+        thousands(initial as u64),
+        verdict(rss_pass)
+    );
+    println!(
+        "memberships: {} before, {} after: {} removed, {} successful user.delete responses   {}",
+        thousands(initial as u64),
+        thousands(remaining as u64),
+        thousands(removed as u64),
+        thousands(deletes_ok),
+        if consistent { "consistent" } else { "MISMATCH (counted as an error)" }
+    );
+    if args.quick {
+        println!(
+            "note: --quick: the uniform workload runs over a portal of {} memberships, not 1,000,000",
+            thousands(initial as u64)
+        );
+    }
+    let busiest = rows.iter().map(|r| r.out.other_cpu_pct).fold(0.0, f64::max);
+    if busiest > 20.0 {
+        println!("warning: other processes used up to {busiest:.0}% CPU during a workload: the figures are disturbed");
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    println!(
+        "errors: {errors}; took {total_s:.0} s in all (build {build_s:.0} s, load {load_s:.1} s); server log: {}",
+        server_log.display()
+    );
+
+    let row = |key: &str| rows.iter().find(|r| r.key == key).expect("every workload ran");
+    let goals_pass = rows.iter().filter_map(|r| r.pass(bare_rps)).all(|p| p) && rss_pass;
+    let report = json!({
+        "mode": mode,
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "git_commit": git_commit(),
+        "machine": machine(load_at_start),
+        "bare_rps": round(bare_rps, 0),
+        "server_time_rps": round(row("server_time").out.rps, 0),
+        "get_last_id_rps": round(row("get_last_id").out.rps, 0),
+        "delete_hot_64_rps": round(row("delete_hot_64").out.rps, 0),
+        "delete_hot_64_p99_ms": round(row("delete_hot_64").p(0.99), 3),
+        "delete_hot_256_rps": round(row("delete_hot_256").out.rps, 0),
+        "delete_uniform_rps": round(row("delete_uniform").out.rps, 0),
+        "rss_mb": round(rss_mb, 1),
+        "rss_idle_mb": round(idle_rss_mb, 1),
+        "errors": errors,
+        "memberships_removed": removed,
+        "memberships_check": {
+            "initial": initial, "remaining": remaining, "removed": removed,
+            "successful_deletes": deletes_ok, "consistent": consistent,
+        },
+        "goals_pass": goals_pass,
+        "portal": {
+            "chats": chats, "members_per_chat": args.members, "employees": args.users, "memberships": initial,
+            "state_file_mb": round(state_mb, 1), "generate_s": round(generate_s, 2), "load_s": round(load_s, 2),
+            "build_s": round(build_s, 1),
+        },
+        "settings": {
+            "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(), "seed": args.seed,
+            "server_log": args.server_log,
+        },
+        "workloads": rows.iter().map(|r| row_json(r, bare_rps)).collect::<Vec<_>>(),
+        "total_s": round(total_s, 1),
+    });
+    let report_path = out_dir.join("report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("report: {}", report_path.display());
+    // Goals are reported, not enforced; an invalid run (errors, inconsistent database) fails.
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn finish_row(
+    key: &'static str,
+    title: &'static str,
+    conns: usize,
+    out: Outcome,
+    rss_mb: f64,
+    goal: Option<f64>,
+    pool: Option<(usize, usize)>,
+) -> Row {
+    let row = Row { key, title, conns, out, rss_mb, goal, pool };
+    let o = &row.out;
+    println!(
+        "  {:<24} {:>3} conns: {:>9} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}  CPU: server {:.0}%, loadgen {:.0}%, other {:.0}%",
+        row.title,
+        conns,
+        thousands(o.rps.round() as u64),
+        row.p(0.50),
+        row.p(0.99),
+        o.errors,
+        o.server_cpu_pct,
+        o.loadgen_cpu_pct,
+        o.other_cpu_pct
+    );
+    for e in &o.first_errors {
+        println!("      error: {e}");
+    }
+    if let Some(at) = o.ran_dry_at {
+        let (size, _) = row.pool.unwrap_or_default();
+        println!(
+            "      ran out of work {:.1} s into the measured window ({} memberships in its partition); measured over {:.1} s",
+            at,
+            thousands(size as u64),
+            o.window_s
+        );
+    }
+    row
+}
+
+fn print_table(rows: &[Row], bare_rps: f64) {
+    println!();
+    println!(
+        "{:<24} {:>5} {:>9} {:>8} {:>8} {:>8} {:>6} {:>5} {:>6} {:>7} {:>6}  {:<22} {}",
+        "workload",
+        "conns",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "cpu%",
+        "other%",
+        "rss MB",
+        "ratio",
+        "goal",
+        "pass"
+    );
+    for r in rows {
+        let pass = match r.pass(bare_rps) {
+            Some(p) => verdict(p).to_string(),
+            None => "-".into(),
+        };
+        let dry = if r.out.ran_dry_at.is_some() { " (ran dry)" } else { "" };
+        println!(
+            "{:<24} {:>5} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>5.0} {:>6.0} {:>7.1} {:>6.2}  {:<22} {pass}{dry}",
+            r.title,
+            r.conns,
+            thousands(r.out.rps.round() as u64),
+            r.p(0.50),
+            r.p(0.99),
+            r.p(0.999),
+            r.out.errors,
+            r.out.server_cpu_pct,
+            r.out.other_cpu_pct,
+            r.rss_mb,
+            r.ratio(bare_rps),
+            r.goal_text()
+        );
+    }
+    println!();
+}
+
+fn row_json(r: &Row, bare_rps: f64) -> Value {
+    let o = &r.out;
+    json!({
+        "key": r.key,
+        "workload": r.title,
+        "conns": r.conns,
+        "requests_measured": o.measured,
+        "window_s": round(o.window_s, 3),
+        "rps": round(o.rps, 0),
+        "p50_ms": round(r.p(0.50), 3),
+        "p99_ms": round(r.p(0.99), 3),
+        "p999_ms": round(r.p(0.999), 3),
+        "max_ms": round(o.hist.max() as f64 / 1000.0, 3),
+        "mean_ms": round(o.hist.mean() / 1000.0, 3),
+        "errors": o.errors,
+        "first_errors": o.first_errors,
+        "successful_total": o.ok_total,
+        "server_cpu_pct": round(o.server_cpu_pct, 1),
+        "loadgen_cpu_pct": round(o.loadgen_cpu_pct, 1),
+        "other_cpu_pct": round(o.other_cpu_pct, 1),
+        "server_rss_max_mb": round(r.rss_mb, 1),
+        "ratio_to_bare": round(r.ratio(bare_rps), 3),
+        "goal_ratio": r.goal,
+        "pass": r.pass(bare_rps),
+        "partition_size": r.pool.map(|p| p.0),
+        "partition_used": r.pool.map(|p| p.1),
+        "ran_dry_at_s": o.ran_dry_at.map(|s| round(s, 2)),
+    })
+}
+
+async fn count_memberships(url: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.with_context(|| format!("opening {url}"))?;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chat_members").fetch_one(&mut conn).await?;
+    conn.close().await?;
+    Ok(n)
+}
+
+/// `target/bench`: `target/release/crmchat-bench` → `target/bench`.
+fn default_out_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("bench")))
+        .unwrap_or_else(|| Path::new("target").join("bench"))
+}
+
+fn git_commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        let out = Command::new("git").current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
+}
+
+fn machine(load_at_start: Option<f64>) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1)).map(str::trim);
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "load_average_at_start": load_at_start,
+    })
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "FAIL" }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

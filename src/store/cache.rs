@@ -1,0 +1,299 @@
+//! A read model of the portal kept in memory, so that the request path (authentication, permissions, chat
+//! resolution) reads no database. It holds what requests only read — settings, credentials, users, CRM
+//! records, lines, chats and their sessions — not memberships or messages, which the write path owns.
+//!
+//! Everything cached changes only through `state load` and credentials management, which bump the database's
+//! revision in the same transaction. The revision is checked at most every [`RECHECK`]: a change made by
+//! another process (the CLI next to a running server) is visible within that time, and at once when made
+//! through this store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    AppRecord, AuthCode, Change, ChangeOutcome, DynStore, LoadError, Store, StoreError, StoreResult, TokenRecord,
+    WebhookCredential, WebhookInfo,
+};
+use crate::domain::{
+    Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, SessionStatus, User,
+    UserKind,
+};
+use crate::fixtures::{PortalState, StatusDef};
+
+/// How stale the cache may be with respect to changes made by other processes.
+pub const RECHECK: Duration = Duration::from_millis(5);
+
+#[derive(Default)]
+struct Snapshot {
+    revision: i64,
+    portal: PortalSettings,
+    webhooks: HashMap<(i64, String), WebhookCredential>,
+    users: HashMap<i64, User>,
+    records: HashMap<(CrmEntityType, i64), CrmRecord>,
+    record_sessions: HashMap<(CrmEntityType, i64), Vec<SessionLink>>,
+    chats: HashMap<i64, Chat>,
+    lines: HashMap<i64, Line>,
+}
+
+pub struct CachedStore {
+    inner: DynStore,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Unix microseconds of the last revision check.
+    checked_at: AtomicI64,
+    reload: tokio::sync::Mutex<()>,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl CachedStore {
+    pub async fn new(inner: DynStore) -> StoreResult<Self> {
+        let store = Self {
+            inner,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            checked_at: AtomicI64::new(0),
+            reload: tokio::sync::Mutex::new(()),
+        };
+        store.reload_now().await?;
+        Ok(store)
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The snapshot, reloaded first when the database's revision moved since it was taken.
+    async fn fresh(&self) -> StoreResult<Arc<Snapshot>> {
+        let checked = self.checked_at.load(Ordering::Relaxed);
+        if now_us() - checked < RECHECK.as_micros() as i64 {
+            return Ok(self.current());
+        }
+        let _guard = self.reload.lock().await;
+        // Another request may have checked while this one waited for the lock.
+        if now_us() - self.checked_at.load(Ordering::Relaxed) < RECHECK.as_micros() as i64 {
+            return Ok(self.current());
+        }
+        let revision = self.inner.revision().await?;
+        if revision != self.current().revision {
+            self.install(self.inner.export_state().await?, revision)?;
+        }
+        self.checked_at.store(now_us(), Ordering::Relaxed);
+        Ok(self.current())
+    }
+
+    async fn reload_now(&self) -> StoreResult<()> {
+        let _guard = self.reload.lock().await;
+        let revision = self.inner.revision().await?;
+        self.install(self.inner.export_state().await?, revision)?;
+        self.checked_at.store(now_us(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn install(&self, state: PortalState, revision: i64) -> StoreResult<()> {
+        let snapshot = build(state, revision)?;
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        Ok(())
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// The read model of an exported (so already validated) state.
+fn build(state: PortalState, revision: i64) -> StoreResult<Snapshot> {
+    let mut s = Snapshot { revision, portal: PortalSettings::from(&state.portal), ..Default::default() };
+    for w in state.webhooks {
+        let hash = w.code_sha256.ok_or_else(|| corrupt("webhook without hash"))?;
+        let credential = WebhookCredential { id: w.id.unwrap_or(0), user_id: w.user, scopes: w.scopes };
+        s.webhooks.insert((w.user, hash), credential);
+    }
+    for u in state.users {
+        let read = |level: &str| ReadLevel::parse(level).ok_or_else(|| corrupt(format!("read level {level}")));
+        let line = |level: &str| LineLevel::parse(level).ok_or_else(|| corrupt(format!("line level {level}")));
+        let user = User {
+            id: u.id,
+            name: u.name,
+            last_name: u.last_name,
+            active: u.active,
+            kind: UserKind::parse(&u.kind).ok_or_else(|| corrupt(format!("user kind {}", u.kind)))?,
+            admin: u.admin,
+            crm_read: [
+                read(&u.crm_read.lead)?,
+                read(&u.crm_read.deal)?,
+                read(&u.crm_read.contact)?,
+                read(&u.crm_read.company)?,
+            ],
+            line_join: line(&u.lines.join)?,
+            line_history: line(&u.lines.history)?,
+        };
+        s.users.insert(user.id, user);
+    }
+    for c in state.crm {
+        let entity_type = CrmEntityType::parse(&c.entity_type).ok_or_else(|| corrupt(&c.entity_type))?;
+        let record = CrmRecord { entity_type, id: c.id, responsible: c.responsible, observers: c.observers };
+        s.records.insert((entity_type, c.id), record);
+    }
+    let mut connectors: HashMap<(i64, String), (String, bool)> = HashMap::new();
+    for l in state.lines {
+        for k in l.connectors {
+            connectors.insert((l.id, k.id), (k.title, k.active));
+        }
+        s.lines.insert(l.id, Line { id: l.id, queue: l.queue });
+    }
+    for chat in state.chats {
+        let (title, active) = connectors.get(&(chat.line, chat.connector.clone())).cloned().unwrap_or_default();
+        for session in &chat.sessions {
+            let status = match &session.status {
+                StatusDef::Code(code) => SessionStatus::from_code(*code),
+                StatusDef::Name(name) => SessionStatus::from_name(name),
+            }
+            .ok_or_else(|| corrupt(format!("session {} status", session.id)))?;
+            let modified = super::rfc3339_to_ms(&session.modified)?;
+            for r in &session.crm {
+                let entity_type = CrmEntityType::parse(&r.entity_type).ok_or_else(|| corrupt(&r.entity_type))?;
+                s.record_sessions.entry((entity_type, r.id)).or_default().push(SessionLink {
+                    session_id: session.id,
+                    chat_id: chat.id,
+                    status,
+                    modified,
+                    connector_id: chat.connector.clone(),
+                    connector_title: title.clone(),
+                    connector_active: active,
+                });
+            }
+        }
+        s.chats.insert(chat.id, Chat { id: chat.id, line_id: chat.line, connector_id: chat.connector });
+    }
+    Ok(s)
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn portal(&self) -> StoreResult<PortalSettings> {
+        Ok(self.fresh().await?.portal.clone())
+    }
+
+    async fn webhook(&self, user_id: i64, code_sha256: &str) -> StoreResult<Option<WebhookCredential>> {
+        Ok(self.fresh().await?.webhooks.get(&(user_id, code_sha256.to_string())).cloned())
+    }
+
+    async fn user(&self, id: i64) -> StoreResult<Option<User>> {
+        Ok(self.fresh().await?.users.get(&id).cloned())
+    }
+
+    async fn crm_record(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Option<CrmRecord>> {
+        Ok(self.fresh().await?.records.get(&(entity_type, id)).cloned())
+    }
+
+    async fn record_sessions(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Vec<SessionLink>> {
+        Ok(self.fresh().await?.record_sessions.get(&(entity_type, id)).cloned().unwrap_or_default())
+    }
+
+    async fn chat(&self, id: i64) -> StoreResult<Option<Chat>> {
+        Ok(self.fresh().await?.chats.get(&id).cloned())
+    }
+
+    async fn line(&self, id: i64) -> StoreResult<Option<Line>> {
+        Ok(self.fresh().await?.lines.get(&id).cloned())
+    }
+
+    async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool> {
+        self.inner.is_member(chat_id, user_id).await
+    }
+
+    async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>> {
+        self.inner.chat_members(chat_id).await
+    }
+
+    async fn chat_records(&self, chat_id: i64) -> StoreResult<Vec<CrmRecord>> {
+        self.inner.chat_records(chat_id).await
+    }
+
+    async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
+        self.inner.apply(change).await
+    }
+
+    async fn export_state(&self) -> StoreResult<PortalState> {
+        self.inner.export_state().await
+    }
+
+    async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
+        let result = self.inner.load_state(incoming, has_portal).await;
+        self.reload_now().await?;
+        result
+    }
+
+    async fn is_initialized(&self) -> StoreResult<bool> {
+        self.inner.is_initialized().await
+    }
+
+    async fn revision(&self) -> StoreResult<i64> {
+        self.inner.revision().await
+    }
+
+    async fn add_webhook(&self, user_id: i64, code_sha256: &str, scopes: &[String], at_ms: i64) -> StoreResult<i64> {
+        let id = self.inner.add_webhook(user_id, code_sha256, scopes, at_ms).await?;
+        self.reload_now().await?;
+        Ok(id)
+    }
+
+    async fn list_webhooks(&self) -> StoreResult<Vec<WebhookInfo>> {
+        self.inner.list_webhooks().await
+    }
+
+    async fn revoke_webhook(&self, id: i64) -> StoreResult<bool> {
+        let done = self.inner.revoke_webhook(id).await?;
+        self.reload_now().await?;
+        Ok(done)
+    }
+
+    async fn add_app(&self, app: &AppRecord) -> StoreResult<bool> {
+        let done = self.inner.add_app(app).await?;
+        self.reload_now().await?;
+        Ok(done)
+    }
+
+    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
+        self.inner.list_apps().await
+    }
+
+    async fn remove_app(&self, client_id: &str) -> StoreResult<bool> {
+        let done = self.inner.remove_app(client_id).await?;
+        self.reload_now().await?;
+        Ok(done)
+    }
+
+    async fn app(&self, client_id: &str) -> StoreResult<Option<AppRecord>> {
+        self.inner.app(client_id).await
+    }
+
+    async fn add_auth_code(&self, code_sha256: &str, code: &AuthCode) -> StoreResult<()> {
+        self.inner.add_auth_code(code_sha256, code).await
+    }
+
+    async fn take_auth_code(&self, code_sha256: &str) -> StoreResult<Option<AuthCode>> {
+        self.inner.take_auth_code(code_sha256).await
+    }
+
+    async fn add_tokens(&self, tokens: &TokenRecord) -> StoreResult<()> {
+        self.inner.add_tokens(tokens).await
+    }
+
+    async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>> {
+        self.inner.token_by_access(access_sha256).await
+    }
+
+    async fn token_by_refresh(&self, refresh_sha256: &str) -> StoreResult<Option<TokenRecord>> {
+        self.inner.token_by_refresh(refresh_sha256).await
+    }
+
+    async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>> {
+        self.inner.rotate_tokens(old_refresh_sha256, new).await
+    }
+}

@@ -1,0 +1,232 @@
+//! The PostgreSQL backend, for several server instances sharing one database. The SQL it shares with SQLite
+//! is generated into `shared` by `store::sql::shared_sql!`; what is its own is the locking that SQLite gets
+//! from its single writer:
+//!
+//! - a membership change locks its chat row (`FOR UPDATE`) before anything else, so two instances changing
+//!   the same chat run one after the other and the member count, join order and author are computed from
+//!   what the other committed;
+//! - a message locks its chat row `FOR SHARE` (the author stays a member until the commit) and then the
+//!   `messages` table against other message writers, so `MAX(id) + 1` cannot be taken twice;
+//! - a state load locks every table it reads and writes against writers (readers go on) before reading the
+//!   stored state it merges into.
+//!
+//! The lock order is always the chat row / `chats` first, then the rest, so the three cannot deadlock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row as _, Transaction};
+
+use super::sql::statements as sql;
+use super::sql::{Backend, shared_sql};
+use super::{Change, ChangeOutcome, LoadError, StoreError, StoreResult};
+use crate::domain::{CrmEntityType, Member, UserKind, rules};
+use crate::fixtures::{self, PortalState};
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// `chats` first: every change transaction starts by locking a chat row, so a load that holds `chats` can
+/// wait for the others without any of them waiting for it. Notifications, the outbox and OAuth codes and
+/// tokens are not part of a state and are not locked.
+const LOCK_FOR_LOAD: &str = "LOCK TABLE chats, portal, users, crm_records, crm_observers, lines, line_queue, \
+                             connectors, chat_members, sessions, session_crm, messages, webhooks, apps \
+                             IN EXCLUSIVE MODE";
+
+impl PgStore {
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("crmchat");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        // sqlx holds an advisory lock while migrating, so instances starting together migrate once.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+shared_sql!(PgStore, Postgres);
+
+/// Locks the chat row, `FOR UPDATE` or `FOR SHARE`; a missing chat locks nothing and the change then finds
+/// nothing to do, as on SQLite.
+async fn lock_chat(tx: &mut shared::Tx, chat_id: i64, mode: &str) -> StoreResult<()> {
+    sqlx::query(&format!("SELECT id FROM chats WHERE id = $1 {mode}")).bind(chat_id).fetch_optional(&mut **tx).await?;
+    Ok(())
+}
+
+impl Backend for PgStore {
+    type Db = Postgres;
+
+    /// Moves the identity past an explicit id, never back (like SQLite's AUTOINCREMENT counter).
+    const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str> = Some(
+        "SELECT setval(pg_get_serial_sequence('webhooks', 'id'), $1) \
+         WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('webhooks', 'id')::regclass), 0)",
+    );
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
+        let mut tx = self.begin_write().await?;
+        let outcome = match change {
+            Change::RemoveMember { chat_id, user_id, record, at_ms } => {
+                lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
+                remove_member(&mut tx, chat_id, user_id, record, at_ms).await?
+            }
+            Change::AddMember { chat_id, user_id, record, at_ms } => {
+                lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
+                add_member(&mut tx, chat_id, user_id, record, at_ms).await?
+            }
+            Change::AddMessage { chat_id, author, text, record, at_ms } => {
+                lock_chat(&mut tx, chat_id, "FOR SHARE").await?;
+                // Conflicts with itself and with a load's lock, not with readers.
+                sqlx::query("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+                add_message(&mut tx, chat_id, author, &text, record, at_ms).await?
+            }
+        };
+        match outcome {
+            ChangeOutcome::NotAMember | ChangeOutcome::AlreadyAMember => tx.rollback().await?,
+            _ => tx.commit().await?,
+        }
+        Ok(outcome)
+    }
+
+    async fn export_state(&self) -> StoreResult<PortalState> {
+        // One snapshot for all the statements of the export.
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let state = shared::export(&mut tx).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
+        let mut tx = self.begin_write().await?;
+        // Another instance's change or load either committed before this point (and is in `existing`) or
+        // waits for the commit: nothing it writes is lost by writing back the merged state.
+        sqlx::query(LOCK_FOR_LOAD).execute(&mut *tx).await.map_err(StoreError::from)?;
+        let existing = shared::export(&mut tx).await?;
+        let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
+        shared::write_state(&mut tx, &merged).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+}
+
+// The changes of the methods. SQLite applies the same statements in its group-commit writer.
+
+/// Removes a membership, hands the authorship over when the author left, and records the
+/// notification and the event. Run it with the chat serialized (see the backend's `apply`).
+pub(super) async fn remove_member(
+    tx: &mut shared::Tx,
+    chat_id: i64,
+    user_id: i64,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<ChangeOutcome> {
+    // The row count decides between two identical calls: the second finds nothing to delete.
+    let deleted = sqlx::query(sql::DELETE_MEMBER).bind(chat_id).bind(user_id).execute(&mut **tx).await?;
+    if deleted.rows_affected() == 0 {
+        return Ok(ChangeOutcome::NotAMember);
+    }
+    let remaining = members(tx, chat_id).await?;
+    let author: Option<i64> = sqlx::query_scalar(sql::CHAT_AUTHOR).bind(chat_id).fetch_one(&mut **tx).await?;
+    let new_author = if author == Some(user_id) { rules::next_author(&remaining, user_id).or(author) } else { author };
+    let member_count = remaining.len() as i64;
+    sqlx::query(sql::SET_COUNT_AND_AUTHOR).bind(member_count).bind(new_author).bind(chat_id).execute(&mut **tx).await?;
+    let mut recipients: Vec<i64> = remaining.iter().map(|m| m.user_id).collect();
+    recipients.push(user_id);
+    let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
+    record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms).await?;
+    Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
+}
+
+/// The chat's members in join order, with what the author hand-over rule needs.
+async fn members(tx: &mut shared::Tx, chat_id: i64) -> StoreResult<Vec<Member>> {
+    let rows = sqlx::query(sql::MEMBERS_WITH_KIND).bind(chat_id).fetch_all(&mut **tx).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Member {
+            user_id: r.get("user_id"),
+            kind: UserKind::parse(r.get("kind")).unwrap_or(UserKind::Employee),
+            active: r.get("active"),
+        })
+        .collect())
+}
+
+/// Adds a membership at the end of the join order. Run it with the chat serialized.
+pub(super) async fn add_member(
+    tx: &mut shared::Tx,
+    chat_id: i64,
+    user_id: i64,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<ChangeOutcome> {
+    let inserted = sqlx::query(sql::INSERT_MEMBER).bind(chat_id).bind(user_id).bind(at_ms).execute(&mut **tx).await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(ChangeOutcome::AlreadyAMember);
+    }
+    let member_count: i64 = sqlx::query_scalar(sql::COUNT_AFTER_JOIN).bind(chat_id).fetch_one(&mut **tx).await?;
+    let recipients: Vec<i64> = members(tx, chat_id).await?.iter().map(|m| m.user_id).collect();
+    let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
+    record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms).await?;
+    Ok(ChangeOutcome::MemberAdded { member_count })
+}
+
+/// Stores a message of a member under the id `MAX(id) + 1`. Run it with message ids serialized
+/// and the chat's membership held still.
+pub(super) async fn add_message(
+    tx: &mut shared::Tx,
+    chat_id: i64,
+    author: i64,
+    text: &str,
+    record: (CrmEntityType, i64),
+    at_ms: i64,
+) -> StoreResult<ChangeOutcome> {
+    let member: Option<i64> =
+        sqlx::query_scalar(sql::IS_MEMBER).bind(chat_id).bind(author).fetch_optional(&mut **tx).await?;
+    if member.is_none() {
+        return Ok(ChangeOutcome::NotAMember);
+    }
+    let id: i64 = sqlx::query_scalar(sql::INSERT_MESSAGE)
+        .bind(chat_id)
+        .bind(author)
+        .bind(text)
+        .bind(at_ms)
+        .fetch_one(&mut **tx)
+        .await?;
+    let event = sql::message_payload(chat_id, id, author, text, record);
+    sqlx::query(sql::INSERT_OUTBOX).bind("ONOPENLINEMESSAGEADD").bind(event).bind(at_ms).execute(&mut **tx).await?;
+    Ok(ChangeOutcome::MessageAdded { id })
+}
+
+/// The messenger notification (kind, payload) and the outbox record (event, payload) of a change.
+async fn record_change(
+    tx: &mut shared::Tx,
+    chat_id: i64,
+    notification: (&str, &str),
+    event: (&str, &str),
+    at_ms: i64,
+) -> StoreResult<()> {
+    sqlx::query(sql::INSERT_NOTIFICATION)
+        .bind(chat_id)
+        .bind(notification.0)
+        .bind(notification.1)
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(sql::INSERT_OUTBOX).bind(event.0).bind(event.1).bind(at_ms).execute(&mut **tx).await?;
+    Ok(())
+}

@@ -1,0 +1,953 @@
+//! The SQL both backends share. Almost every statement reads the same in SQLite and PostgreSQL (`$1`
+//! placeholders, `ON CONFLICT`, `RETURNING`), and with every integer column an INT8/INTEGER both decode
+//! to `i64`; only the driver types differ. [`shared_sql!`] therefore writes that code once and is expanded
+//! in each backend module for its `sqlx` database type: it generates the backend's `impl Store` and a
+//! module `shared` with the transaction-level pieces (one function per change kind, export, state writing).
+//!
+//! What differs stays with the backend, behind [`Backend`]: connections and pools, how a write transaction
+//! begins, and the three transaction-shaped methods — `apply` (SQLite will group-commit there; PostgreSQL
+//! takes its row and table locks there), `export_state` (the snapshot) and `load_state` (its locking).
+
+use std::future::Future;
+
+use sqlx::{Database, Pool, Transaction};
+
+use super::{Change, ChangeOutcome, LoadError, StoreError, StoreResult};
+use crate::domain::{LineLevel, PortalSettings, ReadLevel};
+use crate::fixtures::{self, PortalState};
+
+/// What a backend provides; [`shared_sql!`] builds the rest of [`super::Store`] on it.
+pub(crate) trait Backend: Send + Sync + 'static {
+    type Db: Database;
+
+    /// Run (with the id as `$1`) after a webhook row was written with an explicit id. SQLite's AUTOINCREMENT
+    /// counter follows explicit ids by itself; a PostgreSQL identity must be moved past them.
+    const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str>;
+
+    /// For reads outside a transaction.
+    fn reader(&self) -> &Pool<Self::Db>;
+    /// For single-statement writes.
+    fn writer(&self) -> &Pool<Self::Db>;
+    fn begin_write(&self) -> impl Future<Output = StoreResult<Transaction<'static, Self::Db>>> + Send;
+
+    fn apply(&self, change: Change) -> impl Future<Output = StoreResult<ChangeOutcome>> + Send;
+    fn export_state(&self) -> impl Future<Output = StoreResult<PortalState>> + Send;
+    fn load_state(&self, incoming: PortalState, has_portal: bool)
+    -> impl Future<Output = Result<(), LoadError>> + Send;
+}
+
+pub(crate) fn read_level(s: &str) -> StoreResult<ReadLevel> {
+    ReadLevel::parse(s).ok_or_else(|| StoreError::Corrupt(format!("read level {s:?}")))
+}
+
+pub(crate) fn line_level(s: &str) -> StoreResult<LineLevel> {
+    LineLevel::parse(s).ok_or_else(|| StoreError::Corrupt(format!("line level {s:?}")))
+}
+
+/// Lists (scopes, modules) are stored comma-separated.
+pub(crate) fn split_list(s: &str) -> Vec<String> {
+    s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl From<&fixtures::PortalSettings> for PortalSettings {
+    fn from(p: &fixtures::PortalSettings) -> Self {
+        PortalSettings {
+            domain: p.domain.clone(),
+            language: p.language.clone(),
+            modules: p.modules.clone(),
+            plan: p.plan.clone(),
+            strict_line_permissions: p.strict_line_permissions,
+            require_https: p.require_https,
+        }
+    }
+}
+
+/// The statements of the write path, shared by the `sqlx` code below and SQLite's group-commit writer
+/// (`rusqlite`). Placeholders `$n` first appear in increasing order, so that SQLite, which numbers named
+/// parameters by first appearance, binds them by position too (checked by a test).
+pub(crate) mod statements {
+    use crate::domain::CrmEntityType;
+
+    pub const DELETE_MEMBER: &str = "DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2";
+    pub const MEMBERS_WITH_KIND: &str = "SELECT m.user_id, u.kind, u.active FROM chat_members m \
+         JOIN users u ON u.id = m.user_id WHERE m.chat_id = $1 ORDER BY m.join_seq";
+    pub const CHAT_AUTHOR: &str = "SELECT author_id FROM chats WHERE id = $1";
+    pub const SET_COUNT_AND_AUTHOR: &str = "UPDATE chats SET member_count = $1, author_id = $2 WHERE id = $3";
+    pub const INSERT_MEMBER: &str = "INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) \
+         SELECT $1, $2, next_join_seq, $3 FROM chats WHERE id = $1 ON CONFLICT (chat_id, user_id) DO NOTHING";
+    pub const COUNT_AFTER_JOIN: &str = "UPDATE chats SET next_join_seq = next_join_seq + 1, \
+         member_count = (SELECT COUNT(*) FROM chat_members WHERE chat_id = $1) WHERE id = $1 RETURNING member_count";
+    pub const IS_MEMBER: &str = "SELECT user_id FROM chat_members WHERE chat_id = $1 AND user_id = $2";
+    pub const INSERT_MESSAGE: &str = "INSERT INTO messages (id, chat_id, author_id, text, date_ms) \
+         SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4 FROM messages RETURNING id";
+    pub const INSERT_NOTIFICATION: &str =
+        "INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)";
+    pub const INSERT_OUTBOX: &str = "INSERT INTO outbox (event, payload, created_ms) VALUES ($1, $2, $3)";
+
+    #[cfg(test)]
+    pub const ALL: [&str; 10] = [
+        DELETE_MEMBER,
+        MEMBERS_WITH_KIND,
+        CHAT_AUTHOR,
+        SET_COUNT_AND_AUTHOR,
+        INSERT_MEMBER,
+        COUNT_AFTER_JOIN,
+        IS_MEMBER,
+        INSERT_MESSAGE,
+        INSERT_NOTIFICATION,
+        INSERT_OUTBOX,
+    ];
+
+    /// The messenger notification (for the members before the change) and the outbox event of a membership
+    /// change, as stored JSON.
+    pub fn membership_payloads(
+        chat_id: i64,
+        user_id: i64,
+        member_count: i64,
+        recipients: &[i64],
+        record: (CrmEntityType, i64),
+    ) -> (String, String) {
+        let notification = serde_json::json!({
+            "chat_id": chat_id, "user_id": user_id, "user_count": member_count, "recipients": recipients,
+        });
+        let event = serde_json::json!({
+            "CHAT_ID": chat_id, "USER_ID": user_id, "CRM_ENTITY_TYPE": record.0.as_upper(),
+            "CRM_ENTITY": record.1, "USER_COUNT": member_count,
+        });
+        (notification.to_string(), event.to_string())
+    }
+
+    /// The `ONOPENLINEMESSAGEADD` event of a stored message.
+    pub fn message_payload(chat_id: i64, id: i64, author: i64, text: &str, record: (CrmEntityType, i64)) -> String {
+        serde_json::json!({
+            "CHAT_ID": chat_id, "MESSAGE_ID": id, "USER_ID": author, "MESSAGE": text,
+            "CRM_ENTITY_TYPE": record.0.as_upper(), "CRM_ENTITY": record.1,
+        })
+        .to_string()
+    }
+}
+
+/// `shared_sql!(SqliteStore, Sqlite)`, in the backend's module: `impl Store for SqliteStore` and the module
+/// `shared` (see the module documentation), for the `sqlx` database `sqlx::Sqlite`.
+macro_rules! shared_sql {
+    ($store:ident, $db:ident) => {
+        /// Generated by `store::sql::shared_sql!`: the code this backend shares with the other one.
+        pub(crate) mod shared {
+            use async_trait::async_trait;
+            use sqlx::{$db, Row as _, Transaction};
+
+            use super::$store;
+            use $crate::domain::{
+                Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
+            };
+            use $crate::fixtures::{self, PortalState, StatusDef};
+            use $crate::store::sql::statements as sql;
+            use $crate::store::sql::{Backend, line_level, now_ms, read_level, split_list};
+            use $crate::store::{
+                AppRecord, AuthCode, Change, ChangeOutcome, LoadError, Store, StoreError, StoreResult, TokenRecord,
+                WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
+            };
+
+            type Row = <$db as sqlx::Database>::Row;
+            type Connection = <$db as sqlx::Database>::Connection;
+            pub(crate) type Tx = Transaction<'static, $db>;
+
+            #[async_trait]
+            impl Store for $store {
+                async fn portal(&self) -> StoreResult<PortalSettings> {
+                    let row = sqlx::query(
+                        "SELECT domain, language, modules, plan, strict_line_permissions, require_https \
+                         FROM portal WHERE id = 1",
+                    )
+                    .fetch_optional(self.reader())
+                    .await?;
+                    let Some(row) = row else {
+                        return Ok(PortalSettings::from(&fixtures::PortalSettings::default()));
+                    };
+                    Ok(PortalSettings {
+                        domain: row.get("domain"),
+                        language: row.get("language"),
+                        modules: split_list(row.get("modules")),
+                        plan: row.get("plan"),
+                        strict_line_permissions: row.get("strict_line_permissions"),
+                        require_https: row.get("require_https"),
+                    })
+                }
+
+                async fn webhook(&self, user_id: i64, code_sha256: &str) -> StoreResult<Option<WebhookCredential>> {
+                    let row =
+                        sqlx::query("SELECT id, user_id, scopes FROM webhooks WHERE code_sha256 = $1 AND user_id = $2")
+                            .bind(code_sha256)
+                            .bind(user_id)
+                            .fetch_optional(self.reader())
+                            .await?;
+                    Ok(row.map(|r| WebhookCredential {
+                        id: r.get("id"),
+                        user_id: r.get("user_id"),
+                        scopes: split_list(r.get("scopes")),
+                    }))
+                }
+
+                async fn user(&self, id: i64) -> StoreResult<Option<User>> {
+                    let row =
+                        sqlx::query("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(self.reader()).await?;
+                    row.as_ref().map(user_from_row).transpose()
+                }
+
+                async fn crm_record(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Option<CrmRecord>> {
+                    let Some(row) = sqlx::query("SELECT responsible FROM crm_records WHERE entity_type = $1 AND id = $2")
+                        .bind(entity_type.as_str())
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let observers = sqlx::query_scalar(
+                        "SELECT user_id FROM crm_observers WHERE entity_type = $1 AND entity_id = $2 ORDER BY position",
+                    )
+                    .bind(entity_type.as_str())
+                    .bind(id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(Some(CrmRecord { entity_type, id, responsible: row.get("responsible"), observers }))
+                }
+
+                async fn record_sessions(
+                    &self,
+                    entity_type: CrmEntityType,
+                    id: i64,
+                ) -> StoreResult<Vec<SessionLink>> {
+                    let rows = sqlx::query(
+                        "SELECT s.id, s.chat_id, s.status, s.modified_ms, c.connector_id, \
+                                COALESCE(k.title, '') AS title, COALESCE(k.active, FALSE) AS connector_active \
+                         FROM session_crm sc \
+                         JOIN sessions s ON s.id = sc.session_id \
+                         JOIN chats c ON c.id = s.chat_id \
+                         LEFT JOIN connectors k ON k.line_id = c.line_id AND k.id = c.connector_id \
+                         WHERE sc.entity_type = $1 AND sc.entity_id = $2",
+                    )
+                    .bind(entity_type.as_str())
+                    .bind(id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| SessionLink {
+                            session_id: r.get("id"),
+                            chat_id: r.get("chat_id"),
+                            status: SessionStatus(r.get("status")),
+                            modified: r.get("modified_ms"),
+                            connector_id: r.get("connector_id"),
+                            connector_title: r.get("title"),
+                            connector_active: r.get("connector_active"),
+                        })
+                        .collect())
+                }
+
+                async fn chat(&self, id: i64) -> StoreResult<Option<Chat>> {
+                    let row = sqlx::query("SELECT id, line_id, connector_id, author_id FROM chats WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Ok(row.map(|r| Chat {
+                        id: r.get("id"),
+                        line_id: r.get("line_id"),
+                        connector_id: r.get("connector_id"),
+                    }))
+                }
+
+                async fn line(&self, id: i64) -> StoreResult<Option<Line>> {
+                    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM lines WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    if exists.is_none() {
+                        return Ok(None);
+                    }
+                    let queue =
+                        sqlx::query_scalar("SELECT user_id FROM line_queue WHERE line_id = $1 ORDER BY position")
+                            .bind(id)
+                            .fetch_all(self.reader())
+                            .await?;
+                    Ok(Some(Line { id, queue }))
+                }
+
+                async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool> {
+                    is_member(self.reader(), chat_id, user_id).await
+                }
+
+                async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>> {
+                    Ok(sqlx::query_scalar("SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY join_seq")
+                        .bind(chat_id)
+                        .fetch_all(self.reader())
+                        .await?)
+                }
+
+                async fn chat_records(&self, chat_id: i64) -> StoreResult<Vec<CrmRecord>> {
+                    let keys: Vec<(String, i64)> = sqlx::query_as(
+                        "SELECT DISTINCT sc.entity_type, sc.entity_id FROM sessions s \
+                         JOIN session_crm sc ON sc.session_id = s.id WHERE s.chat_id = $1",
+                    )
+                    .bind(chat_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    let mut records = Vec::new();
+                    for (entity_type, id) in keys {
+                        let entity_type = CrmEntityType::parse(&entity_type)
+                            .ok_or_else(|| StoreError::Corrupt(format!("crm type {entity_type:?}")))?;
+                        if let Some(record) = self.crm_record(entity_type, id).await? {
+                            records.push(record);
+                        }
+                    }
+                    Ok(records)
+                }
+
+                async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
+                    <Self as Backend>::apply(self, change).await
+                }
+
+                async fn export_state(&self) -> StoreResult<PortalState> {
+                    <Self as Backend>::export_state(self).await
+                }
+
+                async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
+                    <Self as Backend>::load_state(self, incoming, has_portal).await
+                }
+
+                async fn revision(&self) -> StoreResult<i64> {
+                    Ok(sqlx::query_scalar("SELECT value FROM revision WHERE id = 1").fetch_one(self.reader()).await?)
+                }
+
+                async fn is_initialized(&self) -> StoreResult<bool> {
+                    let found: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM portal WHERE id = 1").fetch_optional(self.reader()).await?;
+                    Ok(found.is_some())
+                }
+
+                async fn add_webhook(
+                    &self,
+                    user_id: i64,
+                    code_sha256: &str,
+                    scopes: &[String],
+                    at_ms: i64,
+                ) -> StoreResult<i64> {
+                    let mut tx = self.begin_write().await?;
+                    let id = sqlx::query_scalar(
+                        "INSERT INTO webhooks (user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4) \
+                         RETURNING id",
+                    )
+                    .bind(user_id)
+                    .bind(code_sha256)
+                    .bind(scopes.join(","))
+                    .bind(at_ms)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(id)
+                }
+
+                async fn list_webhooks(&self) -> StoreResult<Vec<WebhookInfo>> {
+                    let rows = sqlx::query("SELECT id, user_id, scopes, created_ms FROM webhooks ORDER BY id")
+                        .fetch_all(self.reader())
+                        .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| WebhookInfo {
+                            id: r.get("id"),
+                            user_id: r.get("user_id"),
+                            scopes: split_list(r.get("scopes")),
+                            created_ms: r.get("created_ms"),
+                        })
+                        .collect())
+                }
+
+                async fn revoke_webhook(&self, id: i64) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
+                    let done = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn add_app(&self, app: &AppRecord) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
+                    let done = sqlx::query(
+                        "INSERT INTO apps (client_id, secret_sha256, scopes, application_token) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (client_id) DO NOTHING",
+                    )
+                    .bind(&app.client_id)
+                    .bind(&app.secret_sha256)
+                    .bind(app.scopes.join(","))
+                    .bind(&app.application_token)
+                    .execute(&mut *tx)
+                    .await?;
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
+                    let rows = sqlx::query("SELECT * FROM apps ORDER BY client_id").fetch_all(self.reader()).await?;
+                    Ok(rows.iter().map(app_from_row).collect())
+                }
+
+                async fn remove_app(&self, client_id: &str) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
+                    let done =
+                        sqlx::query("DELETE FROM apps WHERE client_id = $1").bind(client_id).execute(&mut *tx).await?;
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn app(&self, client_id: &str) -> StoreResult<Option<AppRecord>> {
+                    let row = sqlx::query("SELECT * FROM apps WHERE client_id = $1")
+                        .bind(client_id)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Ok(row.as_ref().map(app_from_row))
+                }
+
+                async fn add_auth_code(&self, code_sha256: &str, code: &AuthCode) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO oauth_codes (code_sha256, client_id, user_id, expires_ms) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(code_sha256)
+                    .bind(&code.client_id)
+                    .bind(code.user_id)
+                    .bind(code.expires_ms)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn take_auth_code(&self, code_sha256: &str) -> StoreResult<Option<AuthCode>> {
+                    let row = sqlx::query(
+                        "DELETE FROM oauth_codes WHERE code_sha256 = $1 RETURNING client_id, user_id, expires_ms",
+                    )
+                    .bind(code_sha256)
+                    .fetch_optional(self.writer())
+                    .await?;
+                    Ok(row.map(|r| AuthCode {
+                        client_id: r.get("client_id"),
+                        user_id: r.get("user_id"),
+                        expires_ms: r.get("expires_ms"),
+                    }))
+                }
+
+                async fn add_tokens(&self, tokens: &TokenRecord) -> StoreResult<()> {
+                    insert_tokens(self.writer(), tokens).await
+                }
+
+                async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>> {
+                    let row = sqlx::query("SELECT * FROM oauth_tokens WHERE access_sha256 = $1")
+                        .bind(access_sha256)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Ok(row.as_ref().map(token_from_row))
+                }
+
+                async fn token_by_refresh(&self, refresh_sha256: &str) -> StoreResult<Option<TokenRecord>> {
+                    let row = sqlx::query("SELECT * FROM oauth_tokens WHERE refresh_sha256 = $1")
+                        .bind(refresh_sha256)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Ok(row.as_ref().map(token_from_row))
+                }
+
+                async fn rotate_tokens(
+                    &self,
+                    old_refresh_sha256: &str,
+                    new: &TokenRecord,
+                ) -> StoreResult<Option<TokenRecord>> {
+                    let mut tx = self.begin_write().await?;
+                    // Two refreshes with the same token: the second DELETE waits for the first and then finds
+                    // nothing, so a refresh token works once on either backend.
+                    let old = sqlx::query("DELETE FROM oauth_tokens WHERE refresh_sha256 = $1 RETURNING *")
+                        .bind(old_refresh_sha256)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(old) = old.as_ref().map(token_from_row) else {
+                        return Ok(None);
+                    };
+                    insert_tokens(&mut *tx, new).await?;
+                    tx.commit().await?;
+                    Ok(Some(old))
+                }
+            }
+
+            fn user_from_row(row: &Row) -> StoreResult<User> {
+                let kind: String = row.get("kind");
+                Ok(User {
+                    id: row.get("id"),
+                    name: row.get("name"),
+                    last_name: row.get("last_name"),
+                    active: row.get("active"),
+                    kind: UserKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("user kind {kind:?}")))?,
+                    admin: row.get("admin"),
+                    crm_read: [
+                        read_level(row.get("crm_read_lead"))?,
+                        read_level(row.get("crm_read_deal"))?,
+                        read_level(row.get("crm_read_contact"))?,
+                        read_level(row.get("crm_read_company"))?,
+                    ],
+                    line_join: line_level(row.get("line_join"))?,
+                    line_history: line_level(row.get("line_history"))?,
+                })
+            }
+
+            fn app_from_row(r: &Row) -> AppRecord {
+                AppRecord {
+                    client_id: r.get("client_id"),
+                    secret_sha256: r.get("secret_sha256"),
+                    scopes: split_list(r.get("scopes")),
+                    application_token: r.get("application_token"),
+                }
+            }
+
+            fn token_from_row(r: &Row) -> TokenRecord {
+                TokenRecord {
+                    access_sha256: r.get("access_sha256"),
+                    refresh_sha256: r.get("refresh_sha256"),
+                    client_id: r.get("client_id"),
+                    user_id: r.get("user_id"),
+                    scopes: split_list(r.get("scopes")),
+                    access_expires_ms: r.get("access_expires_ms"),
+                    refresh_expires_ms: r.get("refresh_expires_ms"),
+                }
+            }
+
+            async fn is_member<'e>(
+                executor: impl sqlx::Executor<'e, Database = $db>,
+                chat_id: i64,
+                user_id: i64,
+            ) -> StoreResult<bool> {
+                // A column rather than `SELECT 1`: PostgreSQL's literal is an INT4, which does not decode as i64.
+                let found: Option<i64> =
+                    sqlx::query_scalar(sql::IS_MEMBER)
+                        .bind(chat_id)
+                        .bind(user_id)
+                        .fetch_optional(executor)
+                        .await?;
+                Ok(found.is_some())
+            }
+
+            async fn insert_tokens<'e>(
+                executor: impl sqlx::Executor<'e, Database = $db>,
+                t: &TokenRecord,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO oauth_tokens (access_sha256, refresh_sha256, client_id, user_id, scopes, \
+                     access_expires_ms, refresh_expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&t.access_sha256)
+                .bind(&t.refresh_sha256)
+                .bind(&t.client_id)
+                .bind(t.user_id)
+                .bind(t.scopes.join(","))
+                .bind(t.access_expires_ms)
+                .bind(t.refresh_expires_ms)
+                .execute(executor)
+                .await?;
+                Ok(())
+            }
+
+            /// The whole portal as a state file. Consistent only inside a snapshot or with writers shut out.
+            pub(crate) async fn export(conn: &mut Connection) -> StoreResult<PortalState> {
+                use $crate::fixtures::*;
+                let mut state = PortalState::default();
+                if let Some(r) = sqlx::query("SELECT * FROM portal WHERE id = 1").fetch_optional(&mut *conn).await? {
+                    state.portal = fixtures::PortalSettings {
+                        domain: r.get("domain"),
+                        language: r.get("language"),
+                        modules: split_list(r.get("modules")),
+                        plan: r.get("plan"),
+                        strict_line_permissions: r.get("strict_line_permissions"),
+                        require_https: r.get("require_https"),
+                    };
+                }
+                for r in sqlx::query("SELECT * FROM users ORDER BY id").fetch_all(&mut *conn).await? {
+                    let u = user_from_row(&r)?;
+                    state.users.push(UserDef {
+                        id: u.id,
+                        name: u.name,
+                        last_name: u.last_name,
+                        active: u.active,
+                        kind: u.kind.as_str().into(),
+                        admin: u.admin,
+                        crm_read: CrmReadDef {
+                            lead: u.crm_read[0].as_str().into(),
+                            deal: u.crm_read[1].as_str().into(),
+                            contact: u.crm_read[2].as_str().into(),
+                            company: u.crm_read[3].as_str().into(),
+                        },
+                        lines: LinePermsDef {
+                            join: u.line_join.as_str().into(),
+                            history: u.line_history.as_str().into(),
+                        },
+                    });
+                }
+                let observers =
+                    sqlx::query("SELECT entity_type, entity_id, user_id FROM crm_observers ORDER BY position")
+                        .fetch_all(&mut *conn)
+                        .await?;
+                for r in sqlx::query("SELECT * FROM crm_records ORDER BY entity_type, id").fetch_all(&mut *conn).await?
+                {
+                    let (t, id): (String, i64) = (r.get("entity_type"), r.get("id"));
+                    state.crm.push(CrmDef {
+                        observers: observers
+                            .iter()
+                            .filter(|o| o.get::<String, _>("entity_type") == t && o.get::<i64, _>("entity_id") == id)
+                            .map(|o| o.get("user_id"))
+                            .collect(),
+                        entity_type: t,
+                        id,
+                        title: r.get("title"),
+                        responsible: r.get("responsible"),
+                    });
+                }
+                let queue = sqlx::query("SELECT line_id, user_id FROM line_queue ORDER BY position")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let connectors =
+                    sqlx::query("SELECT * FROM connectors ORDER BY position").fetch_all(&mut *conn).await?;
+                for r in sqlx::query("SELECT * FROM lines ORDER BY id").fetch_all(&mut *conn).await? {
+                    let id: i64 = r.get("id");
+                    state.lines.push(LineDef {
+                        id,
+                        name: r.get("name"),
+                        queue: queue
+                            .iter()
+                            .filter(|q| q.get::<i64, _>("line_id") == id)
+                            .map(|q| q.get("user_id"))
+                            .collect(),
+                        connectors: connectors
+                            .iter()
+                            .filter(|c| c.get::<i64, _>("line_id") == id)
+                            .map(|c| ConnectorDef { id: c.get("id"), title: c.get("title"), active: c.get("active") })
+                            .collect(),
+                    });
+                }
+                let mut chats: Vec<ChatDef> = sqlx::query("SELECT * FROM chats ORDER BY id")
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|r| ChatDef {
+                        id: r.get("id"),
+                        line: r.get("line_id"),
+                        connector: r.get("connector_id"),
+                        author: r.get("author_id"),
+                        members: Vec::new(),
+                        sessions: Vec::new(),
+                        messages: Vec::new(),
+                    })
+                    .collect();
+                let index: std::collections::HashMap<i64, usize> =
+                    chats.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+                let chat_of =
+                    |id: i64| index.get(&id).copied().ok_or_else(|| StoreError::Corrupt(format!("chat {id}")));
+                for r in sqlx::query("SELECT chat_id, user_id FROM chat_members ORDER BY chat_id, join_seq")
+                    .fetch_all(&mut *conn)
+                    .await?
+                {
+                    chats[chat_of(r.get("chat_id"))?].members.push(r.get("user_id"));
+                }
+                let links = sqlx::query(
+                    "SELECT session_id, entity_type, entity_id FROM session_crm ORDER BY session_id, position",
+                )
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut links_by_session: std::collections::HashMap<i64, Vec<CrmRefDef>> = Default::default();
+                for l in &links {
+                    links_by_session
+                        .entry(l.get("session_id"))
+                        .or_default()
+                        .push(CrmRefDef { entity_type: l.get("entity_type"), id: l.get("entity_id") });
+                }
+                for r in sqlx::query("SELECT * FROM sessions ORDER BY chat_id, id").fetch_all(&mut *conn).await? {
+                    let id: i64 = r.get("id");
+                    chats[chat_of(r.get("chat_id"))?].sessions.push(SessionDef {
+                        id,
+                        status: StatusDef::Name(SessionStatus(r.get("status")).name().into()),
+                        modified: ms_to_rfc3339(r.get("modified_ms")),
+                        crm: links_by_session.remove(&id).unwrap_or_default(),
+                    });
+                }
+                for r in sqlx::query("SELECT * FROM messages ORDER BY chat_id, id").fetch_all(&mut *conn).await? {
+                    chats[chat_of(r.get("chat_id"))?].messages.push(MessageDef {
+                        id: r.get("id"),
+                        author: r.get("author_id"),
+                        text: r.get("text"),
+                        date: ms_to_rfc3339(r.get("date_ms")),
+                    });
+                }
+                state.chats = chats;
+                for r in sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&mut *conn).await? {
+                    state.webhooks.push(WebhookDef {
+                        id: Some(r.get("id")),
+                        user: r.get("user_id"),
+                        code: None,
+                        code_sha256: Some(r.get("code_sha256")),
+                        scopes: split_list(r.get("scopes")),
+                    });
+                }
+                for r in sqlx::query("SELECT * FROM apps ORDER BY client_id").fetch_all(&mut *conn).await? {
+                    state.apps.push(AppDef {
+                        client_id: r.get("client_id"),
+                        client_secret: None,
+                        secret_sha256: Some(r.get("secret_sha256")),
+                        scopes: split_list(r.get("scopes")),
+                        application_token: r.get("application_token"),
+                    });
+                }
+                Ok(state)
+            }
+
+            /// Write a complete, validated state over the stored one. The merged state holds every stored row,
+            /// so rows are upserted (never deleted, which would cascade to issued tokens); the lists inside a
+            /// row (members, sessions, queue, …) are replaced. Notifications and the outbox are history, not
+            /// state, and stay.
+            /// Mark a change of what [`crate::store::cache`] keeps in memory (settings, credentials, users,
+            /// records, lines, chats, sessions), in the transaction that makes it.
+            pub(crate) async fn bump_revision(tx: &mut Tx) -> StoreResult<()> {
+                sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1").execute(&mut **tx).await?;
+                Ok(())
+            }
+
+            pub(crate) async fn write_state(tx: &mut Tx, state: &PortalState) -> StoreResult<()> {
+                bump_revision(tx).await?;
+                let p = &state.portal;
+                sqlx::query(
+                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https) \
+                     VALUES (1, $1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET domain = excluded.domain, \
+                     language = excluded.language, modules = excluded.modules, plan = excluded.plan, \
+                     strict_line_permissions = excluded.strict_line_permissions, \
+                     require_https = excluded.require_https",
+                )
+                .bind(&p.domain)
+                .bind(&p.language)
+                .bind(p.modules.join(","))
+                .bind(&p.plan)
+                .bind(p.strict_line_permissions)
+                .bind(p.require_https)
+                .execute(&mut **tx)
+                .await?;
+                for u in &state.users {
+                    sqlx::query(
+                        "INSERT INTO users (id, name, last_name, active, kind, admin, crm_read_lead, crm_read_deal, \
+                         crm_read_contact, crm_read_company, line_join, line_history) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO UPDATE SET \
+                         name = excluded.name, last_name = excluded.last_name, active = excluded.active, \
+                         kind = excluded.kind, admin = excluded.admin, crm_read_lead = excluded.crm_read_lead, \
+                         crm_read_deal = excluded.crm_read_deal, crm_read_contact = excluded.crm_read_contact, \
+                         crm_read_company = excluded.crm_read_company, line_join = excluded.line_join, \
+                         line_history = excluded.line_history",
+                    )
+                    .bind(u.id)
+                    .bind(&u.name)
+                    .bind(&u.last_name)
+                    .bind(u.active)
+                    .bind(&u.kind)
+                    .bind(u.admin)
+                    .bind(&u.crm_read.lead)
+                    .bind(&u.crm_read.deal)
+                    .bind(&u.crm_read.contact)
+                    .bind(&u.crm_read.company)
+                    .bind(&u.lines.join)
+                    .bind(&u.lines.history)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                for c in &state.crm {
+                    sqlx::query(
+                        "INSERT INTO crm_records (entity_type, id, title, responsible) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (entity_type, id) DO UPDATE SET title = excluded.title, \
+                         responsible = excluded.responsible",
+                    )
+                    .bind(&c.entity_type)
+                    .bind(c.id)
+                    .bind(&c.title)
+                    .bind(c.responsible)
+                    .execute(&mut **tx)
+                    .await?;
+                    sqlx::query("DELETE FROM crm_observers WHERE entity_type = $1 AND entity_id = $2")
+                        .bind(&c.entity_type)
+                        .bind(c.id)
+                        .execute(&mut **tx)
+                        .await?;
+                    for (pos, o) in c.observers.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO crm_observers (entity_type, entity_id, user_id, position) \
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&c.entity_type)
+                        .bind(c.id)
+                        .bind(o)
+                        .bind(pos as i64)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                for l in &state.lines {
+                    sqlx::query(
+                        "INSERT INTO lines (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                    )
+                    .bind(l.id)
+                    .bind(&l.name)
+                    .execute(&mut **tx)
+                    .await?;
+                    sqlx::query("DELETE FROM line_queue WHERE line_id = $1").bind(l.id).execute(&mut **tx).await?;
+                    sqlx::query("DELETE FROM connectors WHERE line_id = $1").bind(l.id).execute(&mut **tx).await?;
+                    for (pos, u) in l.queue.iter().enumerate() {
+                        sqlx::query("INSERT INTO line_queue (line_id, user_id, position) VALUES ($1, $2, $3)")
+                            .bind(l.id)
+                            .bind(u)
+                            .bind(pos as i64)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    for (pos, k) in l.connectors.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO connectors (line_id, id, title, active, position) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(l.id)
+                        .bind(&k.id)
+                        .bind(&k.title)
+                        .bind(k.active)
+                        .bind(pos as i64)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                let now = now_ms();
+                for c in &state.chats {
+                    sqlx::query(
+                        "INSERT INTO chats (id, line_id, connector_id, author_id, member_count, next_join_seq) \
+                         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO UPDATE SET line_id = excluded.line_id, \
+                         connector_id = excluded.connector_id, author_id = excluded.author_id, \
+                         member_count = excluded.member_count, next_join_seq = excluded.next_join_seq",
+                    )
+                    .bind(c.id)
+                    .bind(c.line)
+                    .bind(&c.connector)
+                    .bind(c.author)
+                    .bind(c.members.len() as i64)
+                    .execute(&mut **tx)
+                    .await?;
+                    for table in ["chat_members", "sessions", "messages"] {
+                        sqlx::query(&format!("DELETE FROM {table} WHERE chat_id = $1"))
+                            .bind(c.id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    for (seq, m) in c.members.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(c.id)
+                        .bind(m)
+                        .bind(seq as i64)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    for s in &c.sessions {
+                        let status = match &s.status {
+                            StatusDef::Code(code) => SessionStatus::from_code(*code),
+                            StatusDef::Name(name) => SessionStatus::from_name(name),
+                        }
+                        .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
+                        sqlx::query("INSERT INTO sessions (id, chat_id, status, modified_ms) VALUES ($1, $2, $3, $4)")
+                            .bind(s.id)
+                            .bind(c.id)
+                            .bind(status.0)
+                            .bind(rfc3339_to_ms(&s.modified)?)
+                            .execute(&mut **tx)
+                            .await?;
+                        for (pos, r) in s.crm.iter().enumerate() {
+                            sqlx::query(
+                                "INSERT INTO session_crm (session_id, entity_type, entity_id, position) \
+                                 VALUES ($1, $2, $3, $4)",
+                            )
+                            .bind(s.id)
+                            .bind(&r.entity_type)
+                            .bind(r.id)
+                            .bind(pos as i64)
+                            .execute(&mut **tx)
+                            .await?;
+                        }
+                    }
+                    for m in &c.messages {
+                        sqlx::query(
+                            "INSERT INTO messages (id, chat_id, author_id, text, date_ms) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(m.id)
+                        .bind(c.id)
+                        .bind(m.author)
+                        .bind(&m.text)
+                        .bind(rfc3339_to_ms(&m.date)?)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                for w in &state.webhooks {
+                    let hash =
+                        w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
+                    let Some(id) = w.id else {
+                        // A new webhook: the database numbers it.
+                        sqlx::query(
+                            "INSERT INTO webhooks (user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(w.user)
+                        .bind(hash)
+                        .bind(w.scopes.join(","))
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                        continue;
+                    };
+                    sqlx::query(
+                        "INSERT INTO webhooks (id, user_id, code_sha256, scopes, created_ms) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, \
+                         code_sha256 = excluded.code_sha256, scopes = excluded.scopes",
+                    )
+                    .bind(id)
+                    .bind(w.user)
+                    .bind(hash)
+                    .bind(w.scopes.join(","))
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                    if let Some(bump) = <$store as Backend>::AFTER_EXPLICIT_WEBHOOK_ID {
+                        sqlx::query(bump).bind(id).execute(&mut **tx).await?;
+                    }
+                }
+                for a in &state.apps {
+                    let hash =
+                        a.secret_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("app without hash".into()))?;
+                    sqlx::query(
+                        "INSERT INTO apps (client_id, secret_sha256, scopes, application_token) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (client_id) DO UPDATE SET \
+                         secret_sha256 = excluded.secret_sha256, scopes = excluded.scopes, \
+                         application_token = excluded.application_token",
+                    )
+                    .bind(&a.client_id)
+                    .bind(hash)
+                    .bind(a.scopes.join(","))
+                    .bind(&a.application_token)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use shared_sql;
