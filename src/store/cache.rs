@@ -80,7 +80,7 @@ impl CachedStore {
         }
         let revision = self.inner.revision().await?;
         if revision != self.current().revision {
-            self.install(self.inner.export_state().await?, revision)?;
+            self.install(self.inner.export_structure().await?, revision)?;
         }
         self.checked_at.store(now_us(), Ordering::Relaxed);
         Ok(self.current())
@@ -89,7 +89,7 @@ impl CachedStore {
     async fn reload_now(&self) -> StoreResult<()> {
         let _guard = self.reload.lock().await;
         let revision = self.inner.revision().await?;
-        self.install(self.inner.export_state().await?, revision)?;
+        self.install(self.inner.export_structure().await?, revision)?;
         self.checked_at.store(now_us(), Ordering::Relaxed);
         Ok(())
     }
@@ -221,6 +221,10 @@ impl Store for CachedStore {
 
     async fn export_state(&self) -> StoreResult<PortalState> {
         self.inner.export_state().await
+    }
+
+    async fn export_structure(&self) -> StoreResult<PortalState> {
+        self.inner.export_structure().await
     }
 
     async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {

@@ -83,6 +83,14 @@ pub struct AuthCode {
     pub expires_ms: i64,
 }
 
+/// How much of the state an export reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportDetail {
+    Everything,
+    /// Without chat members and messages (the bulk of a large portal).
+    Structure,
+}
+
 /// A write, applied by the store in one transaction together with its notification and outbox record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -143,6 +151,8 @@ pub trait Store: Send + Sync + 'static {
     async fn chat_records(&self, chat_id: i64) -> StoreResult<Vec<CrmRecord>>;
     async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome>;
     async fn export_state(&self) -> StoreResult<PortalState>;
+    /// The state without chat members and messages: what the in-memory read model is built from.
+    async fn export_structure(&self) -> StoreResult<PortalState>;
     /// Upsert a state file into the portal: merged with what is stored, validated as a whole, written in one
     /// transaction. An invalid file changes nothing.
     async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError>;

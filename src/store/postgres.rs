@@ -20,7 +20,7 @@ use sqlx::{Postgres, Row as _, Transaction};
 
 use super::sql::statements as sql;
 use super::sql::{Backend, shared_sql};
-use super::{Change, ChangeOutcome, LoadError, StoreError, StoreResult};
+use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::domain::{CrmEntityType, Member, UserKind, rules};
 use crate::fixtures::{self, PortalState};
 
@@ -104,10 +104,10 @@ impl Backend for PgStore {
         Ok(outcome)
     }
 
-    async fn export_state(&self) -> StoreResult<PortalState> {
+    async fn export(&self, detail: ExportDetail) -> StoreResult<PortalState> {
         // One snapshot for all the statements of the export.
         let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-        let state = shared::export(&mut tx).await?;
+        let state = shared::export(&mut tx, detail).await?;
         tx.commit().await?;
         Ok(state)
     }
@@ -117,7 +117,7 @@ impl Backend for PgStore {
         // Another instance's change or load either committed before this point (and is in `existing`) or
         // waits for the commit: nothing it writes is lost by writing back the merged state.
         sqlx::query(LOCK_FOR_LOAD).execute(&mut *tx).await.map_err(StoreError::from)?;
-        let existing = shared::export(&mut tx).await?;
+        let existing = shared::export(&mut tx, ExportDetail::Everything).await?;
         let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
         shared::write_state(&mut tx, &merged).await?;
         tx.commit().await.map_err(StoreError::from)?;

@@ -12,7 +12,7 @@ use std::future::Future;
 
 use sqlx::{Database, Pool, Transaction};
 
-use super::{Change, ChangeOutcome, LoadError, StoreError, StoreResult};
+use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::domain::{LineLevel, PortalSettings, ReadLevel};
 use crate::fixtures::{self, PortalState};
 
@@ -31,7 +31,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn begin_write(&self) -> impl Future<Output = StoreResult<Transaction<'static, Self::Db>>> + Send;
 
     fn apply(&self, change: Change) -> impl Future<Output = StoreResult<ChangeOutcome>> + Send;
-    fn export_state(&self) -> impl Future<Output = StoreResult<PortalState>> + Send;
+    fn export(&self, detail: ExportDetail) -> impl Future<Output = StoreResult<PortalState>> + Send;
     fn load_state(&self, incoming: PortalState, has_portal: bool)
     -> impl Future<Output = Result<(), LoadError>> + Send;
 }
@@ -148,7 +148,7 @@ macro_rules! shared_sql {
             use $crate::store::sql::statements as sql;
             use $crate::store::sql::{Backend, line_level, now_ms, read_level, split_list};
             use $crate::store::{
-                AppRecord, AuthCode, Change, ChangeOutcome, LoadError, Store, StoreError, StoreResult, TokenRecord,
+                AppRecord, AuthCode, Change, ChangeOutcome, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
                 WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
             };
 
@@ -312,7 +312,11 @@ macro_rules! shared_sql {
                 }
 
                 async fn export_state(&self) -> StoreResult<PortalState> {
-                    <Self as Backend>::export_state(self).await
+                    <Self as Backend>::export(self, ExportDetail::Everything).await
+                }
+
+                async fn export_structure(&self) -> StoreResult<PortalState> {
+                    <Self as Backend>::export(self, ExportDetail::Structure).await
                 }
 
                 async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
@@ -559,7 +563,8 @@ macro_rules! shared_sql {
             }
 
             /// The whole portal as a state file. Consistent only inside a snapshot or with writers shut out.
-            pub(crate) async fn export(conn: &mut Connection) -> StoreResult<PortalState> {
+            pub(crate) async fn export(conn: &mut Connection, detail: ExportDetail) -> StoreResult<PortalState> {
+                use futures::TryStreamExt as _;
                 use $crate::fixtures::*;
                 let mut state = PortalState::default();
                 if let Some(r) = sqlx::query("SELECT * FROM portal WHERE id = 1").fetch_optional(&mut *conn).await? {
@@ -652,11 +657,13 @@ macro_rules! shared_sql {
                     chats.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
                 let chat_of =
                     |id: i64| index.get(&id).copied().ok_or_else(|| StoreError::Corrupt(format!("chat {id}")));
-                for r in sqlx::query("SELECT chat_id, user_id FROM chat_members ORDER BY chat_id, join_seq")
-                    .fetch_all(&mut *conn)
-                    .await?
-                {
-                    chats[chat_of(r.get("chat_id"))?].members.push(r.get("user_id"));
+                if detail == ExportDetail::Everything {
+                    // Streamed: a large portal has millions of memberships.
+                    let mut rows =
+                        sqlx::query("SELECT chat_id, user_id FROM chat_members ORDER BY chat_id, join_seq").fetch(&mut *conn);
+                    while let Some(r) = rows.try_next().await? {
+                        chats[chat_of(r.get("chat_id"))?].members.push(r.get("user_id"));
+                    }
                 }
                 let links = sqlx::query(
                     "SELECT session_id, entity_type, entity_id FROM session_crm ORDER BY session_id, position",
@@ -679,13 +686,16 @@ macro_rules! shared_sql {
                         crm: links_by_session.remove(&id).unwrap_or_default(),
                     });
                 }
-                for r in sqlx::query("SELECT * FROM messages ORDER BY chat_id, id").fetch_all(&mut *conn).await? {
-                    chats[chat_of(r.get("chat_id"))?].messages.push(MessageDef {
-                        id: r.get("id"),
-                        author: r.get("author_id"),
-                        text: r.get("text"),
-                        date: ms_to_rfc3339(r.get("date_ms")),
-                    });
+                if detail == ExportDetail::Everything {
+                    let mut rows = sqlx::query("SELECT * FROM messages ORDER BY chat_id, id").fetch(&mut *conn);
+                    while let Some(r) = rows.try_next().await? {
+                        chats[chat_of(r.get("chat_id"))?].messages.push(MessageDef {
+                            id: r.get("id"),
+                            author: r.get("author_id"),
+                            text: r.get("text"),
+                            date: ms_to_rfc3339(r.get("date_ms")),
+                        });
+                    }
                 }
                 state.chats = chats;
                 for r in sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&mut *conn).await? {

@@ -10,7 +10,7 @@ use sqlx::{Sqlite, Transaction};
 
 use super::sql::{Backend, shared_sql};
 use super::sqlite_writer::GroupWriter;
-use super::{Change, ChangeOutcome, LoadError, StoreError, StoreResult};
+use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::fixtures::{self, PortalState};
 
 pub struct SqliteStore {
@@ -80,18 +80,18 @@ impl Backend for SqliteStore {
         self.group.apply(change).await
     }
 
-    async fn export_state(&self) -> StoreResult<PortalState> {
+    async fn export(&self, detail: ExportDetail) -> StoreResult<PortalState> {
         let mut conn = self.readers.acquire().await?;
         // One read transaction, so the export is a consistent snapshot even while the server writes.
         sqlx::query("BEGIN").execute(&mut *conn).await?;
-        let state = shared::export(&mut conn).await;
+        let state = shared::export(&mut conn, detail).await;
         sqlx::query("COMMIT").execute(&mut *conn).await?;
         state
     }
 
     async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
         let mut tx = self.begin_write().await?;
-        let existing = shared::export(&mut tx).await?;
+        let existing = shared::export(&mut tx, ExportDetail::Everything).await?;
         let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
         shared::write_state(&mut tx, &merged).await?;
         tx.commit().await.map_err(StoreError::from)?;
