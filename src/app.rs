@@ -12,10 +12,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Settings;
+use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::ApiError;
@@ -132,9 +133,11 @@ pub async fn serve(state: Arc<AppState>, bound: Bound, tls: RustlsConfig) -> any
         tracing::info!("shutting down: finishing in-flight requests");
         signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
     });
-    let mut http = axum_server::from_tcp(bound.http).handle(handle.clone());
+    let silent = ReadTimeoutAcceptor { limit: CLIENT_TIMEOUT };
+    let mut http = axum_server::from_tcp(bound.http).acceptor(silent).handle(handle.clone());
     limit_slow_clients(http.http_builder());
-    let mut https = axum_server::from_tcp_rustls(bound.https, tls).handle(handle);
+    let mut https =
+        axum_server::from_tcp(bound.https).acceptor(RustlsAcceptor::new(tls).acceptor(silent)).handle(handle);
     limit_slow_clients(https.http_builder());
     let http = http.serve(http_app.into_make_service_with_connect_info::<SocketAddr>());
     let https = https.serve(https_app.into_make_service_with_connect_info::<SocketAddr>());

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod fixtures;
 pub mod methods;
+pub mod read_timeout;
 pub mod rest;
 pub mod secrets;
 pub mod store;

@@ -214,13 +214,45 @@ fn timing(start: f64, method_start: f64, finish: f64, operating: &OperatingStatu
 
 /// The whole body, refused past `max_bytes` (413) or when it trickles in slower than the client timeout.
 pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Bytes, ApiError> {
+    // A declared length far over the limit is refused at once, without waiting for the body. A body just
+    // over it is read up to the limit first: answering mid-upload makes most clients fail on a broken pipe
+    // before they read the 413.
+    if axum::body::HttpBody::size_hint(&body).lower() > 8 * max_bytes as u64 {
+        return Err(ApiError::payload_too_large());
+    }
     match tokio::time::timeout(crate::app::CLIENT_TIMEOUT, axum::body::to_bytes(body, max_bytes)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::payload_too_large()),
-        Err(_) => {
-            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "Request body was not received in time"))
-        }
+        Ok(Err(err)) if is_length_limit(&err) => Err(ApiError::payload_too_large()),
+        Ok(Err(err)) if is_timeout(&err) => Err(body_timeout()),
+        // A body that is not valid HTTP framing (a bad chunk size, a client gone mid-body).
+        Ok(Err(_)) => Err(ApiError::bad_request("INVALID_REQUEST", "Malformed request body")),
+        Err(_) => Err(body_timeout()),
     }
+}
+
+fn body_timeout() -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "Request body was not received in time")
+}
+
+/// Does `err` or one of its causes satisfy `test`?
+fn caused_by(err: &axum::Error, test: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if test(e) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    caused_by(err, |e| e.is::<http_body_util::LengthLimitError>())
+}
+
+/// The connection's read timeout (`crate::read_timeout`) fired while the body was awaited.
+fn is_timeout(err: &axum::Error) -> bool {
+    caused_by(err, |e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut))
 }
 
 async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {

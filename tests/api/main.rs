@@ -13,6 +13,7 @@ mod effects;
 mod fixtures_cli;
 mod fuzz_corpus;
 mod get_last_id;
+mod hostile;
 mod introspection;
 mod message_add;
 mod oauth;
