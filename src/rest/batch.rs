@@ -86,7 +86,8 @@ async fn run_command(
     };
     let (path, query) = command.split_once('?').unwrap_or((command.as_str(), ""));
     let name = path.trim_start_matches('/').to_ascii_lowercase();
-    let name = name.strip_suffix(".json").unwrap_or(&name);
+    // A format suffix means nothing inside a batch: the batch's own answer decides the format.
+    let name = name.strip_suffix(".json").or_else(|| name.strip_suffix(".xml")).unwrap_or(&name);
     let Some(method) = registry::find(name) else {
         return Err(ApiError::method_not_found());
     };
