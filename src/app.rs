@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::{Extension, Router};
 use axum_server::Handle;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -99,11 +98,6 @@ async fn not_found() -> Response {
     render_error(&ApiError::method_not_found(), Format::Json)
 }
 
-async fn mark_transport(transport: Transport, mut request: Request, next: Next) -> Response {
-    request.extensions_mut().insert(transport);
-    next.run(request).await
-}
-
 /// Listeners bound and ready; `serve` runs them until a shutdown signal.
 pub struct Bound {
     pub http: std::net::TcpListener,
@@ -124,8 +118,8 @@ impl Bound {
 /// Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish, return.
 pub async fn serve(state: Arc<AppState>, bound: Bound, tls: RustlsConfig) -> anyhow::Result<()> {
     let app = router(state);
-    let http_app = app.clone().layer(middleware::from_fn(|r, n| mark_transport(Transport::Http, r, n)));
-    let https_app = app.layer(middleware::from_fn(|r, n| mark_transport(Transport::Https, r, n)));
+    let http_app = app.clone().layer(Extension(Transport::Http));
+    let https_app = app.layer(Extension(Transport::Https));
     let handle = Handle::new();
     let signal_handle = handle.clone();
     tokio::spawn(async move {

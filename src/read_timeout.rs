@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 /// Wraps every accepted connection in a [`ReadTimeout`].
 #[derive(Clone, Copy, Debug)]
@@ -28,15 +28,24 @@ where
     type Future = Ready<io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        ready(Ok((ReadTimeout { inner: stream, limit: self.limit, deadline: None }, service)))
+        ready(Ok((ReadTimeout::new(stream, self.limit), service)))
     }
 }
 
 pub struct ReadTimeout<S> {
     inner: S,
     limit: Duration,
-    /// Armed while a read is pending; cleared when bytes (or the end) arrive.
+    /// When bytes (or the end) last arrived, or the connection opened.
+    last_read: Instant,
+    /// One timer per connection, armed at `last_read + limit` or earlier; re-armed only when it fires early,
+    /// so a busy connection does not touch the timer wheel on every request.
     deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> ReadTimeout<S> {
+    pub fn new(inner: S, limit: Duration) -> Self {
+        Self { inner, limit, last_read: Instant::now(), deadline: None }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
@@ -44,15 +53,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                this.deadline = None;
+                this.last_read = Instant::now();
                 Poll::Ready(result)
             }
             Poll::Pending => {
-                let limit = this.limit;
-                let deadline = this.deadline.get_or_insert_with(|| Box::pin(sleep(limit)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    this.deadline = None;
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client went silent")));
+                let due = this.last_read + this.limit;
+                let deadline = this.deadline.get_or_insert_with(|| Box::pin(sleep_until(due)));
+                while deadline.as_mut().poll(cx).is_ready() {
+                    if Instant::now() >= due {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client went silent")));
+                    }
+                    deadline.as_mut().reset(due);
                 }
                 Poll::Pending
             }
@@ -90,12 +101,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadTimeout<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::time::Instant;
+    use tokio::time::sleep;
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_times_out_and_a_talking_one_does_not() {
         let (_client, server) = tokio::io::duplex(64);
-        let mut stream = ReadTimeout { inner: server, limit: Duration::from_secs(30), deadline: None };
+        let mut stream = ReadTimeout::new(server, Duration::from_secs(30));
         let started = Instant::now();
         let mut buf = [0u8; 8];
         let err = stream.read(&mut buf).await.unwrap_err();
@@ -103,7 +114,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(30));
 
         let (mut client2, server2) = tokio::io::duplex(64);
-        let mut stream = ReadTimeout { inner: server2, limit: Duration::from_secs(30), deadline: None };
+        let mut stream = ReadTimeout::new(server2, Duration::from_secs(30));
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             for _ in 0..3 {

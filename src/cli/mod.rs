@@ -126,7 +126,13 @@ pub fn init_tracing() {
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     // Logs go to standard error: standard output carries command results (`state export`, the demo URL).
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: log files and captured logs stay greppable.
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -212,6 +218,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)),
     });
 
+    if let Some(redis) = &state.redis {
+        redis.probe().await;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;
     writeln!(out, "http: http://{http}")?;

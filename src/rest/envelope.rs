@@ -3,7 +3,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::methods::Output;
@@ -28,46 +29,96 @@ pub fn unix_now() -> f64 {
     Utc::now().timestamp_micros() as f64 / 1e6
 }
 
-/// PHP's `date('c')`: ISO-8601 with a numeric offset, never `Z`.
+/// PHP's `date('c')`: ISO-8601 with a numeric offset, never `Z`. Every answer carries two of these and they
+/// change once a second, so each thread keeps the last one it wrote.
 pub fn php_date_c(unix: f64) -> String {
-    let dt: DateTime<Utc> = Utc.timestamp_opt(unix.floor() as i64, 0).single().unwrap_or_default();
-    dt.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let second = unix.floor() as i64;
+    LAST.with_borrow_mut(|(cached_second, text)| {
+        if *cached_second != second {
+            let dt: DateTime<Utc> = Utc.timestamp_opt(second, 0).single().unwrap_or_default();
+            *text = dt.format("%Y-%m-%dT%H:%M:%S+00:00").to_string();
+            *cached_second = second;
+        }
+        text.clone()
+    })
+}
+
+/// The `time` block as it goes on the wire.
+#[derive(Serialize)]
+struct TimeBlock {
+    start: f64,
+    finish: f64,
+    duration: f64,
+    processing: f64,
+    date_start: String,
+    date_finish: String,
+    operating: f64,
+    operating_reset_at: i64,
 }
 
 impl Timing {
+    fn block(&self) -> TimeBlock {
+        TimeBlock {
+            start: self.start,
+            finish: self.finish,
+            duration: self.finish - self.start,
+            processing: self.processing,
+            date_start: php_date_c(self.start),
+            date_finish: php_date_c(self.finish),
+            operating: self.operating,
+            operating_reset_at: self.operating_reset_at,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
-        json!({
-            "start": self.start,
-            "finish": self.finish,
-            "duration": self.finish - self.start,
-            "processing": self.processing,
-            "date_start": php_date_c(self.start),
-            "date_finish": php_date_c(self.finish),
-            "operating": self.operating,
-            "operating_reset_at": self.operating_reset_at,
-        })
+        serde_json::to_value(self.block()).unwrap_or_default()
     }
 }
 
-/// The body of a success: `result`, then `total`/`next` when the method pages, then `time`.
+/// A success as it goes on the wire: `result`, then `next`/`total` when the method pages, then `time`.
+#[derive(Serialize)]
+struct Success<'a> {
+    result: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
+    time: TimeBlock,
+}
+
+fn success<'a>(output: &'a Output, timing: &Timing) -> Success<'a> {
+    Success { result: &output.result, next: output.next, total: output.total, time: timing.block() }
+}
+
+/// The body of a success as a JSON value (for XML answers and tests).
 pub fn success_body(output: &Output, timing: &Timing) -> Value {
-    let mut body = Map::new();
-    body.insert("result".into(), output.result.clone());
-    if let Some(next) = output.next {
-        body.insert("next".into(), json!(next));
+    serde_json::to_value(success(output, timing)).unwrap_or_default()
+}
+
+/// A success answer. JSON is written straight from the typed envelope, without an intermediate tree.
+pub fn render_success(output: &Output, timing: &Timing, format: Format) -> Response {
+    match format {
+        Format::Json => {
+            let text = serde_json::to_string(&success(output, timing)).unwrap_or_default();
+            with_headers(StatusCode::OK, text, "application/json; charset=utf-8")
+        }
+        Format::Xml => render(StatusCode::OK, &success_body(output, timing), format),
     }
-    if let Some(total) = output.total {
-        body.insert("total".into(), json!(total));
-    }
-    body.insert("time".into(), timing.to_json());
-    Value::Object(body)
 }
 
 pub fn render(status: StatusCode, body: &Value, format: Format) -> Response {
-    let (content_type, text) = match format {
-        Format::Json => ("application/json; charset=utf-8", serde_json::to_string(body).unwrap_or_default()),
-        Format::Xml => ("text/xml; charset=utf-8", to_xml(body)),
-    };
+    match format {
+        Format::Json => {
+            with_headers(status, serde_json::to_string(body).unwrap_or_default(), "application/json; charset=utf-8")
+        }
+        Format::Xml => with_headers(status, to_xml(body), "text/xml; charset=utf-8"),
+    }
+}
+
+fn with_headers(status: StatusCode, text: String, content_type: &'static str) -> Response {
     let mut response = (status, text).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -139,6 +190,7 @@ fn escape_into(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn dates_use_a_numeric_offset() {

@@ -108,6 +108,11 @@ impl RedisLimits {
         })
     }
 
+    /// Connect now, so that `/healthz` tells the truth before the first limited call.
+    pub async fn probe(&self) {
+        let _ = self.connection().await;
+    }
+
     /// Is Redis answering (as of the last attempt)?
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)

@@ -880,3 +880,108 @@ impl TestApp {
         self.send(request).await
     }
 }
+
+// ---- added for the two-instance tests ----
+
+/// `serve` settings from the environment that the harness must keep away from the servers it starts as well.
+const SCRUBBED_SERVE_ENV: &[&str] = &["CRMCHAT_REDIS", "CRMCHAT_TRUST_FORWARDED_FOR", "CRMCHAT_ACCESS_TOKEN_TTL"];
+
+/// Starts one more `crmchat serve` on a data directory and database that may already be in use by another
+/// server: `--data-dir data_dir`, `--database url` when `database` is given (stated explicitly:
+/// `CRMCHAT_TEST_DATABASE` is not consulted, so that several processes can share one database), `--fixture`
+/// only when `fixture` is given, then `args`. Logs at `info` (so every REST call is in its log).
+///
+/// The returned app's `data_dir` is `data_dir`; its log (and fixture file) live in a directory of its own.
+/// Its `export()`, `cli()` and `restart()` go by `CRMCHAT_TEST_DATABASE` and do not apply: use
+/// [`export_database`]. Dropping it kills the process; the data directory and the database stay the caller's.
+pub async fn spawn_instance(
+    data_dir: &Path,
+    database: Option<&str>,
+    fixture: Option<&Value>,
+    args: &[&str],
+) -> TestApp {
+    let dir = tempfile::Builder::new().prefix("crmchat-instance-").tempdir().expect("creating a temp dir");
+    let log_path = dir.path().join("server.log");
+    let log = File::options().create(true).append(true).open(&log_path).expect("opening the server log");
+    let mut cmd = crmchat_command();
+    for key in SCRUBBED_SERVE_ENV {
+        cmd.env_remove(key);
+    }
+    let extra_env = vec![("CRMCHAT_LOG".to_string(), "info,crmchat=debug,sqlx=warn".to_string())];
+    cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+    if let Some(database) = database {
+        cmd.arg("--database").arg(database);
+    }
+    if let Some(fixture) = fixture {
+        let path = dir.path().join("fixture.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(fixture).unwrap()).expect("writing the fixture");
+        cmd.arg("--fixture").arg(path);
+    }
+    cmd.args(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+    let mut child = cmd.spawn().expect("spawning crmchat serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    // Keeps draining standard output for the life of the process.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let (mut http_base, mut https_base, mut cert_path) = (None, None, None);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.trim() == "ready" => break,
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("http: ") {
+                    http_base = Some(url.trim().to_string());
+                } else if let Some(url) = line.strip_prefix("https: ") {
+                    https_base = Some(url.trim().to_string());
+                } else if let Some(path) = line.strip_prefix("tls certificate: ") {
+                    cert_path = Some(PathBuf::from(path.trim().trim_end_matches(" (new)")));
+                }
+            }
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("crmchat serve {args:?} did not print `ready` ({err:?}); log:\n{}", {
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                });
+            }
+        }
+    }
+    TestApp {
+        http_base: http_base.expect("no `http:` line before `ready`"),
+        https_base: https_base.expect("no `https:` line before `ready`"),
+        cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
+        data_dir: data_dir.to_path_buf(),
+        hook: DEMO_HOOK.to_string(),
+        log_path,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("building the HTTP client"),
+        extra_env,
+        child: Some(child),
+        _dir: dir,
+    }
+}
+
+/// `crmchat state export --data-dir DIR [--database URL]`, parsed (the storage stated explicitly, as for
+/// [`spawn_instance`]).
+pub fn export_database(data_dir: &Path, database: Option<&str>) -> Value {
+    let mut args = vec!["state".to_string(), "export".to_string(), "--data-dir".to_string()];
+    args.push(data_dir.display().to_string());
+    if let Some(database) = database {
+        args.push("--database".into());
+        args.push(database.into());
+    }
+    let out = run_cli(&args);
+    assert!(out.status.success(), "state export failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("state export printed something else than JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}

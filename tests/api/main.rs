@@ -24,6 +24,7 @@ mod sdk;
 mod secrets;
 mod secrets_oauth;
 mod transports;
+mod two_instances;
 mod urls;
 mod user_add;
 mod user_delete_rules;
