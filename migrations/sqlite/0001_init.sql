@@ -1,7 +1,7 @@
 -- The portal served by crmchat. Kept in step with migrations/postgres (a test compares the schemas).
 
 CREATE TABLE portal (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
+    id BIGINT PRIMARY KEY CHECK (id = 1),
     domain TEXT NOT NULL,
     language TEXT NOT NULL,
     modules TEXT NOT NULL,
@@ -79,7 +79,7 @@ CREATE TABLE chat_members (
     join_seq BIGINT NOT NULL,
     joined_at BIGINT NOT NULL,
     PRIMARY KEY (chat_id, user_id)
-);
+) WITHOUT ROWID; -- one b-tree, not a table plus its key index: a removal writes half the pages
 
 CREATE TABLE sessions (
     id BIGINT PRIMARY KEY,
@@ -107,8 +107,10 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_chat ON messages (chat_id, id);
 
 -- Messenger notifications (chatUserLeave, chatUserJoin) for the members of a chat.
+-- Plain rowid keys, not AUTOINCREMENT, which would write the sqlite_sequence table on every insert; these
+-- rows are never deleted, so the ids only grow anyway.
 CREATE TABLE notifications (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     chat_id BIGINT NOT NULL,
     kind TEXT NOT NULL,
     payload TEXT NOT NULL,
@@ -117,7 +119,7 @@ CREATE TABLE notifications (
 
 -- Transactional outbox: written in the same transaction as the change it describes.
 CREATE TABLE outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     event TEXT NOT NULL,
     payload TEXT NOT NULL,
     created_ms BIGINT NOT NULL,
@@ -162,7 +164,7 @@ CREATE TABLE oauth_tokens (
 -- Moved by every change of what servers keep in memory (see src/store/cache.rs), so they notice changes made by
 -- other processes.
 CREATE TABLE revision (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
+    id BIGINT PRIMARY KEY CHECK (id = 1),
     value BIGINT NOT NULL
 );
 INSERT INTO revision (id, value) VALUES (1, 0);

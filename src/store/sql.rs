@@ -75,6 +75,8 @@ pub(crate) mod statements {
     pub const DELETE_MEMBER: &str = "DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2";
     pub const MEMBERS_WITH_KIND: &str = "SELECT m.user_id, u.kind, u.active FROM chat_members m \
          JOIN users u ON u.id = m.user_id WHERE m.chat_id = $1 ORDER BY m.join_seq";
+    /// The members, in no particular order (a range of the primary key).
+    pub const MEMBER_IDS: &str = "SELECT user_id FROM chat_members WHERE chat_id = $1";
     pub const CHAT_AUTHOR: &str = "SELECT author_id FROM chats WHERE id = $1";
     pub const SET_COUNT_AND_AUTHOR: &str = "UPDATE chats SET member_count = $1, author_id = $2 WHERE id = $3";
     pub const INSERT_MEMBER: &str = "INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) \
@@ -89,8 +91,9 @@ pub(crate) mod statements {
     pub const INSERT_OUTBOX: &str = "INSERT INTO outbox (event, payload, created_ms) VALUES ($1, $2, $3)";
 
     #[cfg(test)]
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         DELETE_MEMBER,
+        MEMBER_IDS,
         MEMBERS_WITH_KIND,
         CHAT_AUTHOR,
         SET_COUNT_AND_AUTHOR,

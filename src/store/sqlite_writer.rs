@@ -123,13 +123,22 @@ fn apply(tx: &Connection, change: &Change) -> rusqlite::Result<ChangeOutcome> {
             if tx.prepare_cached(sql::DELETE_MEMBER)?.execute(params![chat_id, user_id])? == 0 {
                 return Ok(ChangeOutcome::NotAMember);
             }
-            let remaining = members(tx, *chat_id)?;
             let author: Option<i64> = tx.prepare_cached(sql::CHAT_AUTHOR)?.query_row([chat_id], |r| r.get(0))?;
-            let new_author =
-                if author == Some(*user_id) { rules::next_author(&remaining, *user_id).or(author) } else { author };
-            let member_count = remaining.len() as i64;
+            // The join order and the members' kinds matter only when the author leaves.
+            let (recipients, new_author) = if author == Some(*user_id) {
+                let remaining = members(tx, *chat_id)?;
+                let new_author = rules::next_author(&remaining, *user_id).or(author);
+                (remaining.iter().map(|m| m.user_id).collect::<Vec<i64>>(), new_author)
+            } else {
+                let ids = tx
+                    .prepare_cached(sql::MEMBER_IDS)?
+                    .query_map([chat_id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                (ids, author)
+            };
+            let member_count = recipients.len() as i64;
             tx.prepare_cached(sql::SET_COUNT_AND_AUTHOR)?.execute(params![member_count, new_author, chat_id])?;
-            let mut recipients: Vec<i64> = remaining.iter().map(|m| m.user_id).collect();
+            let mut recipients = recipients;
             recipients.push(*user_id);
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);

@@ -59,7 +59,7 @@ async fn sqlite_schema(url: &str) -> Schema {
     .await
     .unwrap();
     let mut schema = Schema::new();
-    for (name, sql) in tables {
+    for (name, _sql) in tables {
         let mut table = Table::default();
         let columns =
             sqlx::query("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info($1) ORDER BY cid")
@@ -68,6 +68,7 @@ async fn sqlite_schema(url: &str) -> Schema {
                 .await
                 .unwrap();
         let mut pk: Vec<(i64, String)> = Vec::new();
+        let single_column_key = columns.iter().filter(|c| c.get::<i64, _>("pk") > 0).count() == 1;
         for c in &columns {
             let column: String = c.get("name");
             let declared: String = c.get("type");
@@ -86,8 +87,9 @@ async fn sqlite_schema(url: &str) -> Schema {
                 // and PostgreSQL makes every key column NOT NULL.
                 not_null: c.get::<bool, _>("notnull") || pk_pos > 0,
                 default: c.get("dflt_value"),
-                // Only an INTEGER PRIMARY KEY can be AUTOINCREMENT.
-                generated: pk_pos > 0 && sql.to_ascii_uppercase().contains("AUTOINCREMENT"),
+                // A single-column INTEGER PRIMARY KEY is the rowid: numbered by the database, with or without
+                // AUTOINCREMENT (a BIGINT key is not).
+                generated: pk_pos > 0 && declared.eq_ignore_ascii_case("INTEGER") && single_column_key,
                 name: column,
                 ty,
             });

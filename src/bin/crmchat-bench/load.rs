@@ -119,6 +119,8 @@ struct TaskResult {
 }
 
 const MAX_REPORTED_ERRORS: usize = 5;
+/// A request still unanswered after this long counts as an error, and its connection is replaced.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(spec: Spec) -> anyhow::Result<Outcome> {
     let base = Instant::now();
@@ -227,20 +229,24 @@ async fn connection(shared: Arc<Shared>, index: u64) -> TaskResult {
                 break 'connect;
             };
             let started = Instant::now();
-            let answer = async {
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
                 Ok::<_, hyper::Error>((status, body))
-            }
+            })
             .await;
             let done = Instant::now();
             let (status, body) = match answer {
-                Ok(answer) => answer,
-                Err(e) => {
-                    // The connection is unusable: count the error and open a new one.
+                Ok(Ok(answer)) => answer,
+                // The connection is unusable: count the error and open a new one.
+                Ok(Err(e)) => {
                     shared.error(format!("request: {e}"));
+                    continue 'connect;
+                }
+                Err(_) => {
+                    shared.error(format!("request: no answer within {REQUEST_TIMEOUT:?}"));
                     continue 'connect;
                 }
             };
