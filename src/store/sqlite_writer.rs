@@ -81,40 +81,46 @@ fn run(mut connection: Connection, queue: mpsc::Receiver<Job>) {
     }
 }
 
-/// Apply every change of the group in one transaction, each in a savepoint; on a failed commit every change
-/// of the group fails (nothing of it is on disk).
+/// Apply every change of the group in one transaction and commit it: one fsync for the group. A change that
+/// fails half-way would leave part of itself in the transaction, so the transaction is rolled back and the
+/// group applied again without it; failures are rare, and the common path pays for no savepoints. On a failed
+/// commit every change of the group fails (nothing of it is on disk).
 fn commit_group(connection: &mut Connection, group: &[Job]) -> Vec<StoreResult<ChangeOutcome>> {
-    let tx = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(err) => return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect(),
-    };
-    let mut outcomes = Vec::with_capacity(group.len());
-    let mut tx = tx;
-    for job in group {
-        let outcome = (|| {
-            let savepoint = tx.savepoint()?;
-            let outcome = apply(&savepoint, &job.change)?;
-            if changes_something(&outcome) {
-                savepoint.commit()?;
+    let mut outcomes: Vec<Option<StoreResult<ChangeOutcome>>> = group.iter().map(|_| None).collect();
+    let mut failed = vec![false; group.len()];
+    'attempt: loop {
+        let tx = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(err) => return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect(),
+        };
+        for (index, job) in group.iter().enumerate() {
+            if failed[index] {
+                continue;
             }
-            // Dropping an uncommitted savepoint rolls it back.
-            Ok::<_, rusqlite::Error>(outcome)
-        })();
-        outcomes.push(outcome.map_err(sqlite_error));
+            match apply(&tx, &job.change) {
+                Ok(outcome) => outcomes[index] = Some(Ok(outcome)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "a change failed; applying the rest of its group again");
+                    failed[index] = true;
+                    outcomes[index] = Some(Err(sqlite_error(err)));
+                    // Dropping the transaction rolls it back.
+                    continue 'attempt;
+                }
+            }
+        }
+        if let Err(err) = tx.commit() {
+            tracing::error!(error = %err, "group commit failed");
+            return group.iter().map(|_| Err(StoreError::Corrupt("group commit failed".into()))).collect();
+        }
+        return outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Corrupt("not applied".into()))))
+            .collect();
     }
-    if let Err(err) = tx.commit() {
-        tracing::error!(error = %err, "group commit failed");
-        return group.iter().map(|_| Err(StoreError::Corrupt("group commit failed".into()))).collect();
-    }
-    outcomes
 }
 
 fn clone_error(err: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(err.to_string().into())
-}
-
-fn changes_something(outcome: &ChangeOutcome) -> bool {
-    !matches!(outcome, ChangeOutcome::NotAMember | ChangeOutcome::AlreadyAMember)
 }
 
 fn apply(tx: &Connection, change: &Change) -> rusqlite::Result<ChangeOutcome> {
@@ -123,22 +129,18 @@ fn apply(tx: &Connection, change: &Change) -> rusqlite::Result<ChangeOutcome> {
             if tx.prepare_cached(sql::DELETE_MEMBER)?.execute(params![chat_id, user_id])? == 0 {
                 return Ok(ChangeOutcome::NotAMember);
             }
-            let author: Option<i64> = tx.prepare_cached(sql::CHAT_AUTHOR)?.query_row([chat_id], |r| r.get(0))?;
+            let (author, member_count): (Option<i64>, i64) =
+                tx.prepare_cached(sql::COUNT_AFTER_LEAVE)?.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             // The join order and the members' kinds matter only when the author leaves.
-            let (recipients, new_author) = if author == Some(*user_id) {
-                let remaining = members(tx, *chat_id)?;
-                let new_author = rules::next_author(&remaining, *user_id).or(author);
-                (remaining.iter().map(|m| m.user_id).collect::<Vec<i64>>(), new_author)
+            let new_author = if author == Some(*user_id) {
+                let next = rules::next_author(&members(tx, *chat_id)?, *user_id).or(author);
+                tx.prepare_cached(sql::SET_AUTHOR)?.execute(params![next, chat_id])?;
+                next
             } else {
-                let ids = tx
-                    .prepare_cached(sql::MEMBER_IDS)?
-                    .query_map([chat_id], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                (ids, author)
+                author
             };
-            let member_count = recipients.len() as i64;
-            tx.prepare_cached(sql::SET_COUNT_AND_AUTHOR)?.execute(params![member_count, new_author, chat_id])?;
-            let mut recipients = recipients;
+            let mut recipients: Vec<i64> =
+                tx.prepare_cached(sql::MEMBER_IDS)?.query_map([chat_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
             recipients.push(*user_id);
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
@@ -211,5 +213,46 @@ mod tests {
                 assert_eq!(prepared.parameter_name(index), Some(format!("${index}").as_str()), "{statement}");
             }
         }
+    }
+
+    fn job(change: Change) -> Job {
+        Job { change, reply: oneshot::channel().0 }
+    }
+
+    /// A change that fails does not fail its neighbours, and leaves nothing behind.
+    #[test]
+    fn a_failing_change_leaves_its_group_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut connection = open(&dir.path().join("t.db")).unwrap();
+        connection.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO users VALUES (1, 'A', '', 1, 'employee', 0, 'all', 'all', 'all', 'all', 'self', 'self'), \
+                                          (2, 'B', '', 1, 'employee', 0, 'all', 'all', 'all', 'all', 'self', 'self'); \
+                 INSERT INTO lines VALUES (1, 'L'); \
+                 INSERT INTO chats VALUES (5, 1, 'livechat', 1, 2, 2); \
+                 INSERT INTO chat_members VALUES (5, 1, 0, 0), (5, 2, 1, 0);",
+            )
+            .unwrap();
+        let record = (crate::domain::CrmEntityType::Deal, 1);
+        let group = [
+            job(Change::RemoveMember { chat_id: 5, user_id: 2, record, at_ms: 0 }),
+            // User 99 does not exist: the foreign key refuses the membership.
+            job(Change::AddMember { chat_id: 5, user_id: 99, record, at_ms: 0 }),
+            job(Change::RemoveMember { chat_id: 5, user_id: 1, record, at_ms: 0 }),
+        ];
+        let outcomes = commit_group(&mut connection, &group);
+        assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, .. })), "{outcomes:?}");
+        assert!(outcomes[1].is_err(), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Ok(ChangeOutcome::MemberRemoved { member_count: 0, .. })), "{outcomes:?}");
+        let (members, count, events): (i64, i64, i64) = connection
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM chat_members), (SELECT member_count FROM chats), \
+                 (SELECT COUNT(*) FROM outbox)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((members, count, events), (0, 0, 2));
     }
 }
