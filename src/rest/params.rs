@@ -249,7 +249,13 @@ fn next_index(map: &Tree) -> Option<i64> {
 /// PHP makes canonical decimal strings integer keys: `0`, `12`, `-3`, but not `012`,
 /// `+1`, `-0`, `1.0`, ` 1` or anything out of i64 range.
 fn int_key(key: &str) -> Option<i64> {
-    key.parse::<i64>().ok().filter(|i| i.to_string() == key)
+    // Checked on the text, without allocating: `a[]=` appends look at every key of the array.
+    let digits = key.strip_prefix('-').unwrap_or(key);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && key != "-0";
+    if canonical { key.parse::<i64>().ok() } else { None }
 }
 
 fn parse_json(tree: &mut Tree, body: &[u8], limits: &Limits, vars: &mut usize) -> Result<(), ParamsError> {
