@@ -24,7 +24,8 @@ use crate::domain::{
 };
 use crate::fixtures::{PortalState, StatusDef};
 
-/// How stale the cache may be with respect to changes made by other processes.
+/// How stale the cache may be with respect to changes made by other processes (plus the time of one
+/// revision query).
 pub const RECHECK: Duration = Duration::from_millis(5);
 
 #[derive(Default)]
@@ -67,17 +68,16 @@ impl CachedStore {
         self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The snapshot, reloaded first when the database's revision moved since it was taken.
+    /// The snapshot, reloaded first when the database's revision moved since it was taken. One request at a
+    /// time checks the revision; the others go on with the snapshot they have rather than queue behind it.
     async fn fresh(&self) -> StoreResult<Arc<Snapshot>> {
         let checked = self.checked_at.load(Ordering::Relaxed);
         if now_us() - checked < RECHECK.as_micros() as i64 {
             return Ok(self.current());
         }
-        let _guard = self.reload.lock().await;
-        // Another request may have checked while this one waited for the lock.
-        if now_us() - self.checked_at.load(Ordering::Relaxed) < RECHECK.as_micros() as i64 {
+        let Ok(_guard) = self.reload.try_lock() else {
             return Ok(self.current());
-        }
+        };
         let revision = self.inner.revision().await?;
         if revision != self.current().revision {
             self.install(self.inner.export_structure().await?, revision)?;
