@@ -112,7 +112,8 @@ pub(crate) mod statements {
     ];
 
     /// The messenger notification (for the members before the change) and the outbox event of a membership
-    /// change, as stored JSON.
+    /// change, as stored JSON. Written directly: they hold only integers and fixed upper-case names, and the
+    /// SQLite writer builds one pair per removal on its single thread.
     pub fn membership_payloads(
         chat_id: i64,
         user_id: i64,
@@ -120,14 +121,22 @@ pub(crate) mod statements {
         recipients: &[i64],
         record: (CrmEntityType, i64),
     ) -> (String, String) {
-        let notification = serde_json::json!({
-            "chat_id": chat_id, "user_id": user_id, "user_count": member_count, "recipients": recipients,
-        });
-        let event = serde_json::json!({
-            "CHAT_ID": chat_id, "USER_ID": user_id, "CRM_ENTITY_TYPE": record.0.as_upper(),
-            "CRM_ENTITY": record.1, "USER_COUNT": member_count,
-        });
-        (notification.to_string(), event.to_string())
+        use std::fmt::Write as _;
+        let mut notification = String::with_capacity(64 + recipients.len() * 8);
+        let _ = write!(
+            notification,
+            r#"{{"chat_id":{chat_id},"user_id":{user_id},"user_count":{member_count},"recipients":["#
+        );
+        for (i, id) in recipients.iter().enumerate() {
+            let _ = write!(notification, "{}{id}", if i == 0 { "" } else { "," });
+        }
+        notification.push_str("]}");
+        let event = format!(
+            r#"{{"CHAT_ID":{chat_id},"USER_ID":{user_id},"CRM_ENTITY_TYPE":"{}","CRM_ENTITY":{},"USER_COUNT":{member_count}}}"#,
+            record.0.as_upper(),
+            record.1
+        );
+        (notification, event)
     }
 
     /// The `ONOPENLINEMESSAGEADD` event of a stored message.

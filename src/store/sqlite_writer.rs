@@ -215,6 +215,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn payloads_are_the_json_they_look_like() {
+        let (notification, event) =
+            sql::membership_payloads(5, 2, 1, &[1, 2], (crate::domain::CrmEntityType::Deal, 288));
+        let notification: serde_json::Value = serde_json::from_str(&notification).unwrap();
+        let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+        assert_eq!(
+            notification,
+            serde_json::json!({"chat_id": 5, "user_id": 2, "user_count": 1, "recipients": [1, 2]})
+        );
+        assert_eq!(
+            event,
+            serde_json::json!({"CHAT_ID": 5, "USER_ID": 2, "CRM_ENTITY_TYPE": "DEAL", "CRM_ENTITY": 288, "USER_COUNT": 1})
+        );
+        let (empty, _) = sql::membership_payloads(5, 2, 0, &[], (crate::domain::CrmEntityType::Lead, 1));
+        assert!(serde_json::from_str::<serde_json::Value>(&empty).is_ok(), "{empty}");
+    }
+
     fn job(change: Change) -> Job {
         Job { change, reply: oneshot::channel().0 }
     }
