@@ -26,19 +26,10 @@ pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
     // 3, 3b
     let entity_id = crm_entity(params)?;
     let requested_chat = chat_id_param(params)?;
-    // 4
-    require_im(ctx)?;
-    // 5
-    let Some(record) = readable_record(ctx, params, entity_id).await? else {
-        return Err(ApiError::access_denied("You don't have access to join user to chat"));
-    };
-    // 6, 7: with no chat bound to the record the reference answers 0 and never looks at USER_ID.
-    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
-    let Some(chat_id) = requested_chat.or_else(|| last_chat(&links)) else {
+    // 4–8: with no chat bound to the record the reference answers 0 and never looks at USER_ID.
+    let Some((record, chat_id)) = record_chat(ctx, params, entity_id, requested_chat).await? else {
         return Ok(json!(0).into());
     };
-    // 8
-    ensure_chat_in_record(&links, chat_id)?;
     // 9: the reference OR-s the line permission with the CRM read check of row 5, so only the portal's
     // `strict_line_permissions` setting makes this row reachable.
     if !may_join_line(ctx, chat_id, &record).await? {
@@ -64,23 +55,37 @@ pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
     }
 }
 
+/// Rows 4–8 shared by `user.delete` and `user.add`: the messenger is installed, the caller reads the record,
+/// the chat is `CHAT_ID` or else the record's last chat, and it is in the record's active list. `None` when
+/// no chat is bound to the record (the reference then answers 0).
+async fn record_chat(
+    ctx: &CallContext,
+    params: &Params,
+    entity_id: i64,
+    requested_chat: Option<i64>,
+) -> Result<Option<(CrmRecord, i64)>, ApiError> {
+    require_im(ctx)?;
+    let Some(record) = readable_record(ctx, params, entity_id).await? else {
+        return Err(ApiError::access_denied("You don't have access to join user to chat"));
+    };
+    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
+    let Some(chat_id) = requested_chat.or_else(|| last_chat(&links)) else {
+        return Ok(None);
+    };
+    ensure_chat_in_record(&links, chat_id)?;
+    Ok(Some((record, chat_id)))
+}
+
 /// `imopenlines.crm.chat.user.add`: add a user or bot to the chat of a CRM record.
 pub async fn user_add(ctx: &CallContext, params: &Params) -> MethodResult {
     // 1–3b
     let entity_id = required_crm_entity(params)?;
     let requested_chat = chat_id_param(params)?;
-    // 4, 5
-    require_im(ctx)?;
-    let Some(record) = readable_record(ctx, params, entity_id).await? else {
-        return Err(ApiError::access_denied("You don't have access to join user to chat"));
-    };
-    // 6, 7
-    let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
-    let Some(chat_id) = requested_chat.or_else(|| last_chat(&links)) else {
+    // 4–8
+    let Some((record, chat_id)) = record_chat(ctx, params, entity_id, requested_chat).await? else {
         return Ok(json!(0).into());
     };
-    // 8, 9
-    ensure_chat_in_record(&links, chat_id)?;
+    // 9
     if !may_join_line(ctx, chat_id, &record).await? {
         return Err(ApiError::access_denied("You don't have access to join user to chat"));
     }
