@@ -322,32 +322,24 @@ pub async fn spawn_app_with_env(fixture: Value, env: &[(&str, &str)]) -> TestApp
     let log_path = data_dir.join("server.log");
     let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let server = start_server(&data_dir, Some(&fixture_path), &log_path, &extra_env);
-    TestApp {
-        http_base: server.http_base,
-        https_base: server.https_base,
-        cert_path: server.cert_path,
-        data_dir,
-        hook: DEMO_HOOK.to_string(),
-        log_path,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building the HTTP client"),
-        extra_env,
-        child: Some(server.child),
-        _dir: dir,
-    }
+    TestApp::from_server(server, data_dir, log_path, extra_env, dir)
 }
 
 /// Starts `crmchat serve` and waits for its `ready` line; standard error goes (appended) to `log_path`.
 fn start_server(data_dir: &Path, fixture: Option<&Path>, log_path: &Path, env: &[(String, String)]) -> Server {
-    let log = File::options().create(true).append(true).open(log_path).expect("opening the server log");
     let mut cmd = crmchat_command();
     cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(data_dir));
     if let Some(fixture) = fixture {
         cmd.arg("--fixture").arg(fixture);
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    run_until_ready(cmd, log_path)
+}
+
+/// Spawns a prepared `crmchat serve` command and waits for its `ready` line; standard error goes (appended) to
+/// `log_path`.
+fn run_until_ready(mut cmd: Command, log_path: &Path) -> Server {
+    let log = File::options().create(true).append(true).open(log_path).expect("opening the server log");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
     let mut child = cmd.spawn().expect("spawning crmchat serve");
     let stdout = child.stdout.take().unwrap();
@@ -396,6 +388,33 @@ fn start_server(data_dir: &Path, fixture: Option<&Path>, log_path: &Path, env: &
         http_base: http_base.expect("no `http:` line before `ready`"),
         https_base: https_base.expect("no `https:` line before `ready`"),
         cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
+    }
+}
+
+impl TestApp {
+    /// The app around a started server; `dir` is kept (and removed) with it.
+    fn from_server(
+        server: Server,
+        data_dir: PathBuf,
+        log_path: PathBuf,
+        extra_env: Vec<(String, String)>,
+        dir: TempDir,
+    ) -> Self {
+        TestApp {
+            http_base: server.http_base,
+            https_base: server.https_base,
+            cert_path: server.cert_path,
+            data_dir,
+            hook: DEMO_HOOK.to_string(),
+            log_path,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("building the HTTP client"),
+            extra_env,
+            child: Some(server.child),
+            _dir: dir,
+        }
     }
 }
 
@@ -639,58 +658,11 @@ pub async fn spawn_app_with_args(fixture: Value, args: &[&str]) -> TestApp {
     let fixture_path = data_dir.join("fixture.json");
     std::fs::write(&fixture_path, serde_json::to_vec_pretty(&fixture).unwrap()).expect("writing the fixture");
     let log_path = data_dir.join("server.log");
-    let log = File::options().create(true).append(true).open(&log_path).expect("opening the server log");
     let mut cmd = crmchat_command();
     cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(&data_dir));
     cmd.arg("--fixture").arg(&fixture_path).args(args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
-    let mut child = cmd.spawn().expect("spawning crmchat serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let (mut http_base, mut https_base, mut cert_path) = (None, None, None);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.trim() == "ready" => break,
-            Ok(line) => {
-                if let Some(url) = line.strip_prefix("http: ") {
-                    http_base = Some(url.trim().to_string());
-                } else if let Some(url) = line.strip_prefix("https: ") {
-                    https_base = Some(url.trim().to_string());
-                } else if let Some(path) = line.strip_prefix("tls certificate: ") {
-                    cert_path = Some(PathBuf::from(path.trim().trim_end_matches(" (new)")));
-                }
-            }
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("crmchat serve {args:?} did not print `ready` ({err:?}); log:\n{}", {
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                });
-            }
-        }
-    }
-    TestApp {
-        http_base: http_base.expect("no `http:` line before `ready`"),
-        https_base: https_base.expect("no `https:` line before `ready`"),
-        cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
-        data_dir,
-        hook: DEMO_HOOK.to_string(),
-        log_path,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building the HTTP client"),
-        extra_env: Vec::new(),
-        child: Some(child),
-        _dir: dir,
-    }
+    let server = run_until_ready(cmd, &log_path);
+    TestApp::from_server(server, data_dir, log_path, Vec::new(), dir)
 }
 
 /// A finished CLI run: its exit status and both outputs as text.
@@ -902,7 +874,6 @@ pub async fn spawn_instance(
 ) -> TestApp {
     let dir = tempfile::Builder::new().prefix("crmchat-instance-").tempdir().expect("creating a temp dir");
     let log_path = dir.path().join("server.log");
-    let log = File::options().create(true).append(true).open(&log_path).expect("opening the server log");
     let mut cmd = crmchat_command();
     for key in SCRUBBED_SERVE_ENV {
         cmd.env_remove(key);
@@ -919,55 +890,8 @@ pub async fn spawn_instance(
         cmd.arg("--fixture").arg(path);
     }
     cmd.args(args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
-    let mut child = cmd.spawn().expect("spawning crmchat serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    // Keeps draining standard output for the life of the process.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let (mut http_base, mut https_base, mut cert_path) = (None, None, None);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.trim() == "ready" => break,
-            Ok(line) => {
-                if let Some(url) = line.strip_prefix("http: ") {
-                    http_base = Some(url.trim().to_string());
-                } else if let Some(url) = line.strip_prefix("https: ") {
-                    https_base = Some(url.trim().to_string());
-                } else if let Some(path) = line.strip_prefix("tls certificate: ") {
-                    cert_path = Some(PathBuf::from(path.trim().trim_end_matches(" (new)")));
-                }
-            }
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("crmchat serve {args:?} did not print `ready` ({err:?}); log:\n{}", {
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                });
-            }
-        }
-    }
-    TestApp {
-        http_base: http_base.expect("no `http:` line before `ready`"),
-        https_base: https_base.expect("no `https:` line before `ready`"),
-        cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
-        data_dir: data_dir.to_path_buf(),
-        hook: DEMO_HOOK.to_string(),
-        log_path,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building the HTTP client"),
-        extra_env,
-        child: Some(child),
-        _dir: dir,
-    }
+    let server = run_until_ready(cmd, &log_path);
+    TestApp::from_server(server, data_dir.to_path_buf(), log_path, extra_env, dir)
 }
 
 /// `crmchat state export --data-dir DIR [--database URL]`, parsed (the storage stated explicitly, as for
