@@ -141,12 +141,18 @@ pub(super) async fn remove_member(
     if deleted.rows_affected() == 0 {
         return Ok(ChangeOutcome::NotAMember);
     }
-    let remaining = members(tx, chat_id).await?;
-    let author: Option<i64> = sqlx::query_scalar(sql::CHAT_AUTHOR).bind(chat_id).fetch_one(&mut **tx).await?;
-    let new_author = if author == Some(user_id) { rules::next_author(&remaining, user_id).or(author) } else { author };
-    let member_count = remaining.len() as i64;
-    sqlx::query(sql::SET_COUNT_AND_AUTHOR).bind(member_count).bind(new_author).bind(chat_id).execute(&mut **tx).await?;
-    let mut recipients: Vec<i64> = remaining.iter().map(|m| m.user_id).collect();
+    // The same statements, in the same order, as SQLite's group-commit writer.
+    let (author, member_count): (Option<i64>, i64) =
+        sqlx::query_as(sql::COUNT_AFTER_LEAVE).bind(chat_id).fetch_one(&mut **tx).await?;
+    // The join order and the members' kinds matter only when the author leaves.
+    let new_author = if author == Some(user_id) {
+        let next = rules::next_author(&members(tx, chat_id).await?, user_id).or(author);
+        sqlx::query(sql::SET_AUTHOR).bind(next).bind(chat_id).execute(&mut **tx).await?;
+        next
+    } else {
+        author
+    };
+    let mut recipients: Vec<i64> = sqlx::query_scalar(sql::MEMBER_IDS).bind(chat_id).fetch_all(&mut **tx).await?;
     recipients.push(user_id);
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
     record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms).await?;

@@ -77,12 +77,10 @@ pub(crate) mod statements {
          JOIN users u ON u.id = m.user_id WHERE m.chat_id = $1 ORDER BY m.join_seq";
     /// The members, in no particular order (a range of the primary key).
     pub const MEMBER_IDS: &str = "SELECT user_id FROM chat_members WHERE chat_id = $1";
-    pub const CHAT_AUTHOR: &str = "SELECT author_id FROM chats WHERE id = $1";
     /// After one member left: the chat's author and its new member count.
     pub const COUNT_AFTER_LEAVE: &str =
         "UPDATE chats SET member_count = member_count - 1 WHERE id = $1 RETURNING author_id, member_count";
     pub const SET_AUTHOR: &str = "UPDATE chats SET author_id = $1 WHERE id = $2";
-    pub const SET_COUNT_AND_AUTHOR: &str = "UPDATE chats SET member_count = $1, author_id = $2 WHERE id = $3";
     pub const INSERT_MEMBER: &str = "INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) \
          SELECT $1, $2, next_join_seq, $3 FROM chats WHERE id = $1 ON CONFLICT (chat_id, user_id) DO NOTHING";
     pub const COUNT_AFTER_JOIN: &str = "UPDATE chats SET next_join_seq = next_join_seq + 1, \
@@ -95,14 +93,12 @@ pub(crate) mod statements {
     pub const INSERT_OUTBOX: &str = "INSERT INTO outbox (event, payload, created_ms) VALUES ($1, $2, $3)";
 
     #[cfg(test)]
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 11] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         SET_AUTHOR,
         MEMBER_IDS,
         MEMBERS_WITH_KIND,
-        CHAT_AUTHOR,
-        SET_COUNT_AND_AUTHOR,
         INSERT_MEMBER,
         COUNT_AFTER_JOIN,
         IS_MEMBER,
