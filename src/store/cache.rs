@@ -203,10 +203,6 @@ impl Store for CachedStore {
         Ok(self.fresh().await?.lines.get(&id).cloned())
     }
 
-    async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool> {
-        self.inner.is_member(chat_id, user_id).await
-    }
-
     async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>> {
         self.inner.chat_members(chat_id).await
     }

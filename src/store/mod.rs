@@ -144,7 +144,6 @@ pub trait Store: Send + Sync + 'static {
     async fn record_sessions(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Vec<SessionLink>>;
     async fn chat(&self, id: i64) -> StoreResult<Option<Chat>>;
     async fn line(&self, id: i64) -> StoreResult<Option<Line>>;
-    async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool>;
     /// Member user ids in join order.
     async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>>;
     /// The CRM records bound to any session of the chat.

@@ -159,7 +159,6 @@ macro_rules! shared_sql {
                 Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
             };
             use $crate::fixtures::{self, PortalState, StatusDef};
-            use $crate::store::sql::statements as sql;
             use $crate::store::sql::{Backend, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, Change, ChangeOutcome, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
@@ -289,10 +288,6 @@ macro_rules! shared_sql {
                             .fetch_all(self.reader())
                             .await?;
                     Ok(Some(Line { id, queue }))
-                }
-
-                async fn is_member(&self, chat_id: i64, user_id: i64) -> StoreResult<bool> {
-                    is_member(self.reader(), chat_id, user_id).await
                 }
 
                 async fn chat_members(&self, chat_id: i64) -> StoreResult<Vec<i64>> {
@@ -539,21 +534,6 @@ macro_rules! shared_sql {
                     access_expires_ms: r.get("access_expires_ms"),
                     refresh_expires_ms: r.get("refresh_expires_ms"),
                 }
-            }
-
-            async fn is_member<'e>(
-                executor: impl sqlx::Executor<'e, Database = $db>,
-                chat_id: i64,
-                user_id: i64,
-            ) -> StoreResult<bool> {
-                // A column rather than `SELECT 1`: PostgreSQL's literal is an INT4, which does not decode as i64.
-                let found: Option<i64> =
-                    sqlx::query_scalar(sql::IS_MEMBER)
-                        .bind(chat_id)
-                        .bind(user_id)
-                        .fetch_optional(executor)
-                        .await?;
-                Ok(found.is_some())
             }
 
             async fn insert_tokens<'e>(
