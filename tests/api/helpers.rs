@@ -513,6 +513,24 @@ impl TestApp {
         self.child = Some(server.child);
     }
 
+    /// Sends `signal` (`TERM`, `INT`) to the server and waits for it to exit, at most `limit`.
+    pub fn signal_and_wait(&mut self, signal: &str, limit: std::time::Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "sending SIG{signal}");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the server") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server did not exit within {limit:?} of SIG{signal}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server with SIGKILL now (Drop does it too).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

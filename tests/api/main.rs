@@ -23,6 +23,7 @@ mod schema;
 mod sdk;
 mod secrets;
 mod secrets_oauth;
+mod shutdown;
 mod transports;
 mod two_instances;
 mod urls;
