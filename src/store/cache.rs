@@ -19,10 +19,9 @@ use super::{
     WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
-    Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, SessionStatus, User,
-    UserKind,
+    Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
 };
-use crate::fixtures::{PortalState, StatusDef};
+use crate::fixtures::PortalState;
 
 /// How stale the cache may be with respect to changes made by other processes (plus the time of one
 /// revision query).
@@ -149,11 +148,8 @@ fn build(state: PortalState, revision: i64) -> StoreResult<Snapshot> {
     for chat in state.chats {
         let (title, active) = connectors.get(&(chat.line, chat.connector.clone())).cloned().unwrap_or_default();
         for session in &chat.sessions {
-            let status = match &session.status {
-                StatusDef::Code(code) => SessionStatus::from_code(*code),
-                StatusDef::Name(name) => SessionStatus::from_name(name),
-            }
-            .ok_or_else(|| corrupt(format!("session {} status", session.id)))?;
+            let status = crate::fixtures::validate::session_status(&session.status)
+                .ok_or_else(|| corrupt(format!("session {} status", session.id)))?;
             let modified = super::rfc3339_to_ms(&session.modified)?;
             for r in &session.crm {
                 let entity_type = CrmEntityType::parse(&r.entity_type).ok_or_else(|| corrupt(&r.entity_type))?;

@@ -158,7 +158,7 @@ macro_rules! shared_sql {
             use $crate::domain::{
                 Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
             };
-            use $crate::fixtures::{self, PortalState, StatusDef};
+            use $crate::fixtures::{self, PortalState};
             use $crate::store::sql::{Backend, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, Change, ChangeOutcome, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
@@ -862,11 +862,7 @@ macro_rules! shared_sql {
                         .await?;
                     }
                     for s in &c.sessions {
-                        let status = match &s.status {
-                            StatusDef::Code(code) => SessionStatus::from_code(*code),
-                            StatusDef::Name(name) => SessionStatus::from_name(name),
-                        }
-                        .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
+                        let status = $crate::fixtures::validate::session_status(&s.status).ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
                         sqlx::query("INSERT INTO sessions (id, chat_id, status, modified_ms) VALUES ($1, $2, $3, $4)")
                             .bind(s.id)
                             .bind(c.id)
