@@ -116,14 +116,19 @@ impl Bound {
 }
 
 /// Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish, return.
-pub async fn serve(state: Arc<AppState>, bound: Bound, tls: RustlsConfig) -> anyhow::Result<()> {
+pub async fn serve(
+    state: Arc<AppState>,
+    bound: Bound,
+    tls: RustlsConfig,
+    shutdown: ShutdownSignal,
+) -> anyhow::Result<()> {
     let app = router(state);
     let http_app = app.clone().layer(Extension(Transport::Http));
     let https_app = app.layer(Extension(Transport::Https));
     let handle = Handle::new();
     let signal_handle = handle.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.received().await;
         tracing::info!("shutting down: finishing in-flight requests");
         signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
     });
@@ -149,23 +154,23 @@ fn limit_slow_clients(builder: &mut hyper_util::server::conn::auto::Builder<hype
     builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(CLIENT_TIMEOUT);
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT and SIGTERM, listened to from the moment this is made: made before the server says `ready`, so a
+/// signal that follows at once still shuts it down gracefully instead of killing it.
+pub struct ShutdownSignal {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }

@@ -221,6 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(redis) = &state.redis {
         redis.probe().await;
     }
+    let shutdown = app::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;
     writeln!(out, "http: http://{http}")?;
@@ -246,6 +247,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "ready")?;
     out.flush()?;
     drop(out);
-    app::serve(state, bound, tls).await?;
+    app::serve(state, bound, tls, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
