@@ -27,10 +27,27 @@ pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--bin", "crmchat"]);
+        // `cargo run` hands its package variables to this process. Passed on, they change the fingerprint of
+        // build scripts that watch them (ring watches CARGO_MANIFEST_DIR), and every run would rebuild.
+        for (name, _) in std::env::vars_os() {
+            let name_str = name.to_string_lossy();
+            if name_str.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                ]
+                .contains(&name_str.as_ref())
+            {
+                cmd.env_remove(&name);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
-        println!("building crmchat: {cmd:?}");
+        println!("building crmchat: cargo build --bin crmchat{}", if release { " --release" } else { "" });
         let status = cmd.status().context("running cargo build")?;
         anyhow::ensure!(status.success(), "cargo build --bin crmchat failed");
     }
