@@ -69,11 +69,12 @@ pub enum Transport {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/rest/{*path}", any(rest::handle))
-        .route("/rest/", any(rest::handle))
         .route("/oauth/token/", any(rest::oauth::token))
         .route("/oauth/token", any(rest::oauth::token))
-        .fallback(not_found)
+        // Every other path goes to the REST handler, which parses `/rest/...` itself and answers anything
+        // else with the vendor's 404. A `/rest/{*path}` route would make the router copy the path into a
+        // parameter nobody reads, on every call.
+        .fallback(rest::handle)
         .with_state(state)
         // A panic anywhere in a handler becomes the vendor's error envelope, never a stack trace.
         .layer(CatchPanicLayer::custom(|_| {
@@ -92,10 +93,6 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     };
     let body = serde_json::json!({"status": "ok", "limits": limits});
     (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
-}
-
-async fn not_found() -> Response {
-    render_error(&ApiError::method_not_found(), Format::Json)
 }
 
 /// Listeners bound and ready; `serve` runs them until a shutdown signal.

@@ -80,7 +80,7 @@ pub struct BatchHarness {
     runtime: tokio::runtime::Runtime,
     app: Arc<AppState>,
     caller: Caller,
-    portal: PortalSettings,
+    portal: Arc<PortalSettings>,
 }
 
 impl BatchHarness {
@@ -99,7 +99,7 @@ impl BatchHarness {
             let user = store.user(1).await.expect("reading user 1").expect("user 1 exists");
             let caller = Caller {
                 user,
-                scopes: Vec::new(),
+                scopes: Vec::new().into(),
                 kind: AuthKind::Webhook,
                 credential_id: "webhook:fuzz".into(),
                 client_id: None,

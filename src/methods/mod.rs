@@ -7,6 +7,7 @@ pub mod message;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -19,10 +20,10 @@ pub type Params = Map<String, Value>;
 /// Everything a method may use: the store, the portal's settings and the authenticated caller.
 pub struct CallContext {
     pub store: DynStore,
-    pub portal: PortalSettings,
-    pub caller: User,
+    pub portal: Arc<PortalSettings>,
+    pub caller: Arc<User>,
     /// The scopes granted to the caller's webhook or application token.
-    pub scopes: Vec<String>,
+    pub scopes: Arc<[String]>,
     /// The OAuth application's client id; `None` for a webhook.
     pub client_id: Option<String>,
     pub now_ms: i64,

@@ -1,5 +1,7 @@
 //! Who is calling: an inbound webhook (user id and code in the path) or an OAuth access token.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
@@ -17,8 +19,8 @@ pub enum AuthKind {
 
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub user: User,
-    pub scopes: Vec<String>,
+    pub user: Arc<User>,
+    pub scopes: Arc<[String]>,
     pub kind: AuthKind,
     /// The webhook id or application client id: what operating-time accounting is keyed by.
     pub credential_id: String,
@@ -103,7 +105,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
             match store.user(hook.user_id).await? {
                 Some(user) if user.active => Ok(Caller {
                     user,
-                    scopes: hook.scopes,
+                    scopes: hook.scopes.into(),
                     kind: AuthKind::Webhook,
                     credential_id: format!("webhook:{}", hook.id),
                     client_id: None,
@@ -117,10 +119,10 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                 Some(record) => store.user(record.user_id).await?,
                 None => None,
             };
-            let record = check_token(record, user.as_ref(), now_ms)?;
+            let record = check_token(record, user.as_deref(), now_ms)?;
             Ok(Caller {
                 user: user.expect("checked by check_token"),
-                scopes: record.scopes.clone(),
+                scopes: record.scopes.clone().into(),
                 kind: AuthKind::OAuth,
                 credential_id: format!("app:{}", record.client_id),
                 client_id: Some(record.client_id),

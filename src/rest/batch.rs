@@ -1,6 +1,8 @@
 //! `batch`: up to 50 commands in one request, run in order with the outer call's authentication, each in
 //! its own transaction, later ones able to refer to earlier results.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use super::auth::{self, Caller};
@@ -29,7 +31,13 @@ fn own_param<'a>(params: &'a Params, name: &str) -> Option<&'a Value> {
     params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
-pub async fn run(app: &AppState, caller: &Caller, portal: &PortalSettings, params: &Params, _start: f64) -> Output {
+pub async fn run(
+    app: &AppState,
+    caller: &Caller,
+    portal: &Arc<PortalSettings>,
+    params: &Params,
+    _start: f64,
+) -> Output {
     // PHP truthiness: "false" is a non-empty string, so it halts.
     let halt = !is_empty(own_param(params, "halt"));
     let commands: Vec<(String, Value)> = match own_param(params, "cmd") {
@@ -76,7 +84,7 @@ pub async fn run(app: &AppState, caller: &Caller, portal: &PortalSettings, param
 async fn run_command(
     app: &AppState,
     caller: &Caller,
-    portal: &PortalSettings,
+    portal: &Arc<PortalSettings>,
     command: &Value,
     answers: &Answers,
 ) -> Result<(Output, super::envelope::Timing), ApiError> {

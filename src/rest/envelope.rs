@@ -25,8 +25,10 @@ pub struct Timing {
     pub operating_reset_at: i64,
 }
 
+/// Unix time in seconds. Read from `SystemTime` directly: `chrono::Utc::now` also works out the calendar date,
+/// which every request would pay for several times.
 pub fn unix_now() -> f64 {
-    Utc::now().timestamp_micros() as f64 / 1e6
+    super::limits::unix_micros(std::time::SystemTime::now()) as f64 / 1e6
 }
 
 /// PHP's `date('c')`: ISO-8601 with a numeric offset, never `Z`. Every answer carries two of these and they

@@ -40,37 +40,57 @@ pub struct RestPath<'a> {
 pub fn parse_path(path: &str) -> Option<RestPath<'_>> {
     let rest = path.strip_prefix("/rest/")?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let segments: Vec<&str> = rest.split('/').collect();
-    let (webhook, method) = match segments.as_slice() {
-        [method] => (None, *method),
-        [user, code, method] => (Some((*user, *code)), *method),
+    let mut segments = rest.split('/');
+    let (webhook, method) = match (segments.next(), segments.next(), segments.next(), segments.next()) {
+        (Some(method), None, None, None) => (None, method),
+        (Some(user), Some(code), Some(method), None) => (Some((user, code)), method),
         _ => return None,
     };
-    let mut method = method.to_ascii_lowercase();
-    let mut format = Format::Json;
-    if let Some(stripped) = method.strip_suffix(".json") {
-        method = stripped.to_string();
-    } else if let Some(stripped) = method.strip_suffix(".xml") {
-        method = stripped.to_string();
-        format = Format::Xml;
-    }
+    let has_suffix = |suffix: &str| {
+        method.len() >= suffix.len()
+            && method.as_bytes()[method.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    let (method, format) = if has_suffix(".json") {
+        (&method[..method.len() - 5], Format::Json)
+    } else if has_suffix(".xml") {
+        (&method[..method.len() - 4], Format::Xml)
+    } else {
+        (method, Format::Json)
+    };
     if method.is_empty() {
         return None;
     }
-    Some(RestPath { webhook, method, format })
+    Some(RestPath { webhook, method: method.to_ascii_lowercase(), format })
+}
+
+/// The client IP of a request: the peer's address, or behind a trusted proxy, the one the proxy reports.
+#[derive(Clone, Copy)]
+enum ClientIp<'a> {
+    Peer(Option<std::net::IpAddr>),
+    Forwarded(&'a str),
+}
+
+impl std::fmt::Display for ClientIp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientIp::Peer(Some(ip)) => ip.fmt(f),
+            ClientIp::Peer(None) => Ok(()),
+            ClientIp::Forwarded(ip) => f.write_str(ip),
+        }
+    }
 }
 
 /// The transport and client IP of a request; behind a trusted proxy, as the proxy reports them.
-fn client_of(app: &AppState, parts: &axum::http::request::Parts) -> (Transport, String) {
+fn client_of<'a>(app: &AppState, parts: &'a axum::http::request::Parts) -> (Transport, ClientIp<'a>) {
     let mut transport = parts.extensions.get::<Transport>().copied().unwrap_or(Transport::Http);
-    let mut ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
+    let mut ip = ClientIp::Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
     if app.settings.trust_forwarded_for {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         // The proxy appends the address it saw; earlier entries come from the client and prove nothing.
         if let Some(last) = header("x-forwarded-for").and_then(|v| v.rsplit(',').next()).map(str::trim)
             && !last.is_empty()
         {
-            ip = last.to_string();
+            ip = ClientIp::Forwarded(last);
         }
         if header("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")) {
             transport = Transport::Https;
@@ -84,13 +104,12 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let start = unix_now();
     let (parts, body) = request.into_parts();
     let (transport, client_ip) = client_of(&app, &parts);
-    let path = parts.uri.path().to_string();
-    let Some(rest_path) = parse_path(&path) else {
+    let Some(rest_path) = parse_path(parts.uri.path()) else {
         return render_error(&ApiError::method_not_found(), Format::Json);
     };
     let format = rest_path.format;
-    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let request = Incoming { rest_path: &rest_path, transport, client_ip: &client_ip, query: parts.uri.query() };
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let request = Incoming { rest_path: &rest_path, transport, client_ip, query: parts.uri.query() };
     let result = call(&app, request, &parts.headers, body, start).await;
     let response = match &result {
         Ok((output, timing)) => render_success(output, timing, format),
@@ -99,17 +118,21 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     // Only the method name is logged: the path holds the webhook code and parameters may hold tokens.
     // Refused calls are logged at info; successes at debug, since formatting a line per call costs a tenth of
     // the server's throughput (`CRMCHAT_LOG=debug` shows them).
-    let elapsed_ms = (unix_now() - start) * 1000.0;
+    // The elapsed time is worked out only when the line is written.
     match &result {
-        Ok(_) => {
-            tracing::debug!(method = %rest_path.method, status = 200, request_id = %request_id, elapsed_ms, "rest call")
-        }
+        Ok(_) => tracing::debug!(
+            method = %rest_path.method,
+            status = 200,
+            request_id,
+            elapsed_ms = (unix_now() - start) * 1000.0,
+            "rest call"
+        ),
         Err(err) => tracing::info!(
             method = %rest_path.method,
             status = err.status.as_u16(),
             error = err.code,
-            request_id = %request_id,
-            elapsed_ms,
+            request_id,
+            elapsed_ms = (unix_now() - start) * 1000.0,
             "rest call refused"
         ),
     }
@@ -120,7 +143,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
 struct Incoming<'a> {
     rest_path: &'a RestPath<'a>,
     transport: Transport,
-    client_ip: &'a str,
+    client_ip: ClientIp<'a>,
     query: Option<&'a str>,
 }
 
@@ -175,7 +198,7 @@ fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError
 pub(crate) async fn invoke(
     app: &AppState,
     caller: &auth::Caller,
-    portal: &PortalSettings,
+    portal: &Arc<PortalSettings>,
     method: &MethodDef,
     params: &Params,
     start: f64,
@@ -185,7 +208,8 @@ pub(crate) async fn invoke(
         return Err(ApiError::bad_request("ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"));
     };
     let operating_key = format!("{}|{}", caller.credential_id, method.name);
-    if app.operating.status(&operating_key).await.blocked {
+    let before = app.operating.status(&operating_key).await;
+    if before.blocked {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "OPERATION_TIME_LIMIT",
@@ -200,14 +224,20 @@ pub(crate) async fn invoke(
         client_id: caller.client_id.clone(),
         now_ms: (start * 1000.0) as i64,
     };
-    let method_start = std::time::Instant::now();
-    let method_start_unix = unix_now();
+    let method_start = unix_now();
     let result = handler(&ctx, params).await;
-    // Failed calls consume operating time too: the work was done.
-    app.operating.record(&operating_key, method_start.elapsed()).await;
+    let finish = unix_now();
+    let duration = std::time::Duration::from_secs_f64((finish - method_start).max(0.0));
+    // Failed calls consume operating time too: the work was done. A call too short to be charged leaves the
+    // standing as it was, so it is not asked for again.
+    let operating = if duration >= limits::MIN_COUNTED {
+        app.operating.record(&operating_key, duration).await;
+        app.operating.status(&operating_key).await
+    } else {
+        before
+    };
     let output = result?;
-    let operating = app.operating.status(&operating_key).await;
-    Ok((output, timing(start, method_start_unix, unix_now(), &operating)))
+    Ok((output, timing(start, method_start, finish, &operating)))
 }
 
 fn timing(start: f64, method_start: f64, finish: f64, operating: &OperatingStatus) -> Timing {
@@ -228,7 +258,14 @@ pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Byt
     if axum::body::HttpBody::size_hint(&body).lower() > 8 * max_bytes as u64 {
         return Err(ApiError::payload_too_large());
     }
-    match tokio::time::timeout(crate::app::CLIENT_TIMEOUT, axum::body::to_bytes(body, max_bytes)).await {
+    // Most bodies came in with the headers: a first poll collects them without arming a timer.
+    let mut collect = std::pin::pin!(axum::body::to_bytes(body, max_bytes));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(crate::app::CLIENT_TIMEOUT, collect).await,
+    };
+    match collected {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(err)) if is_length_limit(&err) => Err(ApiError::payload_too_large()),
         Ok(Err(err)) if is_timeout(&err) => Err(body_timeout()),

@@ -30,9 +30,9 @@ pub const RECHECK: Duration = Duration::from_millis(5);
 #[derive(Default)]
 struct Snapshot {
     revision: i64,
-    portal: PortalSettings,
+    portal: Arc<PortalSettings>,
     webhooks: HashMap<(i64, String), WebhookCredential>,
-    users: HashMap<i64, User>,
+    users: HashMap<i64, Arc<User>>,
     records: HashMap<(CrmEntityType, i64), CrmRecord>,
     record_sessions: HashMap<(CrmEntityType, i64), Vec<SessionLink>>,
     chats: HashMap<i64, Chat>,
@@ -48,7 +48,7 @@ pub struct CachedStore {
 }
 
 fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+    crate::rest::limits::unix_micros(std::time::SystemTime::now())
 }
 
 impl CachedStore {
@@ -106,7 +106,7 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 
 /// The read model of an exported (so already validated) state.
 fn build(state: PortalState, revision: i64) -> StoreResult<Snapshot> {
-    let mut s = Snapshot { revision, portal: PortalSettings::from(&state.portal), ..Default::default() };
+    let mut s = Snapshot { revision, portal: Arc::new(PortalSettings::from(&state.portal)), ..Default::default() };
     for w in state.webhooks {
         let hash = w.code_sha256.ok_or_else(|| corrupt("webhook without hash"))?;
         let credential = WebhookCredential { id: w.id.unwrap_or(0), user_id: w.user, scopes: w.scopes };
@@ -131,7 +131,7 @@ fn build(state: PortalState, revision: i64) -> StoreResult<Snapshot> {
             line_join: line(&u.lines.join)?,
             line_history: line(&u.lines.history)?,
         };
-        s.users.insert(user.id, user);
+        s.users.insert(user.id, Arc::new(user));
     }
     for c in state.crm {
         let entity_type = CrmEntityType::parse(&c.entity_type).ok_or_else(|| corrupt(&c.entity_type))?;
@@ -171,7 +171,7 @@ fn build(state: PortalState, revision: i64) -> StoreResult<Snapshot> {
 
 #[async_trait]
 impl Store for CachedStore {
-    async fn portal(&self) -> StoreResult<PortalSettings> {
+    async fn portal(&self) -> StoreResult<Arc<PortalSettings>> {
         Ok(self.fresh().await?.portal.clone())
     }
 
@@ -179,7 +179,7 @@ impl Store for CachedStore {
         Ok(self.fresh().await?.webhooks.get(&(user_id, code_sha256.to_string())).cloned())
     }
 
-    async fn user(&self, id: i64) -> StoreResult<Option<User>> {
+    async fn user(&self, id: i64) -> StoreResult<Option<Arc<User>>> {
         Ok(self.fresh().await?.users.get(&id).cloned())
     }
 

@@ -136,9 +136,9 @@ pub enum ChangeOutcome {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    async fn portal(&self) -> StoreResult<PortalSettings>;
+    async fn portal(&self) -> StoreResult<Arc<PortalSettings>>;
     async fn webhook(&self, user_id: i64, code_sha256: &str) -> StoreResult<Option<WebhookCredential>>;
-    async fn user(&self, id: i64) -> StoreResult<Option<User>>;
+    async fn user(&self, id: i64) -> StoreResult<Option<Arc<User>>>;
     async fn crm_record(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Option<CrmRecord>>;
     /// Every session bound to the record, with its chat's connector.
     async fn record_sessions(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Vec<SessionLink>>;

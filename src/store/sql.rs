@@ -171,7 +171,7 @@ macro_rules! shared_sql {
 
             #[async_trait]
             impl Store for $store {
-                async fn portal(&self) -> StoreResult<PortalSettings> {
+                async fn portal(&self) -> StoreResult<std::sync::Arc<PortalSettings>> {
                     let row = sqlx::query(
                         "SELECT domain, language, modules, plan, strict_line_permissions, require_https \
                          FROM portal WHERE id = 1",
@@ -179,16 +179,16 @@ macro_rules! shared_sql {
                     .fetch_optional(self.reader())
                     .await?;
                     let Some(row) = row else {
-                        return Ok(PortalSettings::from(&fixtures::PortalSettings::default()));
+                        return Ok(PortalSettings::from(&fixtures::PortalSettings::default()).into());
                     };
-                    Ok(PortalSettings {
+                    Ok(std::sync::Arc::new(PortalSettings {
                         domain: row.get("domain"),
                         language: row.get("language"),
                         modules: split_list(row.get("modules")),
                         plan: row.get("plan"),
                         strict_line_permissions: row.get("strict_line_permissions"),
                         require_https: row.get("require_https"),
-                    })
+                    }))
                 }
 
                 async fn webhook(&self, user_id: i64, code_sha256: &str) -> StoreResult<Option<WebhookCredential>> {
@@ -205,10 +205,10 @@ macro_rules! shared_sql {
                     }))
                 }
 
-                async fn user(&self, id: i64) -> StoreResult<Option<User>> {
+                async fn user(&self, id: i64) -> StoreResult<Option<std::sync::Arc<User>>> {
                     let row =
                         sqlx::query("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(self.reader()).await?;
-                    row.as_ref().map(user_from_row).transpose()
+                    Ok(row.as_ref().map(user_from_row).transpose()?.map(std::sync::Arc::new))
                 }
 
                 async fn crm_record(&self, entity_type: CrmEntityType, id: i64) -> StoreResult<Option<CrmRecord>> {
