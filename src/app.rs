@@ -144,10 +144,10 @@ pub async fn serve(
 /// A client must send its request headers within this time; bodies get the same limit in the REST layer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Cut off clients that send their headers too slowly. Idle keep-alive connections are parked tasks, not
-/// threads, so hundreds of them cost no worker.
+/// Cut off HTTP/2 clients that stop answering pings. HTTP/1 clients that send their headers too slowly are cut
+/// off by [`ReadTimeoutAcceptor`], which needs no timer per request as hyper's header-read timeout does.
+/// Idle keep-alive connections are parked tasks, not threads, so hundreds of them cost no worker.
 fn limit_slow_clients(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(CLIENT_TIMEOUT);
     builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(CLIENT_TIMEOUT);
 }
 
