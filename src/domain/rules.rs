@@ -59,10 +59,13 @@ pub fn chat_belongs_to_record(links: &[SessionLink], chat_id: i64) -> bool {
 /// Who becomes the chat's author when the author leaves: the longest-standing remaining member who is an
 /// active employee. `None` means the author stays unchanged.
 pub fn next_author(members_in_join_order: &[Member], leaving: i64) -> Option<i64> {
-    members_in_join_order
-        .iter()
-        .find(|m| m.user_id != leaving && m.active && m.kind == UserKind::Employee)
-        .map(|m| m.user_id)
+    members_in_join_order.iter().find(|m| may_take_over(m, leaving)).map(|m| m.user_id)
+}
+
+/// May `member` become the author when `leaving` (the author) leaves? The first member in join order who may
+/// takes over; the stores ask member by member, so that they look up as few users as they can.
+pub fn may_take_over(member: &Member, leaving: i64) -> bool {
+    member.user_id != leaving && member.active && member.kind == UserKind::Employee
 }
 
 #[cfg(test)]

@@ -16,12 +16,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row as _, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::sql::statements as sql;
 use super::sql::{Backend, shared_sql};
 use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
-use crate::domain::{CrmEntityType, Member, UserKind, rules};
+use crate::domain::{CrmEntityType, rules};
 use crate::fixtures::{self, PortalState};
 
 pub struct PgStore {
@@ -144,32 +144,34 @@ pub(super) async fn remove_member(
     // The same statements, in the same order, as SQLite's group-commit writer.
     let (author, member_count): (Option<i64>, i64) =
         sqlx::query_as(sql::COUNT_AFTER_LEAVE).bind(chat_id).fetch_one(&mut **tx).await?;
-    // The join order and the members' kinds matter only when the author leaves.
+    let members = members_in_join_order(tx, chat_id).await?;
+    // The members' kinds matter only when the author leaves.
     let new_author = if author == Some(user_id) {
-        let next = rules::next_author(&members(tx, chat_id).await?, user_id).or(author);
+        let mut next = author;
+        for &candidate in &members {
+            let (kind, active): (String, bool) =
+                sqlx::query_as(sql::USER_KIND).bind(candidate).fetch_one(&mut **tx).await?;
+            if rules::may_take_over(&sql::member(candidate, &kind, active), user_id) {
+                next = Some(candidate);
+                break;
+            }
+        }
         sqlx::query(sql::SET_AUTHOR).bind(next).bind(chat_id).execute(&mut **tx).await?;
         next
     } else {
         author
     };
-    let mut recipients: Vec<i64> = sqlx::query_scalar(sql::MEMBER_IDS).bind(chat_id).fetch_all(&mut **tx).await?;
+    let mut recipients = members;
     recipients.push(user_id);
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
     record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms).await?;
     Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
 }
 
-/// The chat's members in join order, with what the author hand-over rule needs.
-async fn members(tx: &mut shared::Tx, chat_id: i64) -> StoreResult<Vec<Member>> {
-    let rows = sqlx::query(sql::MEMBERS_WITH_KIND).bind(chat_id).fetch_all(&mut **tx).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Member {
-            user_id: r.get("user_id"),
-            kind: UserKind::parse(r.get("kind")).unwrap_or(UserKind::Employee),
-            active: r.get("active"),
-        })
-        .collect())
+/// The chat's member ids, longest-standing first.
+async fn members_in_join_order(tx: &mut shared::Tx, chat_id: i64) -> StoreResult<Vec<i64>> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(sql::MEMBERS_WITH_SEQ).bind(chat_id).fetch_all(&mut **tx).await?;
+    Ok(sql::in_join_order(rows))
 }
 
 /// Adds a membership at the end of the join order. Run it with the chat serialized.
@@ -185,7 +187,7 @@ pub(super) async fn add_member(
         return Ok(ChangeOutcome::AlreadyAMember);
     }
     let member_count: i64 = sqlx::query_scalar(sql::COUNT_AFTER_JOIN).bind(chat_id).fetch_one(&mut **tx).await?;
-    let recipients: Vec<i64> = members(tx, chat_id).await?.iter().map(|m| m.user_id).collect();
+    let recipients = members_in_join_order(tx, chat_id).await?;
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
     record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms).await?;
     Ok(ChangeOutcome::MemberAdded { member_count })

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::sql::statements as sql;
 use super::{Change, ChangeOutcome, StoreError, StoreResult};
-use crate::domain::{Member, UserKind, rules};
+use crate::domain::rules;
 
 /// The most changes committed together; more wait for the next group.
 const MAX_GROUP: usize = 1024;
@@ -131,16 +131,25 @@ fn apply(tx: &Connection, change: &Change) -> rusqlite::Result<ChangeOutcome> {
             }
             let (author, member_count): (Option<i64>, i64) =
                 tx.prepare_cached(sql::COUNT_AFTER_LEAVE)?.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            // The join order and the members' kinds matter only when the author leaves.
+            let members = members_in_join_order(tx, *chat_id)?;
+            // The members' kinds matter only when the author leaves.
             let new_author = if author == Some(*user_id) {
-                let next = rules::next_author(&members(tx, *chat_id)?, *user_id).or(author);
+                let mut next = author;
+                for &candidate in &members {
+                    let member = tx
+                        .prepare_cached(sql::USER_KIND)?
+                        .query_row([candidate], |r| Ok(sql::member(candidate, &r.get::<_, String>(0)?, r.get(1)?)))?;
+                    if rules::may_take_over(&member, *user_id) {
+                        next = Some(candidate);
+                        break;
+                    }
+                }
                 tx.prepare_cached(sql::SET_AUTHOR)?.execute(params![next, chat_id])?;
                 next
             } else {
                 author
             };
-            let mut recipients: Vec<i64> =
-                tx.prepare_cached(sql::MEMBER_IDS)?.query_map([chat_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut recipients = members;
             recipients.push(*user_id);
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
@@ -158,7 +167,7 @@ fn apply(tx: &Connection, change: &Change) -> rusqlite::Result<ChangeOutcome> {
                 return Ok(ChangeOutcome::AlreadyAMember);
             }
             let member_count: i64 = tx.prepare_cached(sql::COUNT_AFTER_JOIN)?.query_row([chat_id], |r| r.get(0))?;
-            let recipients: Vec<i64> = members(tx, *chat_id)?.iter().map(|m| m.user_id).collect();
+            let recipients = members_in_join_order(tx, *chat_id)?;
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
             tx.prepare_cached(sql::INSERT_NOTIFICATION)?.execute(params![
@@ -186,14 +195,11 @@ fn apply(tx: &Connection, change: &Change) -> rusqlite::Result<ChangeOutcome> {
     }
 }
 
-/// The chat's members in join order, with what the author hand-over rule needs.
-fn members(tx: &Connection, chat_id: i64) -> rusqlite::Result<Vec<Member>> {
-    let mut statement = tx.prepare_cached(sql::MEMBERS_WITH_KIND)?;
-    let rows = statement.query_map([chat_id], |r| {
-        let kind: String = r.get(1)?;
-        Ok(Member { user_id: r.get(0)?, kind: UserKind::parse(&kind).unwrap_or(UserKind::Employee), active: r.get(2)? })
-    })?;
-    rows.collect()
+/// The chat's member ids, longest-standing first.
+fn members_in_join_order(tx: &Connection, chat_id: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut statement = tx.prepare_cached(sql::MEMBERS_WITH_SEQ)?;
+    let rows = statement.query_map([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(sql::in_join_order(rows.collect::<rusqlite::Result<_>>()?))
 }
 
 #[cfg(test)]
