@@ -1,13 +1,21 @@
 //! Group commit for SQLite: one writer thread owns the write connection, takes every change that is waiting,
-//! applies each inside its own savepoint and commits them together — one fsync for the whole group. A change
-//! is answered only after the commit is on disk, and a change that fails is rolled back to its savepoint
-//! without failing its neighbours.
+//! applies them and commits them together. A change that fails is taken out of its group without failing its
+//! neighbours.
+//!
+//! A change is answered only once its commit is on disk, but the writer does not wait for the disk itself:
+//! it commits with `synchronous = NORMAL` (the WAL is written, not synced) and hands the group to a syncer
+//! thread, which syncs the WAL file and only then answers the group. While the syncer waits for the disk,
+//! the writer applies the next group; one sync covers every group committed before it began. The guarantee
+//! is that of `synchronous = FULL` for every answered change, and a group's sync never holds up the next.
+//! (Other connections may read a committed change a moment before it is synced and answered, as they would
+//! read it a moment before the answer reaches its client.)
 //!
 //! The writer speaks to SQLite through `rusqlite` on its own thread: a change is a handful of statements, and
 //! sqlx's per-statement hand-off to its connection thread costs more than the fsync a group saves (the
 //! figures are in the README's performance section). The statements are those of `store::sql`.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
@@ -21,10 +29,15 @@ use crate::domain::rules;
 /// The most changes committed together; more wait for the next group.
 const MAX_GROUP: usize = 1024;
 
+type Reply = oneshot::Sender<StoreResult<ChangeOutcome>>;
+
 struct Job {
     change: Change,
-    reply: oneshot::Sender<StoreResult<ChangeOutcome>>,
+    reply: Reply,
 }
+
+/// A committed group on its way to the syncer: each change's answer, to send once the WAL is on disk.
+type Committed = Vec<(Reply, StoreResult<ChangeOutcome>)>;
 
 pub struct GroupWriter {
     jobs: mpsc::Sender<Job>,
@@ -34,11 +47,15 @@ impl GroupWriter {
     /// Start the writer thread on the database file at `path` (already migrated).
     pub fn start(path: &Path) -> StoreResult<Self> {
         let connection = open(path).map_err(sqlite_error)?;
+        let wal = wal_file(path)?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let (committed, to_sync) = mpsc::channel::<Committed>();
+        let thread_error = |e: std::io::Error| StoreError::Corrupt(format!("starting the writer threads: {e}"));
+        thread::Builder::new().name("crmchat-syncer".into()).spawn(move || sync(wal, to_sync)).map_err(thread_error)?;
         thread::Builder::new()
             .name("crmchat-writer".into())
-            .spawn(move || run(connection, queue))
-            .map_err(|e| StoreError::Corrupt(format!("starting the writer thread: {e}")))?;
+            .spawn(move || run(connection, queue, committed))
+            .map_err(thread_error)?;
         Ok(Self { jobs })
     }
 
@@ -56,16 +73,34 @@ fn sqlite_error(err: rusqlite::Error) -> StoreError {
 fn open(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Every acknowledged change must survive a crash the moment after the response: FULL syncs the WAL on
-    // each commit. A larger auto-checkpoint lets a checkpoint write each hot page once for many commits.
+    // Every acknowledged change must survive a crash the moment after the response. NORMAL writes the WAL on
+    // commit without syncing it; the syncer thread syncs it before any change of the group is answered (see
+    // the module documentation). Checkpoints still sync, as in FULL. A larger auto-checkpoint lets a
+    // checkpoint write each hot page once for many commits.
     connection.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
          PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -32000;",
     )?;
     Ok(connection)
 }
 
-fn run(mut connection: Connection, queue: mpsc::Receiver<Job>) {
+/// The database's WAL file, opened for syncing. SQLite keeps it (the same file, reset after checkpoints) while
+/// the writer's connection is open; it may not exist yet before the first write, so it is created if missing,
+/// as SQLite itself would.
+fn wal_file(db: &Path) -> StoreResult<File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    let path = PathBuf::from(name);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Corrupt(format!("opening {} to sync it: {e}", path.display())))
+}
+
+fn run(mut connection: Connection, queue: mpsc::Receiver<Job>, committed: mpsc::Sender<Committed>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -75,8 +110,31 @@ fn run(mut connection: Connection, queue: mpsc::Receiver<Job>) {
             }
         }
         let outcomes = commit_group(&mut connection, &group);
-        for (job, outcome) in group.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
+        let answers: Committed = group.into_iter().map(|job| job.reply).zip(outcomes).collect();
+        if committed.send(answers).is_err() {
+            tracing::error!("the syncer thread stopped; changes can no longer be answered");
+            return;
+        }
+    }
+}
+
+/// Sync the WAL for every group committed so far, then answer those groups. Groups committed while a sync
+/// runs wait for the next one, which covers them all. A failed sync fails every change it should have
+/// covered: they may not be on disk.
+fn sync(wal: File, committed: mpsc::Receiver<Committed>) {
+    while let Ok(first) = committed.recv() {
+        let mut groups = vec![first];
+        groups.extend(committed.try_iter());
+        let synced = wal.sync_data();
+        if let Err(err) = &synced {
+            tracing::error!(error = %err, "syncing the WAL failed");
+        }
+        for (reply, outcome) in groups.into_iter().flatten() {
+            let answer = match &synced {
+                Ok(()) => outcome,
+                Err(_) => Err(StoreError::Corrupt("syncing the WAL failed".into())),
+            };
+            let _ = reply.send(answer);
         }
     }
 }
@@ -237,6 +295,34 @@ mod tests {
         );
         let (empty, _) = sql::membership_payloads(5, 2, 0, &[], (crate::domain::CrmEntityType::Lead, 1));
         assert!(serde_json::from_str::<serde_json::Value>(&empty).is_ok(), "{empty}");
+    }
+
+    /// The syncer answers every group it was handed, with the outcome when the sync succeeds and with an
+    /// error for every change when it fails (`/dev/null` cannot be synced).
+    #[test]
+    fn the_syncer_answers_after_the_sync_and_fails_what_it_could_not_sync() {
+        let answered = |wal: File| {
+            let (committed, to_sync) = mpsc::channel::<Committed>();
+            let mut answers = Vec::new();
+            for group in [2, 1] {
+                let mut answered_group = Committed::new();
+                for _ in 0..group {
+                    let (reply, answer) = oneshot::channel();
+                    answered_group.push((reply, Ok(ChangeOutcome::NotAMember)));
+                    answers.push(answer);
+                }
+                committed.send(answered_group).unwrap();
+            }
+            drop(committed);
+            sync(wal, to_sync);
+            answers.into_iter().map(|mut a| a.try_recv().expect("answered")).collect::<Vec<_>>()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let synced = answered(wal_file(&dir.path().join("t.db")).unwrap());
+        assert!(synced.iter().all(|a| matches!(a, Ok(ChangeOutcome::NotAMember))), "{synced:?}");
+        let failed = answered(File::open("/dev/null").unwrap());
+        assert_eq!(failed.len(), 3);
+        assert!(failed.iter().all(|a| a.is_err()), "{failed:?}");
     }
 
     fn job(change: Change) -> Job {
