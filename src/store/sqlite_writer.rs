@@ -79,7 +79,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // checkpoint write each hot page once for many commits.
     connection.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -32000;",
+         PRAGMA wal_autocheckpoint = 16000; PRAGMA cache_size = -32000;",
     )?;
     Ok(connection)
 }
