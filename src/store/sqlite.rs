@@ -1,5 +1,7 @@
-//! The embedded SQLite backend: WAL, `synchronous=FULL`, foreign keys on; one writer connection so that
-//! write transactions never contend, and a pool of readers that never wait for it. The SQL it shares with
+//! The embedded SQLite backend: WAL, foreign keys on, every answered change synced to disk (`synchronous=FULL`
+//! for loads and credentials; the methods' group-commit writer syncs the WAL itself before it answers, see
+//! `sqlite_writer`); one writer connection so that write transactions never contend, and a pool of readers
+//! that never wait for it. The SQL it shares with
 //! PostgreSQL is generated into `shared` by `store::sql::shared_sql!`.
 
 use std::str::FromStr;
