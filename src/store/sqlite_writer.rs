@@ -3,11 +3,10 @@
 //! neighbours.
 //!
 //! A change is answered only once its commit is on disk, but the writer does not wait for the disk itself:
-//! it commits with `synchronous = NORMAL` (the WAL is written, not synced) and hands the group to the syncer
-//! threads, one of which syncs the WAL file and only then answers the group. While a syncer waits for the
-//! disk, the writer applies the next group; one sync covers every group committed before it began. The
-//! guarantee is that of `synchronous = FULL` for every answered change, and a group's sync never holds up
-//! the next.
+//! it commits with `synchronous = NORMAL` (the WAL is written, not synced) and hands the group to a syncer
+//! thread, which syncs the WAL file and only then answers the group. While the syncer waits for the disk,
+//! the writer applies the next group; one sync covers every group committed before it began. The guarantee
+//! is that of `synchronous = FULL` for every answered change, and a group's sync never holds up the next.
 //! (Other connections may read a committed change a moment before it is synced and answered, as they would
 //! read it a moment before the answer reaches its client.)
 //!
@@ -17,7 +16,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, Statement, params};
@@ -29,11 +28,6 @@ use crate::domain::rules;
 
 /// The most changes committed together; more wait for the next group.
 const MAX_GROUP: usize = 1024;
-
-/// Syncer threads. With one, a group committed just after a sync began waited for that sync and then its own;
-/// with two, its sync starts at once while the other is still running (one more sync in flight gave the hot
-/// removals about 5% more throughput; a third added nothing measurable).
-const SYNCERS: usize = 2;
 
 type Reply = oneshot::Sender<StoreResult<ChangeOutcome>>;
 
@@ -57,15 +51,7 @@ impl GroupWriter {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (committed, to_sync) = mpsc::channel::<Committed>();
         let thread_error = |e: std::io::Error| StoreError::Corrupt(format!("starting the writer threads: {e}"));
-        let to_sync = Arc::new(Mutex::new(to_sync));
-        for _ in 0..SYNCERS {
-            let wal = wal.try_clone().map_err(|e| StoreError::Corrupt(format!("sharing the WAL file: {e}")))?;
-            let to_sync = to_sync.clone();
-            thread::Builder::new()
-                .name("crmchat-syncer".into())
-                .spawn(move || sync(&wal, &to_sync))
-                .map_err(thread_error)?;
-        }
+        thread::Builder::new().name("crmchat-syncer".into()).spawn(move || sync(wal, to_sync)).map_err(thread_error)?;
         thread::Builder::new()
             .name("crmchat-writer".into())
             .spawn(move || run(connection, queue, committed))
@@ -140,19 +126,13 @@ fn run(connection: Connection, queue: mpsc::Receiver<Job>, committed: mpsc::Send
     }
 }
 
-/// Take every group committed so far, sync the WAL, then answer those groups; the syncer threads take turns.
-/// A sync that begins after a group's commit covers it, so answers need no order between the threads: a
-/// group that depends on an earlier one was committed after it, and its sync covers both. A failed sync
-/// fails every change it should have covered: they may not be on disk.
-fn sync(wal: &File, committed: &Mutex<mpsc::Receiver<Committed>>) {
-    loop {
-        let groups = {
-            let committed = committed.lock().unwrap_or_else(|e| e.into_inner());
-            let Ok(first) = committed.recv() else { return };
-            let mut groups = vec![first];
-            groups.extend(committed.try_iter());
-            groups
-        };
+/// Sync the WAL for every group committed so far, then answer those groups. Groups committed while a sync
+/// runs wait for the next one, which covers them all. A failed sync fails every change it should have
+/// covered: they may not be on disk.
+fn sync(wal: File, committed: mpsc::Receiver<Committed>) {
+    while let Ok(first) = committed.recv() {
+        let mut groups = vec![first];
+        groups.extend(committed.try_iter());
         let synced = wal.sync_data();
         if let Err(err) = &synced {
             tracing::error!(error = %err, "syncing the WAL failed");
@@ -373,7 +353,7 @@ mod tests {
                 committed.send(answered_group).unwrap();
             }
             drop(committed);
-            sync(&wal, &Mutex::new(to_sync));
+            sync(wal, to_sync);
             answers.into_iter().map(|mut a| a.try_recv().expect("answered")).collect::<Vec<_>>()
         };
         let dir = tempfile::tempdir().unwrap();
