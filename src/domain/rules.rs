@@ -56,14 +56,9 @@ pub fn chat_belongs_to_record(links: &[SessionLink], chat_id: i64) -> bool {
     links.iter().any(|l| l.chat_id == chat_id && l.connector_active && l.status.is_active())
 }
 
-/// Who becomes the chat's author when the author leaves: the longest-standing remaining member who is an
-/// active employee. `None` means the author stays unchanged.
-pub fn next_author(members_in_join_order: &[Member], leaving: i64) -> Option<i64> {
-    members_in_join_order.iter().find(|m| may_take_over(m, leaving)).map(|m| m.user_id)
-}
-
-/// May `member` become the author when `leaving` (the author) leaves? The first member in join order who may
-/// takes over; the stores ask member by member, so that they look up as few users as they can.
+/// May `member` become the chat's author when `leaving` (the author) leaves? The longest-standing remaining
+/// member who may takes over; when none may, the author stays unchanged. The stores walk the members in join
+/// order and ask member by member, so that they look up as few users as they can.
 pub fn may_take_over(member: &Member, leaving: i64) -> bool {
     member.user_id != leaving && member.active && member.kind == UserKind::Employee
 }
@@ -149,6 +144,11 @@ mod tests {
         assert!(chat_belongs_to_record(&links, 100));
         assert!(!chat_belongs_to_record(&links, 200));
         assert!(!chat_belongs_to_record(&links, 400));
+    }
+
+    /// The hand-over as the stores run it: the first member in join order who may take over.
+    fn next_author(members_in_join_order: &[Member], leaving: i64) -> Option<i64> {
+        members_in_join_order.iter().find(|m| may_take_over(m, leaving)).map(|m| m.user_id)
     }
 
     #[test]
