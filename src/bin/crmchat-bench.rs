@@ -187,20 +187,24 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The ceiling: bare axum, same runtime settings, same requests as server.time.
     let mut rows = Vec::new();
     let me = std::env::current_exe()?;
-    let mut cmd = Command::new(&me);
-    cmd.args(["baseline", "--addr", "127.0.0.1:0"]);
-    let baseline = Server::start("baseline", cmd, &out_dir.join("baseline.log"))?;
-    let sampler = RssSampler::start(baseline.pid());
     // Workload `i` goes through webhook `i`.
     let run_one = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
         let webhook_code = portal::webhook_code(i);
         let spec = Spec { addr: server.addr, conns, warmup, duration, job, webhook_code, server_pid: server.pid() };
         runtime.block_on(load::run(spec))
     };
-    let out = run_one(0, &baseline, 64, Job::ServerTime)?;
-    rows.push(finish_row("bare_axum", "bare axum (fixed JSON)", 64, out, sampler.take_max_mb(), None, None));
-    sampler.finish();
-    baseline.stop(Duration::from_secs(5))?;
+    // The bare server (this executable as `baseline`), measured as one row.
+    let measure_bare = |key: &'static str, title: &'static str| -> anyhow::Result<Row> {
+        let mut cmd = Command::new(&me);
+        cmd.args(["baseline", "--addr", "127.0.0.1:0"]);
+        let baseline = Server::start("baseline", cmd, &out_dir.join("baseline.log"))?;
+        let sampler = RssSampler::start(baseline.pid());
+        let out = run_one(0, &baseline, 64, Job::ServerTime)?;
+        let row = finish_row(key, title, 64, out, sampler.finish(), None, None);
+        baseline.stop(Duration::from_secs(5))?;
+        Ok(row)
+    };
+    rows.push(measure_bare("bare_axum", "bare axum (fixed JSON)")?);
 
     // crmchat.
     let mut cmd = Command::new(&crmchat);
@@ -250,13 +254,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The ceiling again, last: the speed of a shared machine drifts over minutes (runs here saw the bare
     // server anywhere from 100k to 140k req/s), so every ratio is to the mean of a measurement before and
     // one after the workloads rather than to whichever one happened to come first.
-    let mut cmd = Command::new(&me);
-    cmd.args(["baseline", "--addr", "127.0.0.1:0"]);
-    let baseline = Server::start("baseline", cmd, &out_dir.join("baseline.log"))?;
-    let sampler = RssSampler::start(baseline.pid());
-    let out = run_one(0, &baseline, 64, Job::ServerTime)?;
-    rows.push(finish_row("bare_axum_end", "bare axum, again at end", 64, out, sampler.finish(), None, None));
-    baseline.stop(Duration::from_secs(5))?;
+    rows.push(measure_bare("bare_axum_end", "bare axum, again at end")?);
 
     // Every successful removal must be gone from the database, and nothing else.
     let remaining = runtime.block_on(count_memberships(&db_url))?;
