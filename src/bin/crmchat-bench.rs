@@ -20,6 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+use load::LoadgenSched;
 use load::{Job, Outcome, Spec, WorkList};
 use portal::{Partitions, Portal};
 use procs::{RssSampler, Server};
@@ -56,6 +57,9 @@ struct Args {
     /// Output directory; default `target/bench` (next to the directory of this executable).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Scheduling policy of the load generator's threads: `batch` (the default) or `normal`. See bench/README.md.
+    #[arg(long, value_enum, default_value_t = LoadgenSched::Batch)]
+    loadgen_sched: LoadgenSched,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,7 +194,16 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Workload `i` goes through webhook `i`.
     let run_one = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
         let webhook_code = portal::webhook_code(i);
-        let spec = Spec { addr: server.addr, conns, warmup, duration, job, webhook_code, server_pid: server.pid() };
+        let spec = Spec {
+            addr: server.addr,
+            conns,
+            warmup,
+            duration,
+            job,
+            webhook_code,
+            server_pid: server.pid(),
+            sched: args.loadgen_sched,
+        };
         runtime.block_on(load::run(spec))
     };
     // The bare server (this executable as `baseline`), measured as one row.
@@ -335,7 +348,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         "settings": {
             "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(), "seed": args.seed,
-            "server_log": args.server_log,
+            "server_log": args.server_log, "loadgen_sched": format!("{:?}", args.loadgen_sched).to_lowercase(),
         },
         "workloads": rows.iter().map(|r| row_json(r, bare_rps)).collect::<Vec<_>>(),
         "total_s": round(total_s, 1),
