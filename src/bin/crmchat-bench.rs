@@ -20,8 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use load::LoadgenSched;
-use load::{Job, Outcome, Spec, WorkList};
+use load::{Job, LoadgenSched, Outcome, Spec, WorkList};
 use portal::{Partitions, Portal};
 use procs::{RssSampler, Server};
 
@@ -348,7 +347,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         "settings": {
             "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(), "seed": args.seed,
-            "server_log": args.server_log, "loadgen_sched": format!("{:?}", args.loadgen_sched).to_lowercase(),
+            "server_log": args.server_log, "loadgen_sched": clap::ValueEnum::to_possible_value(&args.loadgen_sched).map(|v| v.get_name().to_string()),
         },
         "workloads": rows.iter().map(|r| row_json(r, bare_rps)).collect::<Vec<_>>(),
         "total_s": round(total_s, 1),

@@ -148,6 +148,19 @@ struct TaskResult {
     last_ns: u64,
 }
 
+impl TaskResult {
+    fn empty() -> Self {
+        TaskResult { hist: new_histogram(), measured: 0, last_ns: 0 }
+    }
+
+    fn add(&mut self, other: TaskResult) -> anyhow::Result<()> {
+        self.hist.add(&other.hist)?;
+        self.measured += other.measured;
+        self.last_ns = self.last_ns.max(other.last_ns);
+        Ok(())
+    }
+}
+
 const MAX_REPORTED_ERRORS: usize = 5;
 /// A request still unanswered after this long counts as an error, and its connection is replaced.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,12 +197,9 @@ pub async fn run(spec: Spec) -> anyhow::Result<Outcome> {
                         .step_by(threads)
                         .map(|i| tokio::spawn(connection(shared.clone(), i as u64)))
                         .collect();
-                    let mut total = TaskResult { hist: new_histogram(), measured: 0, last_ns: 0 };
+                    let mut total = TaskResult::empty();
                     for task in tasks {
-                        let r = task.await?;
-                        total.hist.add(&r.hist)?;
-                        total.measured += r.measured;
-                        total.last_ns = total.last_ns.max(r.last_ns);
+                        total.add(task.await?)?;
                     }
                     Ok(total)
                 })
@@ -200,14 +210,11 @@ pub async fn run(spec: Spec) -> anyhow::Result<Outcome> {
         handles.into_iter().map(|h| h.join().expect("load generator thread panicked")).collect::<Vec<_>>()
     })
     .await?;
-    let mut hist = new_histogram();
-    let (mut measured, mut last_ns) = (0, 0);
+    let mut total = TaskResult::empty();
     for r in results {
-        let r = r?;
-        hist.add(&r.hist)?;
-        measured += r.measured;
-        last_ns = last_ns.max(r.last_ns);
+        total.add(r?)?;
     }
+    let TaskResult { hist, measured, last_ns } = total;
     shared.stop.store(true, Ordering::Relaxed);
     let (server_cpu_pct, loadgen_cpu_pct, other_cpu_pct) = cpu.await?;
     let dry_ns = shared.dry_at_ns.load(Ordering::Relaxed);
@@ -258,7 +265,7 @@ async fn measure_cpu(shared: Arc<Shared>) -> (f64, f64, f64) {
 }
 
 async fn connection(shared: Arc<Shared>, index: u64) -> TaskResult {
-    let mut result = TaskResult { hist: new_histogram(), measured: 0, last_ns: 0 };
+    let mut result = TaskResult::empty();
     let mut rng = StdRng::seed_from_u64(index);
     'connect: while Instant::now() < shared.end {
         let stream = match tokio::net::TcpStream::connect(shared.spec.addr).await {
