@@ -178,7 +178,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         out_dir.join("load.log").display()
     );
     let load_s = t.elapsed().as_secs_f64();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // This runtime only coordinates: database counts and the CPU sampling. The load generator brings its own
+    // threads (see `load::run`), so worker threads here would only sit beside it on the same cores.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let db_url = format!("sqlite://{}/crmchat.db", data_dir.display());
     let initial = runtime.block_on(count_memberships(&db_url))?;
     println!(
@@ -347,7 +349,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         "settings": {
             "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(), "seed": args.seed,
-            "server_log": args.server_log, "loadgen_sched": clap::ValueEnum::to_possible_value(&args.loadgen_sched).map(|v| v.get_name().to_string()),
+            "server_log": args.server_log,
+            "loadgen_sched": clap::ValueEnum::to_possible_value(&args.loadgen_sched).map(|v| v.get_name().to_string()),
         },
         "workloads": rows.iter().map(|r| row_json(r, bare_rps)).collect::<Vec<_>>(),
         "total_s": round(total_s, 1),
