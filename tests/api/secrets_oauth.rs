@@ -25,6 +25,15 @@ impl Secrets {
     }
 }
 
+/// `secret` with its last character replaced by another one: a near miss that is never the secret itself (a
+/// fixed replacement would equal it whenever the secret already ends with that character).
+fn last_char_changed(secret: &str) -> String {
+    let (head, last) = secret.split_at(secret.len() - 1);
+    let changed = format!("{head}{}", if last == "0" { '1' } else { '0' });
+    assert_ne!(changed, secret);
+    changed
+}
+
 fn tokens_of(body: &Value) -> (String, String) {
     (body["access_token"].as_str().unwrap().to_string(), body["refresh_token"].as_str().unwrap().to_string())
 }
@@ -48,8 +57,10 @@ async fn no_secret_in_logs_errors_outputs_or_export() {
     assert_eq!(app.call_as(&prefix, "profile", json!({})).await.status, 200);
     let resp = app.call_as(&prefix, METHOD, json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 99})).await;
     errors.push(resp);
-    let wrong = format!("{}x", &code[..code.len() - 1]);
-    errors.push(app.call_as(&format!("/rest/1/{wrong}/"), "profile", json!({})).await);
+    let wrong = last_char_changed(&code);
+    let resp = app.call_as(&format!("/rest/1/{wrong}/"), "profile", json!({})).await;
+    assert_eq!(resp.status, 401, "a wrong webhook code is refused: {}", resp.text);
+    errors.push(resp);
     errors.push(app.call_as(&prefix, "no.such.method", json!({})).await);
     errors.push(app.post_raw(&format!("{prefix}profile"), Some("application/json"), b"{".to_vec()).await);
     assert_eq!(app.call("server.time", json!({})).await.status, 200);
@@ -79,9 +90,11 @@ async fn no_secret_in_logs_errors_outputs_or_export() {
             ("code", code),
         ])
     };
-    let wrong_secret = format!("{}0", &client.secret[..client.secret.len() - 1]);
+    let wrong_secret = last_char_changed(&client.secret);
     secrets.add("wrong client secret", &wrong_secret);
-    errors.push(app.get(&format!("/oauth/token/?{}", grant(&auth_code, &wrong_secret))).await);
+    let resp = app.get(&format!("/oauth/token/?{}", grant(&auth_code, &wrong_secret))).await;
+    assert_eq!(resp.status, 401, "a wrong client secret is refused: {}", resp.text);
+    errors.push(resp);
     let resp = app.get(&format!("/oauth/token/?{}", grant(&auth_code, &client.secret))).await;
     assert_eq!(resp.status, 200, "{}", resp.text);
     let (access, refresh) = tokens_of(&resp.body);
