@@ -2,17 +2,21 @@
 //! applies them and commits them together. A change that fails is taken out of its group without failing its
 //! neighbours.
 //!
-//! A change is answered only once its commit is on disk, but the writer does not wait for the disk itself:
-//! it commits with `synchronous = NORMAL` (the WAL is written, not synced) and hands the group to a syncer
-//! thread, which syncs the WAL file and only then answers the group. While the syncer waits for the disk,
-//! the writer applies the next group; one sync covers every group committed before it began. The guarantee
-//! is that of `synchronous = FULL` for every answered change, and a group's sync never holds up the next.
-//! (Other connections may read a committed change a moment before it is synced and answered, as they would
-//! read it a moment before the answer reaches its client.)
+//! A change is answered only once its commit is on disk. The writer commits with `synchronous = NORMAL` (the
+//! WAL is written, not synced), syncs the WAL file itself with `fdatasync`, and only then answers the group;
+//! changes that arrive meanwhile form the next group. That is the guarantee of `synchronous = FULL` for every
+//! answered change, with one sync per group instead of one per change, and `fdatasync` rather than the `fsync`
+//! SQLite would use, which also writes the file's times to the journal. (Other connections may read a
+//! committed change a moment before it is synced and answered, as they would read it a moment before the
+//! answer reaches its client.)
+//!
+//! The sync is done on the writer's own thread, not handed to a second one: handing it over let the next
+//! group be applied during the sync, but waking the other thread cost more than that overlap saved (the
+//! figures are in the README's performance section).
 //!
 //! The writer speaks to SQLite through `rusqlite` on its own thread: a change is a handful of statements, and
-//! sqlx's per-statement hand-off to its connection thread costs more than the fsync a group saves (the
-//! figures are in the README's performance section). The statements are those of `store::sql`.
+//! sqlx's per-statement hand-off to its connection thread costs more than the fsync a group saves. The
+//! statements are those of `store::sql`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -36,7 +40,7 @@ struct Job {
     reply: Reply,
 }
 
-/// A committed group on its way to the syncer: each change's answer, to send once the WAL is on disk.
+/// A committed group: each change's answer, to send once the WAL is on disk.
 type Committed = Vec<(Reply, StoreResult<ChangeOutcome>)>;
 
 pub struct GroupWriter {
@@ -49,13 +53,10 @@ impl GroupWriter {
         let connection = open(path).map_err(sqlite_error)?;
         let wal = wal_file(path)?;
         let (jobs, queue) = mpsc::channel::<Job>();
-        let (committed, to_sync) = mpsc::channel::<Committed>();
-        let thread_error = |e: std::io::Error| StoreError::Corrupt(format!("starting the writer threads: {e}"));
-        thread::Builder::new().name("crmchat-syncer".into()).spawn(move || sync(wal, to_sync)).map_err(thread_error)?;
         thread::Builder::new()
             .name("crmchat-writer".into())
-            .spawn(move || run(connection, queue, committed))
-            .map_err(thread_error)?;
+            .spawn(move || run(connection, wal, queue))
+            .map_err(|e| StoreError::Corrupt(format!("starting the writer thread: {e}")))?;
         Ok(Self { jobs })
     }
 
@@ -74,7 +75,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(std::time::Duration::from_secs(10))?;
     // Every acknowledged change must survive a crash the moment after the response. NORMAL writes the WAL on
-    // commit without syncing it; the syncer thread syncs it before any change of the group is answered (see
+    // commit without syncing it; the writer syncs it before any change of the group is answered (see
     // the module documentation). Checkpoints still sync, as in FULL. A larger auto-checkpoint lets a
     // checkpoint write each hot page once for many commits.
     connection.execute_batch(
@@ -100,7 +101,7 @@ fn wal_file(db: &Path) -> StoreResult<File> {
         .map_err(|e| StoreError::Corrupt(format!("opening {} to sync it: {e}", path.display())))
 }
 
-fn run(connection: Connection, queue: mpsc::Receiver<Job>, committed: mpsc::Sender<Committed>) {
+fn run(connection: Connection, wal: File, queue: mpsc::Receiver<Job>) {
     let mut statements = match Prepared::new(&connection) {
         Ok(statements) => statements,
         Err(err) => {
@@ -118,32 +119,24 @@ fn run(connection: Connection, queue: mpsc::Receiver<Job>, committed: mpsc::Send
             }
         }
         let outcomes = commit_group(&mut statements, &group);
-        let answers: Committed = group.into_iter().map(|job| job.reply).zip(outcomes).collect();
-        if committed.send(answers).is_err() {
-            tracing::error!("the syncer thread stopped; changes can no longer be answered");
-            return;
-        }
+        let committed: Committed = group.into_iter().map(|job| job.reply).zip(outcomes).collect();
+        answer_once_synced(&wal, committed);
     }
 }
 
-/// Sync the WAL for every group committed so far, then answer those groups. Groups committed while a sync
-/// runs wait for the next one, which covers them all. A failed sync fails every change it should have
-/// covered: they may not be on disk.
-fn sync(wal: File, committed: mpsc::Receiver<Committed>) {
-    while let Ok(first) = committed.recv() {
-        let mut groups = vec![first];
-        groups.extend(committed.try_iter());
-        let synced = wal.sync_data();
-        if let Err(err) = &synced {
-            tracing::error!(error = %err, "syncing the WAL failed");
-        }
-        for (reply, outcome) in groups.into_iter().flatten() {
-            let answer = match &synced {
-                Ok(()) => outcome,
-                Err(_) => Err(StoreError::Corrupt("syncing the WAL failed".into())),
-            };
-            let _ = reply.send(answer);
-        }
+/// Sync the WAL, then answer the group just committed. A failed sync fails every change of the group: it may
+/// not be on disk.
+fn answer_once_synced(wal: &File, committed: Committed) {
+    let synced = wal.sync_data();
+    if let Err(err) = &synced {
+        tracing::error!(error = %err, "syncing the WAL failed");
+    }
+    for (reply, outcome) in committed {
+        let answer = match &synced {
+            Ok(()) => outcome,
+            Err(_) => Err(StoreError::Corrupt("syncing the WAL failed".into())),
+        };
+        let _ = reply.send(answer);
     }
 }
 
@@ -154,7 +147,8 @@ struct Prepared<'c> {
     commit: Statement<'c>,
     rollback: Statement<'c>,
     delete_member: Statement<'c>,
-    count_after_leave: Statement<'c>,
+    decrement_member_count: Statement<'c>,
+    author_and_count: Statement<'c>,
     members_with_seq: Statement<'c>,
     user_kind: Statement<'c>,
     set_author: Statement<'c>,
@@ -173,7 +167,8 @@ impl<'c> Prepared<'c> {
             commit: connection.prepare("COMMIT")?,
             rollback: connection.prepare("ROLLBACK")?,
             delete_member: connection.prepare(sql::DELETE_MEMBER)?,
-            count_after_leave: connection.prepare(sql::COUNT_AFTER_LEAVE)?,
+            decrement_member_count: connection.prepare(sql::DECREMENT_MEMBER_COUNT)?,
+            author_and_count: connection.prepare(sql::AUTHOR_AND_COUNT)?,
             members_with_seq: connection.prepare(sql::MEMBERS_WITH_SEQ)?,
             user_kind: connection.prepare(sql::USER_KIND)?,
             set_author: connection.prepare(sql::SET_AUTHOR)?,
@@ -247,8 +242,9 @@ fn apply(s: &mut Prepared, change: &Change) -> rusqlite::Result<ChangeOutcome> {
             if s.delete_member.execute(params![chat_id, user_id])? == 0 {
                 return Ok(ChangeOutcome::NotAMember);
             }
+            s.decrement_member_count.execute([chat_id])?;
             let (author, member_count): (Option<i64>, i64) =
-                s.count_after_leave.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                s.author_and_count.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let members = s.members_in_join_order(*chat_id)?;
             // The members' kinds matter only when the author leaves.
             let new_author = if author == Some(*user_id) {
@@ -336,24 +332,19 @@ mod tests {
         assert!(serde_json::from_str::<serde_json::Value>(&empty).is_ok(), "{empty}");
     }
 
-    /// The syncer answers every group it was handed, with the outcome when the sync succeeds and with an
-    /// error for every change when it fails (`/dev/null` cannot be synced).
+    /// A group is answered with its outcomes when the sync succeeds, and with an error for every change when
+    /// it fails (`/dev/null` cannot be synced).
     #[test]
-    fn the_syncer_answers_after_the_sync_and_fails_what_it_could_not_sync() {
+    fn a_group_is_answered_after_the_sync_and_failed_when_it_could_not_sync() {
         let answered = |wal: File| {
-            let (committed, to_sync) = mpsc::channel::<Committed>();
+            let mut committed = Committed::new();
             let mut answers = Vec::new();
-            for group in [2, 1] {
-                let mut answered_group = Committed::new();
-                for _ in 0..group {
-                    let (reply, answer) = oneshot::channel();
-                    answered_group.push((reply, Ok(ChangeOutcome::NotAMember)));
-                    answers.push(answer);
-                }
-                committed.send(answered_group).unwrap();
+            for _ in 0..3 {
+                let (reply, answer) = oneshot::channel();
+                committed.push((reply, Ok(ChangeOutcome::NotAMember)));
+                answers.push(answer);
             }
-            drop(committed);
-            sync(wal, to_sync);
+            answer_once_synced(&wal, committed);
             answers.into_iter().map(|mut a| a.try_recv().expect("answered")).collect::<Vec<_>>()
         };
         let dir = tempfile::tempdir().unwrap();
