@@ -51,6 +51,8 @@ pub enum Job {
     GetLastId { chats: u32 },
     /// `imopenlines.crm.chat.user.delete` of the next membership of the list.
     Delete(Arc<WorkList>),
+    /// `imopenlines.crm.chat.user.add` of the next membership of the list: puts back what a `Delete` removed.
+    Add(Arc<WorkList>),
 }
 
 pub struct Spec {
@@ -350,7 +352,7 @@ impl Shared {
                 let body = format!(r#"{{"CRM_ENTITY_TYPE":"deal","CRM_ENTITY":{}}}"#, DEAL_OFFSET + chat);
                 ("imopenlines.crm.chat.getLastId", Some(body), Expect::Id(chat))
             }
-            Job::Delete(list) => {
+            Job::Delete(list) | Job::Add(list) => {
                 let m = list.take()?;
                 let body = format!(
                     r#"{{"CRM_ENTITY_TYPE":"deal","CRM_ENTITY":{},"USER_ID":{},"CHAT_ID":{}}}"#,
@@ -358,7 +360,12 @@ impl Shared {
                     m.user,
                     m.chat
                 );
-                ("imopenlines.crm.chat.user.delete", Some(body), Expect::Id(m.chat as i64))
+                let method = match &self.spec.job {
+                    Job::Add(_) => "imopenlines.crm.chat.user.add",
+                    _ => "imopenlines.crm.chat.user.delete",
+                };
+                // Both answer with the chat's id.
+                (method, Some(body), Expect::Id(m.chat as i64))
             }
         };
         let builder = Request::builder()

@@ -75,7 +75,11 @@ impl Portal {
         write!(w, "{admin}")?;
         for i in 0..self.employees as u32 {
             let id = FIRST_EMPLOYEE + i;
-            write!(w, ",\n{}", json!({"id": id, "name": format!("Employee {id}")}))?;
+            // Operators who may join and read every chat of the line: the refill between the hot workloads adds
+            // them back to chats they have just left, which `user.add` allows only with the `history` permission.
+            let employee =
+                json!({"id": id, "name": format!("Employee {id}"), "lines": {"join": "all", "history": "all"}});
+            write!(w, ",\n{employee}")?;
         }
         write!(w, "],\n\"crm\":[")?;
         for chat in 1..=self.chats as u32 {
