@@ -193,34 +193,26 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The ceiling: bare axum, same runtime settings, same requests as server.time.
     let mut rows = Vec::new();
     let me = std::env::current_exe()?;
-    // Workload `i` goes through webhook `i`.
-    let run_one = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
-        let webhook_code = portal::webhook_code(i);
+    // Workload `i` goes through webhook `i`, for a warm-up and then a measured window.
+    let run_for = |i: usize, server: &Server, conns: usize, job: Job, (warmup, duration): (Duration, Duration)| {
         let spec = Spec {
             addr: server.addr,
             conns,
             warmup,
             duration,
             job,
-            webhook_code,
-            server_pid: server.pid(),
-            sched: args.loadgen_sched,
-        };
-        runtime.block_on(load::run(spec))
-    };
-    // A job that runs until its list is done: no warm-up, and a window longer than any list takes.
-    let run_to_end = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
-        let spec = Spec {
-            addr: server.addr,
-            conns,
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(3600),
-            job,
             webhook_code: portal::webhook_code(i),
             server_pid: server.pid(),
             sched: args.loadgen_sched,
         };
         runtime.block_on(load::run(spec))
+    };
+    let run_one = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
+        run_for(i, server, conns, job, (warmup, duration))
+    };
+    // A job that runs until its list is done: no warm-up, and a window longer than any list takes.
+    let run_to_end = |i: usize, server: &Server, conns: usize, job: Job| -> anyhow::Result<Outcome> {
+        run_for(i, server, conns, job, (Duration::ZERO, Duration::from_secs(3600)))
     };
     // The bare server (this executable as `baseline`), measured as one row.
     let measure_bare = |key: &'static str, title: &'static str| -> anyhow::Result<Row> {
