@@ -98,11 +98,16 @@ struct Row {
     rss_mb: f64,
     /// Minimum ratio to the bare baseline.
     goal: Option<f64>,
-    /// For deletes: memberships in the workload's partition and how many were handed out.
+    /// For deletes and the refill: memberships in the workload's list and how many were handed out.
     pool: Option<(usize, usize)>,
 }
 
 impl Row {
+    /// A list worked through to its end with no goal (the refill): running out of work is how it finishes.
+    fn runs_to_end(&self) -> bool {
+        self.goal.is_none() && self.pool.is_some()
+    }
+
     fn p(&self, q: f64) -> f64 {
         self.out.hist.value_at_quantile(q) as f64 / 1000.0
     }
@@ -405,7 +410,7 @@ fn finish_row(
     for e in &o.first_errors {
         println!("      error: {e}");
     }
-    if row.goal.is_none() && row.pool.is_some() {
+    if row.runs_to_end() {
         let (size, _) = row.pool.unwrap_or_default();
         println!("      added back {} memberships in {:.1} s", thousands(size as u64), o.window_s);
     } else if let Some(at) = o.ran_dry_at {
@@ -442,7 +447,7 @@ fn print_table(rows: &[Row], bare_rps: f64) {
             Some(p) => verdict(p).to_string(),
             None => "-".into(),
         };
-        let dry = if r.out.ran_dry_at.is_some() && r.goal.is_some() { " (ran dry)" } else { "" };
+        let dry = if r.out.ran_dry_at.is_some() && !r.runs_to_end() { " (ran dry)" } else { "" };
         println!(
             "{:<24} {:>5} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>5.0} {:>6.0} {:>7.1} {:>6.2}  {:<22} {pass}{dry}",
             r.title,

@@ -110,9 +110,10 @@ impl Portal {
     }
 }
 
-/// The memberships the three delete workloads remove, handed out one by one so that none is removed twice.
-/// The two hot workloads take consecutive runs of chats from the front (in id order: all members of chat 1,
-/// then chat 2, …); the uniform one a shuffle of the memberships of all chats after them.
+/// The memberships the delete workloads remove, in whole chats. The hot set is a run of chats from the front
+/// (in id order: all members of chat 1, then chat 2, …), which both hot workloads remove, the bench adding back
+/// between them what the first removed; the uniform workload gets a shuffle of the memberships of all chats
+/// after the part of the hot set that was used.
 pub struct Partitions<'a> {
     portal: &'a Portal,
     /// Index of the first membership not yet handed to a workload; always at a chat boundary.
