@@ -11,7 +11,7 @@ use crate::rest::error::ApiError;
 use crate::store::{Change, ChangeOutcome};
 
 /// `imopenlines.crm.chat.user.delete`: remove a user or bot from the chat of a CRM record.
-pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn user_delete(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     // 1, 1b: a USER_ID of 0 or below counts as missing, as on the reference; garbage is refused [crmchat].
     let user_id = match strict_int(params.get("USER_ID")) {
         _ if is_empty(params.get("USER_ID")) => return Err(empty_user()),
@@ -59,7 +59,7 @@ pub async fn user_delete(ctx: &CallContext, params: &Params) -> MethodResult {
 /// the chat is `CHAT_ID` or else the record's last chat, and it is in the record's active list. `None` when
 /// no chat is bound to the record (the reference then answers 0).
 async fn record_chat(
-    ctx: &CallContext,
+    ctx: &CallContext<'_>,
     params: &Params,
     entity_id: i64,
     requested_chat: Option<i64>,
@@ -77,7 +77,7 @@ async fn record_chat(
 }
 
 /// `imopenlines.crm.chat.user.add`: add a user or bot to the chat of a CRM record.
-pub async fn user_add(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn user_add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     // 1–3b
     let entity_id = required_crm_entity(params)?;
     let requested_chat = chat_id_param(params)?;
@@ -123,7 +123,7 @@ pub async fn user_add(ctx: &CallContext, params: &Params) -> MethodResult {
 }
 
 /// `imopenlines.crm.chat.getLastId`: the chat of the record's most recently modified session.
-pub async fn get_last_id(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn get_last_id(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     if is_empty(params.get("CRM_ENTITY_TYPE")) || is_empty(params.get("CRM_ENTITY")) {
         return Err(ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Empty CRM data"));
     }
@@ -144,7 +144,7 @@ pub async fn get_last_id(ctx: &CallContext, params: &Params) -> MethodResult {
 }
 
 /// `imopenlines.crm.chat.get`: the record's chats, active ones only unless `ACTIVE_ONLY` is exactly `N`.
-pub async fn get(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn get(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let entity_id = required_crm_entity(params)?;
     let Some(record) = readable_record(ctx, params, entity_id).await? else {
         // Sic: the reference's text has no apostrophe.
@@ -173,7 +173,7 @@ pub(crate) fn required_crm_entity(params: &Params) -> Result<i64, ApiError> {
     crm_entity(params)
 }
 
-async fn chat_line(ctx: &CallContext, chat_id: i64) -> Result<Option<crate::domain::Line>, ApiError> {
+async fn chat_line(ctx: &CallContext<'_>, chat_id: i64) -> Result<Option<crate::domain::Line>, ApiError> {
     let Some(chat) = ctx.store.chat(chat_id).await? else {
         return Ok(None);
     };
@@ -205,7 +205,7 @@ pub(crate) fn chat_id_param(params: &Params) -> Result<Option<i64>, ApiError> {
     }
 }
 
-pub(crate) fn require_im(ctx: &CallContext) -> Result<(), ApiError> {
+pub(crate) fn require_im(ctx: &CallContext<'_>) -> Result<(), ApiError> {
     if ctx.portal.has_module("im") {
         Ok(())
     } else {
@@ -217,7 +217,7 @@ pub(crate) fn require_im(ctx: &CallContext) -> Result<(), ApiError> {
 /// an error of its own: nobody can read such a record. A record id that does not exist is judged by the
 /// caller's level for the type, as the reference's permission check does (it then has no chats).
 pub(crate) async fn readable_record(
-    ctx: &CallContext,
+    ctx: &CallContext<'_>,
     params: &Params,
     entity_id: i64,
 ) -> Result<Option<CrmRecord>, ApiError> {
@@ -231,7 +231,7 @@ pub(crate) async fn readable_record(
         responsible: 0,
         observers: Vec::new(),
     });
-    Ok(can_read_record(&ctx.caller, &record).then_some(record))
+    Ok(can_read_record(ctx.caller, &record).then_some(record))
 }
 
 pub(crate) fn ensure_chat_in_record(links: &[SessionLink], chat_id: i64) -> Result<(), ApiError> {
@@ -244,9 +244,9 @@ pub(crate) fn ensure_chat_in_record(links: &[SessionLink], chat_id: i64) -> Resu
 
 /// May the caller manage members of the chat? Line `join` permission, or (unless the portal is strict)
 /// read access to the record.
-pub(crate) async fn may_join_line(ctx: &CallContext, chat_id: i64, record: &CrmRecord) -> Result<bool, ApiError> {
-    if !ctx.portal.strict_line_permissions && can_read_record(&ctx.caller, record) {
+pub(crate) async fn may_join_line(ctx: &CallContext<'_>, chat_id: i64, record: &CrmRecord) -> Result<bool, ApiError> {
+    if !ctx.portal.strict_line_permissions && can_read_record(ctx.caller, record) {
         return Ok(true);
     }
-    Ok(chat_line(ctx, chat_id).await?.is_some_and(|line| line_allows(&ctx.caller, ctx.caller.line_join, &line)))
+    Ok(chat_line(ctx, chat_id).await?.is_some_and(|line| line_allows(ctx.caller, ctx.caller.line_join, &line)))
 }

@@ -8,7 +8,7 @@ use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::can_read_record;
 use crate::rest::error::ApiError;
 
-pub async fn user_list(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn user_list(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let value = params.get("CHAT_ID").or_else(|| params.get("chat_id"));
     if is_empty(value) {
         return Err(ApiError::bad_request("CHAT_ID_EMPTY", "Chat ID can't be empty"));
@@ -23,7 +23,7 @@ pub async fn user_list(ctx: &CallContext, params: &Params) -> MethodResult {
     let members = ctx.store.chat_members(chat_id).await?;
     let allowed = ctx.caller.admin
         || members.contains(&ctx.caller.id)
-        || ctx.store.chat_records(chat_id).await?.iter().any(|record| can_read_record(&ctx.caller, record));
+        || ctx.store.chat_records(chat_id).await?.iter().any(|record| can_read_record(ctx.caller, record));
     if !allowed {
         return Err(ApiError::access_denied(""));
     }

@@ -9,7 +9,7 @@ use crate::domain::rules::can_read_record;
 use crate::rest::error::ApiError;
 use crate::store::{Change, ChangeOutcome};
 
-pub async fn add(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let not_empty = |name: &str| {
         if is_empty(params.get(name)) { Err(ApiError::argument_null_or_empty(name)) } else { Ok(()) }
     };

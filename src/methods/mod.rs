@@ -7,7 +7,6 @@ pub mod message;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -17,15 +16,17 @@ use crate::store::DynStore;
 
 pub type Params = Map<String, Value>;
 
-/// Everything a method may use: the store, the portal's settings and the authenticated caller.
-pub struct CallContext {
-    pub store: DynStore,
-    pub portal: Arc<PortalSettings>,
-    pub caller: Arc<User>,
+/// Everything a method may use: the store, the portal's settings and the authenticated caller. Borrowed from
+/// the request: cloning the shared `Arc`s instead moved their reference counts' cache lines between the cores
+/// on every request.
+pub struct CallContext<'r> {
+    pub store: &'r DynStore,
+    pub portal: &'r PortalSettings,
+    pub caller: &'r User,
     /// The scopes granted to the caller's webhook or application token.
-    pub scopes: Arc<[String]>,
+    pub scopes: &'r [String],
     /// The OAuth application's client id; `None` for a webhook.
-    pub client_id: Option<String>,
+    pub client_id: Option<&'r str>,
     pub now_ms: i64,
 }
 
@@ -46,4 +47,4 @@ impl From<Value> for Output {
 
 pub type MethodResult = Result<Output, ApiError>;
 pub type MethodFuture<'a> = Pin<Box<dyn Future<Output = MethodResult> + Send + 'a>>;
-pub type Handler = for<'a> fn(&'a CallContext, &'a Params) -> MethodFuture<'a>;
+pub type Handler = for<'a, 'r> fn(&'a CallContext<'r>, &'a Params) -> MethodFuture<'a>;

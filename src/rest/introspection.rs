@@ -13,14 +13,14 @@ fn flag(params: &Params, name: &str) -> bool {
     !is_empty(params.get(name))
 }
 
-pub async fn scope(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn scope(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     if flag(params, "full") {
         return Ok(json!(all_scopes()).into());
     }
     Ok(json!(ctx.scopes).into())
 }
 
-pub async fn methods(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn methods(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let names: Vec<&str> = if flag(params, "full") {
         METHODS.iter().map(|m| m.name).collect()
     } else if let Some(Value::String(scope)) = params.get("scope") {
@@ -31,7 +31,7 @@ pub async fn methods(ctx: &CallContext, params: &Params) -> MethodResult {
     Ok(json!(names).into())
 }
 
-pub async fn method_get(ctx: &CallContext, params: &Params) -> MethodResult {
+pub async fn method_get(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let name = match params.get("name") {
         Some(Value::String(s)) => s.to_ascii_lowercase(),
         _ => String::new(),
@@ -41,11 +41,11 @@ pub async fn method_get(ctx: &CallContext, params: &Params) -> MethodResult {
     Ok(json!({"isExisting": method.is_some(), "isAvailable": available}).into())
 }
 
-pub async fn server_time(_ctx: &CallContext, _params: &Params) -> MethodResult {
+pub async fn server_time(_ctx: &CallContext<'_>, _params: &Params) -> MethodResult {
     Ok(json!(php_date_c(unix_now())).into())
 }
 
-pub async fn profile(ctx: &CallContext, _params: &Params) -> MethodResult {
+pub async fn profile(ctx: &CallContext<'_>, _params: &Params) -> MethodResult {
     let user = &ctx.caller;
     Ok(json!({
         "ID": user.id.to_string(),
@@ -59,7 +59,7 @@ pub async fn profile(ctx: &CallContext, _params: &Params) -> MethodResult {
     .into())
 }
 
-pub async fn app_info(ctx: &CallContext, _params: &Params) -> MethodResult {
+pub async fn app_info(ctx: &CallContext<'_>, _params: &Params) -> MethodResult {
     let license = format!("{}_selfhosted", ctx.portal.language);
     match &ctx.client_id {
         None => Ok(json!({"SCOPE": ctx.scopes, "LICENSE": license}).into()),

@@ -217,11 +217,11 @@ pub(crate) async fn invoke(
         ));
     }
     let ctx = CallContext {
-        store: app.store.clone(),
-        portal: portal.clone(),
-        caller: caller.user.clone(),
-        scopes: caller.scopes.clone(),
-        client_id: caller.client_id.clone(),
+        store: &app.store,
+        portal,
+        caller: &caller.user,
+        scopes: &caller.scopes,
+        client_id: caller.client_id.as_deref(),
         now_ms: (start * 1000.0) as i64,
     };
     let method_start = unix_now();

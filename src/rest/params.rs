@@ -87,6 +87,9 @@ pub async fn parse_request(
         // Anything else, even no Content-Type, is read as a urlencoded form.
         parse_urlencoded(&mut body_tree, body, limits, &mut vars)?;
     }
+    if tree.is_empty() {
+        return Ok(body_tree);
+    }
     for (name, value) in body_tree {
         tree.insert(name, value); // an existing key keeps its position
     }
@@ -277,7 +280,11 @@ fn parse_json(tree: &mut Tree, body: &[u8], limits: &Limits, vars: &mut usize) -
     for value in map.values() {
         count_leaves(value, limits, vars)?;
     }
-    tree.extend(map);
+    if tree.is_empty() {
+        *tree = map;
+    } else {
+        tree.extend(map);
+    }
     Ok(())
 }
 
