@@ -27,6 +27,7 @@
 //! sqlx's per-statement hand-off to its connection thread costs more than the fsync a group saves. The
 //! statements are those of `store::sql`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,9 @@ use crate::domain::rules;
 
 /// The most changes committed together; more wait for the next group.
 const MAX_GROUP: usize = 1024;
+
+/// The most chats whose members the writer keeps (see [`MemberCache`]); some 200 bytes each.
+const MAX_CACHED_CHATS: usize = 4096;
 
 /// The background checkpoint runs at most this often: each run copies every page changed since the last one
 /// and syncs the database file, so a hot page is written once per interval rather than once per commit.
@@ -223,6 +227,7 @@ fn run(
             return;
         }
     };
+    let mut members = MemberCache::default();
     // The first change of the next group, when it was already waiting as the last group was committed.
     let mut waiting: Option<Job> = None;
     loop {
@@ -240,7 +245,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let outcomes = commit_group(&mut statements, &group);
+        let outcomes = commit_group(&mut statements, &mut members, &group);
         let committed: Committed = group.into_iter().map(|job| job.reply).zip(outcomes).collect();
         // With changes already waiting, the syncer syncs this group while the writer applies them. Otherwise
         // there is nothing to overlap, and waking the syncer would only add its wake-up to the answer's wait.
@@ -302,6 +307,7 @@ struct Prepared<'c> {
     insert_message: Statement<'c>,
     insert_notification: Statement<'c>,
     insert_outbox: Statement<'c>,
+    data_version: Statement<'c>,
 }
 
 impl<'c> Prepared<'c> {
@@ -322,6 +328,7 @@ impl<'c> Prepared<'c> {
             insert_message: connection.prepare(sql::INSERT_MESSAGE)?,
             insert_notification: connection.prepare(sql::INSERT_NOTIFICATION)?,
             insert_outbox: connection.prepare(sql::INSERT_OUTBOX)?,
+            data_version: connection.prepare("PRAGMA data_version")?,
         })
     }
 
@@ -330,29 +337,107 @@ impl<'c> Prepared<'c> {
         let rows = self.members_with_seq.query_map([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(sql::in_join_order(rows.collect::<rusqlite::Result<_>>()?))
     }
+
+    fn data_version(&mut self) -> rusqlite::Result<i64> {
+        self.data_version.query_row([], |r| r.get(0))
+    }
+}
+
+/// The members of the chats changed lately, longest-standing first, as the writer left them. A removal needs
+/// every remaining member (the notification goes to all of them, and the author hand-over picks among them);
+/// reading them back from the database took a sixth of a removal's instructions, and the chats of a busy
+/// contact center lose members one after another.
+///
+/// Only the writer changes memberships, except for other connections (a `state load`, a second process):
+/// their commits move `PRAGMA data_version`, which is read under the write lock at the start of every group,
+/// and a move empties the cache. So does a rolled-back transaction, whose changes the cache may already hold.
+/// A cached list must also agree with the chat's member count, or it is read again.
+#[derive(Default)]
+struct MemberCache {
+    chats: HashMap<i64, Vec<i64>>,
+    /// `PRAGMA data_version` when the cache was last known to be current.
+    data_version: Option<i64>,
+}
+
+impl MemberCache {
+    /// Called under the write lock, before a group is applied.
+    fn check_current(&mut self, s: &mut Prepared) -> rusqlite::Result<()> {
+        let version = s.data_version()?;
+        if self.data_version != Some(version) {
+            self.chats.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn forget_all(&mut self) {
+        self.chats.clear();
+    }
+
+    /// The members left after `user_id` left the chat, which now has `member_count` members.
+    fn after_leave(
+        &mut self,
+        s: &mut Prepared,
+        chat_id: i64,
+        user_id: i64,
+        member_count: i64,
+    ) -> rusqlite::Result<&[i64]> {
+        if let Some(members) = self.chats.get_mut(&chat_id) {
+            let before = members.len();
+            members.retain(|&member| member != user_id);
+            if members.len() + 1 != before || members.len() as i64 != member_count {
+                self.chats.remove(&chat_id);
+            }
+        }
+        self.read_unless_cached(s, chat_id)
+    }
+
+    /// The members of the chat `user_id` just joined, the new member last.
+    fn after_join(&mut self, s: &mut Prepared, chat_id: i64) -> rusqlite::Result<&[i64]> {
+        // The new member's place in the join order is the database's to say; read the list again.
+        self.chats.remove(&chat_id);
+        self.read_unless_cached(s, chat_id)
+    }
+
+    fn read_unless_cached(&mut self, s: &mut Prepared, chat_id: i64) -> rusqlite::Result<&[i64]> {
+        if !self.chats.contains_key(&chat_id) {
+            let members = s.members_in_join_order(chat_id)?;
+            if self.chats.len() >= MAX_CACHED_CHATS {
+                self.chats.clear();
+            }
+            self.chats.insert(chat_id, members);
+        }
+        Ok(&self.chats[&chat_id])
+    }
 }
 
 /// Apply every change of the group in one transaction and commit it. A change that fails half-way would leave
 /// part of itself in the transaction, so the transaction is rolled back and the group applied again without
 /// it; failures are rare, and the common path pays for no savepoints. On a failed commit every change of the
 /// group fails (nothing of it is committed).
-fn commit_group(s: &mut Prepared, group: &[Job]) -> Vec<StoreResult<ChangeOutcome>> {
+fn commit_group(s: &mut Prepared, members: &mut MemberCache, group: &[Job]) -> Vec<StoreResult<ChangeOutcome>> {
     let mut outcomes: Vec<Option<StoreResult<ChangeOutcome>>> = group.iter().map(|_| None).collect();
     let mut failed = vec![false; group.len()];
     'attempt: loop {
         if let Err(err) = s.begin.execute([]) {
             return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect();
         }
+        if let Err(err) = members.check_current(s) {
+            members.forget_all();
+            let _ = s.rollback.execute([]);
+            return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect();
+        }
         for (index, job) in group.iter().enumerate() {
             if failed[index] {
                 continue;
             }
-            match apply(s, &job.change) {
+            match apply(s, members, &job.change) {
                 Ok(outcome) => outcomes[index] = Some(Ok(outcome)),
                 Err(err) => {
                     tracing::warn!(error = %err, "a change failed; applying the rest of its group again");
                     failed[index] = true;
                     outcomes[index] = Some(Err(sqlite_error(err)));
+                    members.forget_all();
                     if let Err(err) = s.rollback.execute([]) {
                         tracing::error!(error = %err, "rolling back a group failed");
                         return group
@@ -365,6 +450,7 @@ fn commit_group(s: &mut Prepared, group: &[Job]) -> Vec<StoreResult<ChangeOutcom
             }
         }
         if let Err(err) = s.commit.execute([]) {
+            members.forget_all();
             tracing::error!(error = %err, "group commit failed");
             let _ = s.rollback.execute([]);
             return group.iter().map(|_| Err(StoreError::Corrupt("group commit failed".into()))).collect();
@@ -380,7 +466,7 @@ fn clone_error(err: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(err.to_string().into())
 }
 
-fn apply(s: &mut Prepared, change: &Change) -> rusqlite::Result<ChangeOutcome> {
+fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite::Result<ChangeOutcome> {
     match change {
         Change::RemoveMember { chat_id, user_id, record, at_ms } => {
             if s.delete_member.execute(params![chat_id, user_id])? == 0 {
@@ -389,11 +475,11 @@ fn apply(s: &mut Prepared, change: &Change) -> rusqlite::Result<ChangeOutcome> {
             s.decrement_member_count.execute([chat_id])?;
             let (author, member_count): (Option<i64>, i64) =
                 s.author_and_count.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let members = s.members_in_join_order(*chat_id)?;
+            let members = cache.after_leave(s, *chat_id, *user_id, member_count)?;
             // The members' kinds matter only when the author leaves.
             let new_author = if author == Some(*user_id) {
                 let mut next = author;
-                for &candidate in &members {
+                for &candidate in members {
                     let member = s
                         .user_kind
                         .query_row([candidate], |r| Ok(sql::member(candidate, &r.get::<_, String>(0)?, r.get(1)?)))?;
@@ -407,7 +493,8 @@ fn apply(s: &mut Prepared, change: &Change) -> rusqlite::Result<ChangeOutcome> {
             } else {
                 author
             };
-            let mut recipients = members;
+            let mut recipients = Vec::with_capacity(members.len() + 1);
+            recipients.extend_from_slice(members);
             recipients.push(*user_id);
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
@@ -420,9 +507,8 @@ fn apply(s: &mut Prepared, change: &Change) -> rusqlite::Result<ChangeOutcome> {
                 return Ok(ChangeOutcome::AlreadyAMember);
             }
             let member_count: i64 = s.count_after_join.query_row([chat_id], |r| r.get(0))?;
-            let recipients = s.members_in_join_order(*chat_id)?;
-            let (notification, event) =
-                sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
+            let recipients = cache.after_join(s, *chat_id)?;
+            let (notification, event) = sql::membership_payloads(*chat_id, *user_id, member_count, recipients, *record);
             s.insert_notification.execute(params![chat_id, "chatUserJoin", notification, at_ms])?;
             s.insert_outbox.execute(params!["ONCRMCHATUSERADD", event, at_ms])?;
             Ok(ChangeOutcome::MemberAdded { member_count })
@@ -594,6 +680,51 @@ mod tests {
         Job { change, reply: oneshot::channel().0 }
     }
 
+    /// The members the writer keeps are read again when another connection changed the database, even when
+    /// the change kept the member count.
+    #[test]
+    fn the_member_cache_follows_changes_made_by_other_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let connection = open(&path).unwrap();
+        connection.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO users SELECT value, 'U', '', 1, 'employee', 0, 'all', 'all', 'all', 'all', 'self', \
+                 'self' FROM json_each('[1, 2, 3, 4]'); \
+                 INSERT INTO lines VALUES (1, 'L'); \
+                 INSERT INTO chats VALUES (5, 1, 'livechat', 1, 3, 3); \
+                 INSERT INTO chat_members VALUES (5, 1, 0, 0), (5, 2, 1, 0), (5, 4, 2, 0);",
+            )
+            .unwrap();
+        let mut statements = Prepared::new(&connection).unwrap();
+        let mut members = MemberCache::default();
+        let record = (crate::domain::CrmEntityType::Deal, 1);
+        let remove = |user_id| job(Change::RemoveMember { chat_id: 5, user_id, record, at_ms: 0 });
+        let last_recipients = || {
+            let payload: String = connection
+                .query_row("SELECT payload FROM notifications ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(&payload).unwrap()["recipients"].clone()
+        };
+
+        commit_group(&mut statements, &mut members, &[remove(4)]);
+        assert_eq!(last_recipients(), serde_json::json!([1, 2, 4]));
+        assert_eq!(members.chats[&5], [1, 2]);
+        // Another process swaps member 2 for member 3: the count stays 2.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DELETE FROM chat_members WHERE user_id = 2; INSERT INTO chat_members VALUES (5, 3, 3, 0);")
+            .unwrap();
+        let outcomes = commit_group(&mut statements, &mut members, &[remove(1)]);
+        assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, .. })), "{outcomes:?}");
+        assert_eq!(last_recipients(), serde_json::json!([3, 1]));
+        // The writer's own changes keep the cache.
+        commit_group(&mut statements, &mut members, &[remove(3)]);
+        assert_eq!(last_recipients(), serde_json::json!([3]));
+        assert_eq!(members.chats[&5], Vec::<i64>::new());
+    }
+
     /// A change that fails does not fail its neighbours, and leaves nothing behind.
     #[test]
     fn a_failing_change_leaves_its_group_intact() {
@@ -616,7 +747,7 @@ mod tests {
             job(Change::AddMember { chat_id: 5, user_id: 99, record, at_ms: 0 }),
             job(Change::RemoveMember { chat_id: 5, user_id: 1, record, at_ms: 0 }),
         ];
-        let outcomes = commit_group(&mut Prepared::new(&connection).unwrap(), &group);
+        let outcomes = commit_group(&mut Prepared::new(&connection).unwrap(), &mut MemberCache::default(), &group);
         assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, .. })), "{outcomes:?}");
         assert!(outcomes[1].is_err(), "{outcomes:?}");
         assert!(matches!(outcomes[2], Ok(ChangeOutcome::MemberRemoved { member_count: 0, .. })), "{outcomes:?}");
