@@ -146,7 +146,8 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// after, whatever the connection's `synchronous` (short of OFF).
 fn open_checkpointer(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
-    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;")?;
+    // It copies pages from the WAL to the database file and reads nothing through its page cache.
+    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = 16;")?;
     Ok(connection)
 }
 
@@ -343,20 +344,27 @@ impl<'c> Prepared<'c> {
     }
 }
 
-/// The members of the chats changed lately, longest-standing first, as the writer left them. A removal needs
-/// every remaining member (the notification goes to all of them, and the author hand-over picks among them);
-/// reading them back from the database took a sixth of a removal's instructions, and the chats of a busy
-/// contact center lose members one after another.
+/// The chats changed lately as the writer left them: their members, longest-standing first, their author and
+/// their member count. A removal needs every remaining member (the notification goes to all of them, and the
+/// author hand-over picks among them); reading them back from the database took a sixth of a removal's
+/// instructions, and the chats of a busy contact center lose members one after another.
 ///
 /// Only the writer changes memberships, except for other connections (a `state load`, a second process):
 /// their commits move `PRAGMA data_version`, which is read under the write lock at the start of every group,
 /// and a move empties the cache. So does a rolled-back transaction, whose changes the cache may already hold.
-/// A cached list must also agree with the chat's member count, or it is read again.
+/// A removal that does not take exactly one member off the cached list reads the chat again.
 #[derive(Default)]
 struct MemberCache {
-    chats: HashMap<i64, Vec<i64>>,
+    chats: HashMap<i64, CachedChat>,
     /// `PRAGMA data_version` when the cache was last known to be current.
     data_version: Option<i64>,
+}
+
+/// A chat as the database holds it: `member_count` is its stored count, not the list's length.
+struct CachedChat {
+    members: Vec<i64>,
+    author: Option<i64>,
+    member_count: i64,
 }
 
 impl MemberCache {
@@ -374,40 +382,30 @@ impl MemberCache {
         self.chats.clear();
     }
 
-    /// The members left after `user_id` left the chat, which now has `member_count` members.
-    fn after_leave(
-        &mut self,
-        s: &mut Prepared,
-        chat_id: i64,
-        user_id: i64,
-        member_count: i64,
-    ) -> rusqlite::Result<&[i64]> {
-        if let Some(members) = self.chats.get_mut(&chat_id) {
-            let before = members.len();
-            members.retain(|&member| member != user_id);
-            if members.len() + 1 != before || members.len() as i64 != member_count {
-                self.chats.remove(&chat_id);
-            }
-        }
-        self.read_unless_cached(s, chat_id)
-    }
-
-    /// The members of the chat `user_id` just joined, the new member last.
-    fn after_join(&mut self, s: &mut Prepared, chat_id: i64) -> rusqlite::Result<&[i64]> {
-        // The new member's place in the join order is the database's to say; read the list again.
-        self.chats.remove(&chat_id);
-        self.read_unless_cached(s, chat_id)
-    }
-
-    fn read_unless_cached(&mut self, s: &mut Prepared, chat_id: i64) -> rusqlite::Result<&[i64]> {
-        if !self.chats.contains_key(&chat_id) {
+    /// The chat after `user_id` left it: its row deleted and the stored count decremented.
+    fn after_leave(&mut self, s: &mut Prepared, chat_id: i64, user_id: i64) -> rusqlite::Result<&mut CachedChat> {
+        let cached = self.chats.get_mut(&chat_id).is_some_and(|chat| {
+            let before = chat.members.len();
+            chat.members.retain(|&member| member != user_id);
+            chat.member_count -= 1;
+            chat.members.len() + 1 == before
+        });
+        if !cached {
+            let (author, member_count) = s.author_and_count.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let members = s.members_in_join_order(chat_id)?;
             if self.chats.len() >= MAX_CACHED_CHATS {
                 self.chats.clear();
             }
-            self.chats.insert(chat_id, members);
+            self.chats.insert(chat_id, CachedChat { members, author, member_count });
         }
-        Ok(&self.chats[&chat_id])
+        Ok(self.chats.get_mut(&chat_id).expect("cached above"))
+    }
+
+    /// The members of the chat a member just joined, the new member last. The new member's place in the join
+    /// order is the database's to say, so the chat is read again (and cached by its next removal).
+    fn after_join(&mut self, s: &mut Prepared, chat_id: i64) -> rusqlite::Result<Vec<i64>> {
+        self.chats.remove(&chat_id);
+        s.members_in_join_order(chat_id)
     }
 }
 
@@ -473,13 +471,12 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
                 return Ok(ChangeOutcome::NotAMember);
             }
             s.decrement_member_count.execute([chat_id])?;
-            let (author, member_count): (Option<i64>, i64) =
-                s.author_and_count.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let members = cache.after_leave(s, *chat_id, *user_id, member_count)?;
+            let chat = cache.after_leave(s, *chat_id, *user_id)?;
+            let member_count = chat.member_count;
             // The members' kinds matter only when the author leaves.
-            let new_author = if author == Some(*user_id) {
-                let mut next = author;
-                for &candidate in members {
+            if chat.author == Some(*user_id) {
+                let mut next = chat.author;
+                for &candidate in &chat.members {
                     let member = s
                         .user_kind
                         .query_row([candidate], |r| Ok(sql::member(candidate, &r.get::<_, String>(0)?, r.get(1)?)))?;
@@ -489,18 +486,16 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
                     }
                 }
                 s.set_author.execute(params![next, chat_id])?;
-                next
-            } else {
-                author
-            };
-            let mut recipients = Vec::with_capacity(members.len() + 1);
-            recipients.extend_from_slice(members);
+                chat.author = next;
+            }
+            let mut recipients = Vec::with_capacity(chat.members.len() + 1);
+            recipients.extend_from_slice(&chat.members);
             recipients.push(*user_id);
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
             s.insert_notification.execute(params![chat_id, "chatUserLeave", notification, at_ms])?;
             s.insert_outbox.execute(params!["ONCRMCHATUSERDELETE", event, at_ms])?;
-            Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
+            Ok(ChangeOutcome::MemberRemoved { member_count, author: chat.author })
         }
         Change::AddMember { chat_id, user_id, record, at_ms } => {
             if s.insert_member.execute(params![chat_id, user_id, at_ms])? == 0 {
@@ -508,7 +503,8 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
             }
             let member_count: i64 = s.count_after_join.query_row([chat_id], |r| r.get(0))?;
             let recipients = cache.after_join(s, *chat_id)?;
-            let (notification, event) = sql::membership_payloads(*chat_id, *user_id, member_count, recipients, *record);
+            let (notification, event) =
+                sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
             s.insert_notification.execute(params![chat_id, "chatUserJoin", notification, at_ms])?;
             s.insert_outbox.execute(params!["ONCRMCHATUSERADD", event, at_ms])?;
             Ok(ChangeOutcome::MemberAdded { member_count })
@@ -710,19 +706,29 @@ mod tests {
 
         commit_group(&mut statements, &mut members, &[remove(4)]);
         assert_eq!(last_recipients(), serde_json::json!([1, 2, 4]));
-        assert_eq!(members.chats[&5], [1, 2]);
+        assert_eq!(members.chats[&5].members, [1, 2]);
         // Another process swaps member 2 for member 3: the count stays 2.
         Connection::open(&path)
             .unwrap()
             .execute_batch("DELETE FROM chat_members WHERE user_id = 2; INSERT INTO chat_members VALUES (5, 3, 3, 0);")
             .unwrap();
         let outcomes = commit_group(&mut statements, &mut members, &[remove(1)]);
-        assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, .. })), "{outcomes:?}");
+        // The author left: the chat passes to the longest-standing member, who is now 3.
+        assert!(
+            matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, author: Some(3) })),
+            "{outcomes:?}"
+        );
         assert_eq!(last_recipients(), serde_json::json!([3, 1]));
-        // The writer's own changes keep the cache.
-        commit_group(&mut statements, &mut members, &[remove(3)]);
+        // The writer's own changes keep the cache, the new author included.
+        assert_eq!(members.chats[&5].author, Some(3));
+        let outcomes = commit_group(&mut statements, &mut members, &[remove(3)]);
+        assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 0, .. })), "{outcomes:?}");
         assert_eq!(last_recipients(), serde_json::json!([3]));
-        assert_eq!(members.chats[&5], Vec::<i64>::new());
+        assert_eq!(members.chats[&5].members, Vec::<i64>::new());
+        let stored: (Option<i64>, i64) = connection
+            .query_row("SELECT author_id, member_count FROM chats WHERE id = 5", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(stored, (members.chats[&5].author, 0));
     }
 
     /// A change that fails does not fail its neighbours, and leaves nothing behind.
