@@ -7,9 +7,6 @@
 //! another process (the CLI next to a running server) is visible within that time, and at once when made
 //! through this store.
 
-/// The read model's maps: keyed by ids and hashes from the database, not by what clients send, so they need no
-/// SipHash against flooding; a lookup is a fraction of its cost.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -25,6 +22,10 @@ use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
 };
 use crate::fixtures::PortalState;
+
+/// The read model's maps: keyed by ids and hashes from the database, not by what clients send, so they need no
+/// SipHash against flooding; a lookup is a fraction of its cost.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How stale the cache may be with respect to changes made by other processes (plus the time of one
 /// revision query).
