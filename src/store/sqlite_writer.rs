@@ -52,7 +52,7 @@ const MAX_CACHED_CHATS: usize = 4096;
 /// and syncs the database file, so a hot page is written once per interval rather than once per commit.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A WAL of more frames than this (pages of 4 KiB: 64 MiB) is started over by the writer (see the module
+/// A WAL of more frames than this (64 MiB of the default 4 KiB pages) is started over by the writer (see the module
 /// documentation); it is also the size the file is cut back to when it starts over.
 const WAL_RESTART_FRAMES: i64 = 16_000;
 
@@ -87,7 +87,7 @@ impl GroupWriter {
         thread::Builder::new()
             .name("crmchat-syncer".into())
             .spawn(move || {
-                run_ahead_of_request_workers();
+                raise_syncer_priority();
                 sync_handed_over(syncer_wal, handed_over)
             })
             .map_err(thread_error)?;
@@ -114,7 +114,7 @@ impl GroupWriter {
 /// Not the writer: woken at once by every change, it committed groups of one or two and lost a fifth of its
 /// throughput. Raising a priority needs root or CAP_SYS_NICE; without it the syncer runs at the normal
 /// priority, only slower under load.
-fn run_ahead_of_request_workers() {
+fn raise_syncer_priority() {
     use thread_priority::{ThreadPriority, ThreadPriorityValue};
     // The crate maps its 0–99 scale onto nice 19 … -20 for the normal policy; 73 is nice -10.
     let Ok(value) = ThreadPriorityValue::try_from(73u8) else { return };
@@ -134,11 +134,13 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // commit without syncing it; it is synced before any change of the group is answered (see
     // the module documentation). Checkpoints still sync, as in FULL; they run on the checkpoint thread, not
     // on commit.
-    connection.execute_batch(&format!(
+    connection.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {}; PRAGMA cache_size = -32000;",
-        WAL_RESTART_FRAMES * 4096
-    ))?;
+         PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32000;",
+    )?;
+    // A WAL frame holds one page.
+    let page_size: i64 = connection.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    connection.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * page_size)?;
     Ok(connection)
 }
 
