@@ -225,6 +225,7 @@ export async function startCrmchat ({ fixture, binary, args = [], startupTimeout
   const handle = {
     kill () {
       if (exited === null) { try { process.kill(-child.pid, 'SIGKILL') } catch {} }
+      try { fs.rmSync(dataDir, { recursive: true, force: true }) } catch {}
     }
   }
   running.add(handle)
@@ -236,6 +237,7 @@ export async function startCrmchat ({ fixture, binary, args = [], startupTimeout
     restoreCa()
     restoreCa = () => {}
     if (exited === null) {
+      child.ref() // wait for it even if nothing else keeps the process alive
       const gone = once(child, 'exit')
       try { process.kill(-child.pid, 'SIGTERM') } catch {}
       const timer = setTimeout(() => { try { process.kill(-child.pid, 'SIGKILL') } catch {} }, 10_000)
@@ -278,6 +280,10 @@ export async function startCrmchat ({ fixture, binary, args = [], startupTimeout
     } else if (seen.webhook) {
       [user, code] = seen.webhook.replace(/\/$/, '').split('/rest/')[1].split('/')
     }
+    // The server does not keep the test process alive: a suite that never calls stop() still ends, and the
+    // exit handler kills the server then.
+    child.unref()
+    child.stdout.unref?.()
     const caCert = fs.readFileSync(seen.cert, 'utf8')
     if (trustCa) restoreCa = trustCertificate(caCert)
     const baseUrl = seen.https
