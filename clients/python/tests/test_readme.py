@@ -32,6 +32,7 @@ def readme_example(markdown: str, group: str):
     return match.group(1), match.group(2)
 
 
+@pytest.mark.starts_server
 def test_the_repository_readme_pytest_snippet_runs(tmp_path):
     name, code = readme_example(repository_readme().read_text(), "clients-python")
     assert len(code.strip().splitlines()) <= 5, "the README promises five lines"

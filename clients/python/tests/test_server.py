@@ -6,6 +6,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from pathlib import Path
 
@@ -136,11 +137,12 @@ def test_stop_ends_the_process_and_removes_its_data():
 def test_no_server_is_left_behind(how, tmp_path):
     """A session whose test fails, or whose pytest is killed outright, leaves no crmchat running."""
     (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
-        import os, signal, sys
+        import os, signal, ssl, urllib.request
         def test_inner(crmchat):
             print("SERVER_PID", crmchat.server.pid, flush=True)
             if os.environ["HOW"] == "killed-pytest":
                 os.kill(os.getpid(), signal.SIGKILL)
+            urllib.request.urlopen(crmchat.webhook_url + "server.time.json", context=ssl.create_default_context())
             assert False, "this test fails on purpose"
     """))
     run = subprocess.run(
@@ -154,7 +156,7 @@ def test_no_server_is_left_behind(how, tmp_path):
     for _ in range(100):
         if not pid_alive(pid):
             break
-        import time
-
         time.sleep(0.05)
     assert not pid_alive(pid), f"crmchat {pid} is still running after the {how} session"
+    if how == "failing-test":  # the failure report lists what crmchat received during the test
+        assert "crmchat requests" in run.stdout and "server.time -> 200" in run.stdout, run.stdout

@@ -101,6 +101,7 @@ def test_the_sink_answers_what_it_is_told(event_sink):
         event_sink.wait("ONAPPTEST", count=2, timeout=0.2)
 
 
+@pytest.mark.needs_events
 def test_crmchat_delivers_onapptest_to_the_sink(crmchat, event_sink):
     installed = crmchat.control.install_app("local.demo.app", user_id=1)
     endpoint = installed["client_endpoint"]
@@ -116,6 +117,17 @@ def test_crmchat_delivers_onapptest_to_the_sink(crmchat, event_sink):
     assert delivery.content_type.startswith("application/x-www-form-urlencoded")
     assert delivery.data["QUERY"]["any"] == "thing"
     assert delivery.auth["application_token"] == "demo-app-token"
+    if PHP:  # a PHP handler's $_POST is what the sink parsed
+        assert dump(delivery.form) == php_parse_all([delivery.body.decode()])[0]
     # the token in the delivery works for calling back
     assert call("imopenlines.crm.chat.getLastId", {"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288,
                                                     "auth": delivery.auth["access_token"]})["result"] == 8773
+
+
+@pytest.mark.needs_events
+def test_install_app_with_a_handler_delivers_onappinstall(crmchat, event_sink):
+    installed = crmchat.control.install_app("local.demo.app", user_id=1, handler=event_sink.url)
+    [delivery] = event_sink.wait("ONAPPINSTALL")
+    assert delivery.data["ACTIVE"] == "Y" and delivery.data["INSTALLED"] == "Y"
+    assert delivery.auth["application_token"] == installed["application_token"]
+    assert delivery.auth["refresh_token"]  # ONAPPINSTALL is one of the events that carry it
