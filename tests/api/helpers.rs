@@ -316,6 +316,11 @@ pub async fn spawn_app_with(fixture: Value) -> TestApp {
 /// Spawns a server on a new data directory loaded with `fixture`; `env` is added to the server's environment.
 pub async fn spawn_app_with_env(fixture: Value, env: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::Builder::new().prefix("crmchat-test-").tempdir().expect("creating a temp dir");
+    spawn_app_in(dir, fixture, env).await
+}
+
+/// Like [`spawn_app_with_env`], with `dir` (removed with the app) as the data directory.
+pub async fn spawn_app_in(dir: TempDir, fixture: Value, env: &[(&str, &str)]) -> TestApp {
     let data_dir = dir.path().to_path_buf();
     let fixture_path = data_dir.join("fixture.json");
     std::fs::write(&fixture_path, serde_json::to_vec_pretty(&fixture).unwrap()).expect("writing the fixture");
@@ -506,6 +511,12 @@ impl TestApp {
             child.kill().expect("killing the server");
             child.wait().expect("reaping the server");
         }
+        self.start_again();
+    }
+
+    /// Starts the server again after [`TestApp::kill`], on the same data directory, without the fixture.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
         let server = start_server(&self.data_dir, None, &self.log_path, &self.extra_env);
         self.http_base = server.http_base;
         self.https_base = server.https_base;

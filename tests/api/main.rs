@@ -18,6 +18,7 @@ mod introspection;
 mod message_add;
 mod oauth;
 mod operating_time;
+mod power_loss;
 mod rate_limit;
 mod schema;
 mod sdk;
