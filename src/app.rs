@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
 use crate::rest::envelope::{Format, render_error};
-use crate::rest::error::ApiError;
+use crate::rest::error::Code;
 use crate::rest::limits::{Clock, OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
 use crate::rest::limits_redis::RedisLimits;
 use crate::store::DynStore;
@@ -79,7 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // A panic anywhere in a handler becomes the vendor's error envelope, never a stack trace.
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("handler panicked");
-            render_error(&ApiError::internal(), Format::Json)
+            render_error(&Code::InternalServerError.into(), Format::Json)
         }))
 }
 

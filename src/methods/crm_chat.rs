@@ -1,13 +1,12 @@
 //! `imopenlines.crm.chat.*`: the chats of CRM records and their members.
 
-use axum::http::StatusCode;
 use serde_json::json;
 
 use super::args::{is_empty, php_numeric_int, strict_int};
 use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::{can_read_record, chat_belongs_to_record, last_chat, line_allows, record_chats};
 use crate::domain::{CrmEntityType, CrmRecord, SessionLink};
-use crate::rest::error::ApiError;
+use crate::rest::error::{ApiError, Code, Variant};
 use crate::store::{Change, ChangeOutcome};
 
 /// `imopenlines.crm.chat.user.delete`: remove a user or bot from the chat of a CRM record.
@@ -21,7 +20,7 @@ pub async fn user_delete(ctx: &CallContext<'_>, params: &Params) -> MethodResult
     };
     // 2
     if is_empty(params.get("CRM_ENTITY_TYPE")) || is_empty(params.get("CRM_ENTITY")) {
-        return Err(ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Empty CRM data"));
+        return Err(Code::CrmChatEmptyCrmData.into());
     }
     // 3, 3b
     let entity_id = crm_entity(params)?;
@@ -33,16 +32,12 @@ pub async fn user_delete(ctx: &CallContext<'_>, params: &Params) -> MethodResult
     // 9: the reference OR-s the line permission with the CRM read check of row 5, so only the portal's
     // `strict_line_permissions` setting makes this row reachable.
     if !may_join_line(ctx, chat_id, &record).await? {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CHAT_DELETE_USER_PERMISSION_DENIED",
-            "You don't have access to delete a user from this chat",
-        ));
+        return Err(Code::ChatDeleteUserPermissionDenied.into());
     }
     // 10
     match ctx.store.user(user_id).await? {
         Some(user) if user.active => {}
-        _ => return Err(ApiError::bad_request("CRM_CHAT_USER_NOT_ACTIVE", "User not active")),
+        _ => return Err(Code::CrmChatUserNotActive.into()),
     }
     // 11, 12: the membership check and the removal are one atomic step, so parallel removals of the same
     // member give exactly one success.
@@ -50,8 +45,8 @@ pub async fn user_delete(ctx: &CallContext<'_>, params: &Params) -> MethodResult
     match ctx.store.apply(change).await? {
         ChangeOutcome::MemberRemoved { .. } => Ok(json!(chat_id).into()),
         // The documentation names WRONG_REQUEST here; the real server answers with the messenger's error.
-        ChangeOutcome::NotAMember => Err(ApiError::bad_request("USER_NOT_FOUND", "The specified user is not in chat.")),
-        _ => Err(ApiError::bad_request("WRONG_REQUEST", "You don't have access or user already not in chat")),
+        ChangeOutcome::NotAMember => Err(Code::UserNotFound.into()),
+        _ => Err(Code::WrongRequest.into()),
     }
 }
 
@@ -66,7 +61,7 @@ async fn record_chat(
 ) -> Result<Option<(CrmRecord, i64)>, ApiError> {
     require_im(ctx)?;
     let Some(record) = readable_record(ctx, params, entity_id).await? else {
-        return Err(ApiError::access_denied("You don't have access to join user to chat"));
+        return Err(Variant::DeniedJoinChat.into());
     };
     let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
     let Some(chat_id) = requested_chat.or_else(|| last_chat(&links)) else {
@@ -87,7 +82,7 @@ pub async fn user_add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     };
     // 9
     if !may_join_line(ctx, chat_id, &record).await? {
-        return Err(ApiError::access_denied("You don't have access to join user to chat"));
+        return Err(Variant::DeniedJoinChat.into());
     }
     // 10, 10b: the reference builds this argument error from the text "Empty USER_ID".
     let user_id = match strict_int(params.get("USER_ID")) {
@@ -99,37 +94,33 @@ pub async fn user_add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     // 11
     let target = match ctx.store.user(user_id).await? {
         Some(user) if user.active => user,
-        _ => return Err(ApiError::bad_request("CRM_CHAT_USER_NOT_ACTIVE", "User not active")),
+        _ => return Err(Code::CrmChatUserNotActive.into()),
     };
     // 12
     if !can_read_record(&target, &record) {
-        return Err(ApiError::access_denied(
-            "This user does not have access to the chat because he does not have access to this CRM entity",
-        ));
+        return Err(Variant::DeniedTargetEntity.into());
     }
     // 13 [crmchat]: judged by the target's own `history` permission (the reference applies the caller's).
     let line = chat_line(ctx, chat_id).await?;
     if !line.as_ref().is_some_and(|line| line_allows(&target, target.line_history, line)) {
-        return Err(ApiError::access_denied(
-            "This user does not have access to the chat because he does not have access to this view chat history",
-        ));
+        return Err(Variant::DeniedTargetHistory.into());
     }
     // 14, 15
     let change = Change::AddMember { chat_id, user_id, record: (record.entity_type, record.id), at_ms: ctx.now_ms };
     match ctx.store.apply(change).await? {
         ChangeOutcome::MemberAdded { .. } | ChangeOutcome::AlreadyAMember => Ok(json!(chat_id).into()),
-        _ => Err(ApiError::bad_request("WRONG_REQUEST", "You don't have access or user already not in chat")),
+        _ => Err(Code::WrongRequest.into()),
     }
 }
 
 /// `imopenlines.crm.chat.getLastId`: the chat of the record's most recently modified session.
 pub async fn get_last_id(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     if is_empty(params.get("CRM_ENTITY_TYPE")) || is_empty(params.get("CRM_ENTITY")) {
-        return Err(ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Empty CRM data"));
+        return Err(Code::CrmChatEmptyCrmData.into());
     }
     let entity_id = crm_entity(params)?;
     // The reference folds every other failure (no messenger, unknown type, no access, no chat) into one answer.
-    let not_found = || ApiError::bad_request("CRM_CHAT_EMPTY_CRM_DATA", "Could not find CRM entity");
+    let not_found = || ApiError::from(Variant::CrmEntityNotFound);
     if require_im(ctx).is_err() {
         return Err(not_found());
     }
@@ -147,8 +138,7 @@ pub async fn get_last_id(ctx: &CallContext<'_>, params: &Params) -> MethodResult
 pub async fn get(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let entity_id = required_crm_entity(params)?;
     let Some(record) = readable_record(ctx, params, entity_id).await? else {
-        // Sic: the reference's text has no apostrophe.
-        return Err(ApiError::access_denied("You dont have access to this action"));
+        return Err(Variant::DeniedThisAction.into());
     };
     let active_only = !matches!(params.get("ACTIVE_ONLY"), Some(serde_json::Value::String(s)) if s == "N");
     let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
@@ -181,7 +171,7 @@ async fn chat_line(ctx: &CallContext<'_>, chat_id: i64) -> Result<Option<crate::
 }
 
 fn empty_user() -> ApiError {
-    ApiError::bad_request("CRM_CHAT_EMPTY_USER", "Empty User ID")
+    Code::CrmChatEmptyUser.into()
 }
 
 /// `CRM_ENTITY`: numeric in PHP's sense with an integer part above zero.
@@ -206,11 +196,7 @@ pub(crate) fn chat_id_param(params: &Params) -> Result<Option<i64>, ApiError> {
 }
 
 pub(crate) fn require_im(ctx: &CallContext<'_>) -> Result<(), ApiError> {
-    if ctx.portal.has_module("im") {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("IM_NOT_INSTALLED", "Messenger is not installed."))
-    }
+    if ctx.portal.has_module("im") { Ok(()) } else { Err(Code::ImNotInstalled.into()) }
 }
 
 /// The record named by `CRM_ENTITY_TYPE`/`CRM_ENTITY` when the caller may read it. An unknown type is not
@@ -235,11 +221,7 @@ pub(crate) async fn readable_record(
 }
 
 pub(crate) fn ensure_chat_in_record(links: &[SessionLink], chat_id: i64) -> Result<(), ApiError> {
-    if chat_belongs_to_record(links, chat_id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("CHAT_NOT_IN_CRM", "Chat does not belong to the CRM entity being checked"))
-    }
+    if chat_belongs_to_record(links, chat_id) { Ok(()) } else { Err(Code::ChatNotInCrm.into()) }
 }
 
 /// May the caller manage members of the chat? Line `join` permission, or (unless the portal is strict)

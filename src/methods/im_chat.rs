@@ -6,14 +6,14 @@ use serde_json::json;
 use super::args::{is_empty, strict_int};
 use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::can_read_record;
-use crate::rest::error::ApiError;
+use crate::rest::error::{ApiError, Code};
 
 pub async fn user_list(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let value = params.get("CHAT_ID").or_else(|| params.get("chat_id"));
     if is_empty(value) {
-        return Err(ApiError::bad_request("CHAT_ID_EMPTY", "Chat ID can't be empty"));
+        return Err(Code::ChatIdEmpty.into());
     }
-    let chat_not_found = || ApiError::bad_request("CHAT_NOT_FOUND", "Chat not found");
+    let chat_not_found = || ApiError::from(Code::ChatNotFound);
     let Some(chat_id) = strict_int(value).filter(|id| *id > 0) else {
         return Err(chat_not_found());
     };
@@ -25,7 +25,7 @@ pub async fn user_list(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
         || members.contains(&ctx.caller.id)
         || ctx.store.chat_records(chat_id).await?.iter().any(|record| can_read_record(ctx.caller, record));
     if !allowed {
-        return Err(ApiError::access_denied(""));
+        return Err(Code::AccessDenied.into());
     }
     Ok(json!(members).into())
 }

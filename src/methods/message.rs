@@ -6,7 +6,7 @@ use super::args::{as_text, is_empty, strict_int};
 use super::crm_chat::{crm_entity, ensure_chat_in_record, readable_record};
 use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::can_read_record;
-use crate::rest::error::ApiError;
+use crate::rest::error::{ApiError, Code, Variant};
 use crate::store::{Change, ChangeOutcome};
 
 pub async fn add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
@@ -42,15 +42,15 @@ pub async fn add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     };
 
     let Some(record) = readable_record(ctx, params, entity_id).await? else {
-        return Err(ApiError::access_denied("You dont have access to this action"));
+        return Err(Variant::DeniedThisAction.into());
     };
     let author = ctx.store.user(user_id).await?;
     if !author.as_ref().is_some_and(|user| can_read_record(user, &record)) {
-        return Err(ApiError::access_denied("User dont have access to this entity"));
+        return Err(Variant::DeniedUserEntity.into());
     }
     let links = ctx.store.record_sessions(record.entity_type, record.id).await?;
     ensure_chat_in_record(&links, chat_id)?;
-    let message_not_added = || ApiError::bad_request("MESSAGE_ADD_ERROR", "Message isn't added");
+    let message_not_added = || ApiError::from(Code::MessageAddError);
     if !author.is_some_and(|user| user.active) {
         return Err(message_not_added());
     }

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, Code, Variant};
 use crate::domain::User;
 use crate::methods::Params;
 use crate::secrets::sha256_hex;
@@ -34,10 +34,10 @@ impl Caller {
     }
 
     pub fn insufficient_scope(&self) -> ApiError {
-        ApiError::insufficient_scope(match self.kind {
-            AuthKind::Webhook => "webhook token",
-            AuthKind::OAuth => "access token",
-        })
+        match self.kind {
+            AuthKind::Webhook => Code::InsufficientScope.into(),
+            AuthKind::OAuth => Variant::ScopeOfAccessToken.into(),
+        }
     }
 }
 
@@ -104,13 +104,13 @@ pub fn strip_reserved(params: &mut Params) {
 /// clear value is never stored or logged.
 pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i64) -> Result<Caller, ApiError> {
     match credentials {
-        Credentials::None => Err(ApiError::no_auth_found()),
+        Credentials::None => Err(Code::NoAuthFound.into()),
         Credentials::Webhook { user_id, code } => {
             let Ok(user_id) = user_id.parse::<i64>() else {
-                return Err(ApiError::invalid_credentials());
+                return Err(Code::InvalidCredentials.into());
             };
             let Some(hook) = store.webhook(user_id, &sha256_hex(&code)).await? else {
-                return Err(ApiError::invalid_credentials());
+                return Err(Code::InvalidCredentials.into());
             };
             match store.user(hook.user_id).await? {
                 Some(user) if user.active => Ok(Caller {
@@ -120,7 +120,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                     credential_id: format!("webhook:{}", hook.id),
                     client_id: None,
                 }),
-                _ => Err(ApiError::invalid_credentials()),
+                _ => Err(Code::InvalidCredentials.into()),
             }
         }
         Credentials::Token(token) => {
@@ -145,13 +145,13 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
 /// default), then the user's state.
 pub fn check_token(record: Option<TokenRecord>, user: Option<&User>, now_ms: i64) -> Result<TokenRecord, ApiError> {
     let Some(record) = record else {
-        return Err(ApiError::invalid_token());
+        return Err(Code::InvalidToken.into());
     };
     if now_ms >= record.access_expires_ms {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "expired_token", "The access token provided has expired"));
+        return Err(Code::ExpiredToken.into());
     }
     if !user.is_some_and(|u| u.active) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "authorization_error", "Unable to authorize user"));
+        return Err(Code::AuthorizationError.into());
     }
     Ok(record)
 }
@@ -189,11 +189,11 @@ mod tests {
 
     #[test]
     fn token_rules_in_order() {
-        let code = |r: Result<TokenRecord, ApiError>| r.map(|_| "ok").unwrap_or_else(|e| e.code);
-        assert_eq!(code(check_token(None, Some(&user(true)), 0)), "invalid_token");
-        assert_eq!(code(check_token(Some(token(1000)), Some(&user(true)), 999)), "ok");
-        assert_eq!(code(check_token(Some(token(1000)), Some(&user(true)), 1000)), "expired_token");
-        assert_eq!(code(check_token(Some(token(1000)), Some(&user(false)), 999)), "authorization_error");
-        assert_eq!(code(check_token(Some(token(1000)), None, 999)), "authorization_error");
+        let code = |r: Result<TokenRecord, ApiError>| r.map(|_| None).unwrap_or_else(|e| Some(e.code()));
+        assert_eq!(code(check_token(None, Some(&user(true)), 0)), Some(Code::InvalidToken));
+        assert_eq!(code(check_token(Some(token(1000)), Some(&user(true)), 999)), None);
+        assert_eq!(code(check_token(Some(token(1000)), Some(&user(true)), 1000)), Some(Code::ExpiredToken));
+        assert_eq!(code(check_token(Some(token(1000)), Some(&user(false)), 999)), Some(Code::AuthorizationError));
+        assert_eq!(code(check_token(Some(token(1000)), None, 999)), Some(Code::AuthorizationError));
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Caller};
 use super::envelope::{php_array, unix_now};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::registry::{self, Kind};
 use super::{AppState, invoke, params};
 use crate::domain::PortalSettings;
@@ -48,7 +48,7 @@ pub async fn run(
     let mut answers = Answers::default();
     for (index, (key, command)) in commands.into_iter().enumerate() {
         let outcome = if index >= MAX_COMMANDS {
-            Err(ApiError::bad_request("ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded"))
+            Err(Code::BatchLengthExceeded.into())
         } else {
             run_command(app, caller, portal, &command, &answers).await
         };
@@ -64,7 +64,9 @@ pub async fn run(
                 answers.time.insert(key, timing.to_json());
             }
             Err(err) => {
-                answers.error.insert(key, json!({"error": err.code, "error_description": err.description}));
+                answers
+                    .error
+                    .insert(key, json!({"error": err.code().as_str(), "error_description": err.description()}));
                 if halt {
                     break;
                 }
@@ -90,21 +92,20 @@ async fn run_command(
 ) -> Result<(Output, super::envelope::Timing), ApiError> {
     let start = unix_now();
     let Value::String(command) = command else {
-        return Err(ApiError::method_not_found());
+        return Err(Code::MethodNotFound.into());
     };
     let (path, query) = command.split_once('?').unwrap_or((command.as_str(), ""));
     let name = path.trim_start_matches('/').to_ascii_lowercase();
     // A format suffix means nothing inside a batch: the batch's own answer decides the format.
     let name = name.strip_suffix(".json").or_else(|| name.strip_suffix(".xml")).unwrap_or(&name);
     let Some(method) = registry::find(name) else {
-        return Err(ApiError::method_not_found());
+        return Err(Code::MethodNotFound.into());
     };
     if matches!(method.kind, Kind::Batch) {
-        return Err(ApiError::bad_request("ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"));
+        return Err(Code::BatchMethodNotAllowed.into());
     }
     let mut params = Params::new();
-    params::parse_str_into(&mut params, query, &app.settings.param_limits)
-        .map_err(|e| ApiError::bad_request("ERROR_ARGUMENT", e.to_string()))?;
+    params::parse_str_into(&mut params, query, &app.settings.param_limits).map_err(ApiError::unreadable_params)?;
     auth::strip_reserved(&mut params);
     for value in params.values_mut() {
         substitute(value, answers);

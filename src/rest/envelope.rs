@@ -131,7 +131,7 @@ fn with_headers(status: StatusCode, text: String, content_type: &'static str) ->
 }
 
 pub fn render_error(err: &ApiError, format: Format) -> Response {
-    render(err.status, &err.body(), format)
+    render(err.status(), &err.body(), format)
 }
 
 /// The shape PHP's `json_encode` gives an array: an empty map is `[]`, a map with keys 0..n-1 in order is a

@@ -17,11 +17,11 @@ use axum::body::Body;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
 use self::envelope::{Format, Timing, render_error, render_success, unix_now};
-use self::error::ApiError;
+use self::error::{ApiError, Code, Variant};
 use self::limits::{OperatingStatus, Plan};
 use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
@@ -105,7 +105,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let (transport, client_ip) = client_of(&app, &parts);
     let Some(rest_path) = parse_path(parts.uri.path()) else {
-        return render_error(&ApiError::method_not_found(), Format::Json);
+        return render_error(&Code::MethodNotFound.into(), Format::Json);
     };
     let format = rest_path.format;
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -129,8 +129,8 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         ),
         Err(err) => tracing::info!(
             method = %rest_path.method,
-            status = err.status.as_u16(),
-            error = err.code,
+            status = err.status().as_u16(),
+            error = err.code().as_str(),
             request_id,
             elapsed_ms = (unix_now() - start) * 1000.0,
             "rest call refused"
@@ -155,7 +155,7 @@ async fn call(
     start: f64,
 ) -> Result<(Output, Timing), ApiError> {
     let Some(method) = registry::find(&request.rest_path.method) else {
-        return Err(ApiError::method_not_found());
+        return Err(Code::MethodNotFound.into());
     };
     let mut params = read_params(app, request.query, headers, body).await?;
     let credentials = auth::extract(request.rest_path.webhook, headers, &mut params);
@@ -164,7 +164,7 @@ async fn call(
         && request.transport == Transport::Http
         && matches!(credentials, auth::Credentials::Webhook { .. })
     {
-        return Err(ApiError::https_required());
+        return Err(Code::InvalidRequest.into());
     }
     let caller = auth::authenticate(&app.store, credentials, (start * 1000.0) as i64).await?;
     check_scope(&caller, method)?;
@@ -172,7 +172,7 @@ async fn call(
     if let Some(plan) = Plan::for_name(&portal.plan)
         && !app.requests.admit(&format!("{}|{}", portal.domain, request.client_ip), plan).await
     {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "QUERY_LIMIT_EXCEEDED", "Too many requests"));
+        return Err(Code::QueryLimitExceeded.into());
     }
     let (output, timing) = match method.kind {
         Kind::Batch => {
@@ -205,16 +205,12 @@ pub(crate) async fn invoke(
 ) -> Result<(Output, Timing), ApiError> {
     check_scope(caller, method)?;
     let Kind::Method(handler) = method.kind else {
-        return Err(ApiError::bad_request("ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"));
+        return Err(Code::BatchMethodNotAllowed.into());
     };
     let operating_key = format!("{}|{}", caller.credential_id, method.name);
     let before = app.operating.status(&operating_key).await;
     if before.blocked {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "OPERATION_TIME_LIMIT",
-            "Method is blocked due to operation time limit.",
-        ));
+        return Err(Code::OperationTimeLimit.into());
     }
     let ctx = CallContext {
         store: &app.store,
@@ -256,7 +252,7 @@ pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Byt
     // over it is read up to the limit first: answering mid-upload makes most clients fail on a broken pipe
     // before they read the 413.
     if axum::body::HttpBody::size_hint(&body).lower() > 8 * max_bytes as u64 {
-        return Err(ApiError::payload_too_large());
+        return Err(Code::RequestTooLarge.into());
     }
     // Most bodies came in with the headers: a first poll collects them without arming a timer.
     let mut collect = std::pin::pin!(axum::body::to_bytes(body, max_bytes));
@@ -267,16 +263,11 @@ pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Byt
     };
     match collected {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(err)) if is_length_limit(&err) => Err(ApiError::payload_too_large()),
-        Ok(Err(err)) if is_timeout(&err) => Err(body_timeout()),
-        // A body that is not valid HTTP framing (a bad chunk size, a client gone mid-body).
-        Ok(Err(_)) => Err(ApiError::bad_request("INVALID_REQUEST", "Malformed request body")),
-        Err(_) => Err(body_timeout()),
+        Ok(Err(err)) if is_length_limit(&err) => Err(Code::RequestTooLarge.into()),
+        Ok(Err(err)) if is_timeout(&err) => Err(Code::RequestTimeout.into()),
+        Ok(Err(_)) => Err(Variant::MalformedBody.into()),
+        Err(_) => Err(Code::RequestTimeout.into()),
     }
-}
-
-fn body_timeout() -> ApiError {
-    ApiError::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "Request body was not received in time")
 }
 
 /// Does `err` or one of its causes satisfy `test`?
@@ -305,7 +296,7 @@ async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, b
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     params::parse_request(query, content_type, &bytes, &app.settings.param_limits)
         .await
-        .map_err(|e| ApiError::bad_request("ERROR_ARGUMENT", e.to_string()))
+        .map_err(ApiError::unreadable_params)
 }
 
 #[cfg(test)]

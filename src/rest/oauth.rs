@@ -10,7 +10,7 @@ use rand::RngCore;
 use serde_json::{Value, json};
 
 use super::envelope::{Format, render, unix_now};
-use super::error::ApiError;
+use super::error::{ApiError, Code, Variant};
 use super::params;
 use crate::app::AppState;
 use crate::secrets::sha256_hex;
@@ -26,18 +26,6 @@ pub fn new_secret() -> String {
     hex::encode(bytes)
 }
 
-fn oauth_error(status: StatusCode, code: &'static str, description: &str) -> ApiError {
-    ApiError::new(status, code, description)
-}
-
-fn invalid_request(description: &str) -> ApiError {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
-}
-
-fn invalid_grant(description: &str) -> ApiError {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
-}
-
 pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let result = grant(&app, request).await;
     let status = if result.is_ok() { "ok" } else { "refused" };
@@ -45,7 +33,7 @@ pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Respon
     tracing::info!(outcome = status, "oauth token request");
     match result {
         Ok(body) => render(StatusCode::OK, &body, Format::Json),
-        Err(err) => render(err.status, &err.body(), Format::Json),
+        Err(err) => render(err.status(), &err.body(), Format::Json),
     }
 }
 
@@ -55,10 +43,10 @@ async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let params = params::parse_request(parts.uri.query(), content_type, &bytes, &app.settings.param_limits)
         .await
-        .map_err(|e| invalid_request(&e.to_string()))?;
+        .map_err(ApiError::oauth_unreadable_params)?;
     let text = |name: &str| match params.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(invalid_request(&format!("Missing parameter: {name}"))),
+        _ => Err(ApiError::oauth_missing_parameter(name)),
     };
     let grant_type = text("grant_type")?;
     let client_id = text("client_id")?;
@@ -71,10 +59,10 @@ async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
         "authorization_code" => {
             let code = text("code")?;
             let Some(found) = app.store.take_auth_code(&sha256_hex(&code)).await? else {
-                return Err(invalid_grant("Invalid authorization code"));
+                return Err(Code::OauthInvalidGrant.into());
             };
             if found.client_id != client_id || found.expires_ms <= now_ms {
-                return Err(invalid_grant("Invalid authorization code"));
+                return Err(Code::OauthInvalidGrant.into());
             }
             let record = TokenRecord { user_id: found.user_id, ..tokens.clone() };
             app.store.add_tokens(&record).await?;
@@ -84,24 +72,24 @@ async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
             let refresh = text("refresh_token")?;
             let old_hash = sha256_hex(&refresh);
             let Some(old) = app.store.token_by_refresh(&old_hash).await? else {
-                return Err(invalid_grant("Invalid refresh token"));
+                return Err(Variant::InvalidRefreshToken.into());
             };
             if old.client_id != client_id || old.refresh_expires_ms <= now_ms {
-                return Err(invalid_grant("Invalid refresh token"));
+                return Err(Variant::InvalidRefreshToken.into());
             }
             let record = TokenRecord { user_id: old.user_id, ..tokens.clone() };
             // Rotation is one atomic step: of two concurrent refreshes with the same token, one fails.
             if app.store.rotate_tokens(&old_hash, &record).await?.is_none() {
-                return Err(invalid_grant("Invalid refresh token"));
+                return Err(Variant::InvalidRefreshToken.into());
             }
             token_body(app, &issued, &record).await
         }
-        _ => Err(invalid_request("Unsupported grant_type")),
+        _ => Err(Variant::UnsupportedGrantType.into()),
     }
 }
 
 async fn authenticate_client(app: &AppState, client_id: &str, secret: &str) -> Result<AppRecord, ApiError> {
-    let invalid_client = || oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
+    let invalid_client = || ApiError::from(Code::OauthInvalidClient);
     let Some(record) = app.store.app(client_id).await? else {
         return Err(invalid_client());
     };
