@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Load the built-in demo portal (when the database is still empty) and print a webhook URL to try.
     #[arg(long, env = "CRMCHAT_DEMO")]
     pub demo: bool,
+    /// Set the portal's rate-limit plan at start-up (after `--demo` and `--fixture`; kept in the database):
+    /// `standard` (burst 50, 2/s), `enterprise` (250, 5/s) or `unlimited` (no request limit, e.g. for CI).
+    #[arg(long, env = "CRMCHAT_PLAN", value_parser = ["standard", "enterprise", "unlimited"])]
+    pub plan: Option<String>,
     /// TLS certificate (PEM); without it a self-signed one is created in `<data-dir>/tls/`.
     #[arg(long, env = "CRMCHAT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -193,6 +193,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.fixture {
         load_file(&store, file).await?;
     }
+    if let Some(plan) = &args.plan {
+        // Only the portal's settings are loaded: every other row stays as it is.
+        let mut portal = store.export_structure().await?.portal;
+        portal.plan = plan.clone();
+        let state = fixtures::PortalState { portal, ..Default::default() };
+        store.load_state(state, true).await.map_err(|e| anyhow::anyhow!("setting --plan {plan}: {e}"))?;
+    }
     // Requests read settings, credentials and the portal's structure from memory.
     let store: store::DynStore = Arc::new(store::cache::CachedStore::new(store).await?);
     let portal = store.portal().await?;

@@ -30,6 +30,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "CRMCHAT_TLS_CERT",
     "CRMCHAT_TLS_KEY",
     "CRMCHAT_MAX_BODY_BYTES",
+    "CRMCHAT_PLAN",
 ];
 
 /// The demo portal of `crmchat serve --demo`, as a state file to change per test.
@@ -690,6 +691,18 @@ pub async fn spawn_app_with_args(fixture: Value, args: &[&str]) -> TestApp {
     let mut cmd = crmchat_command();
     cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(&data_dir));
     cmd.arg("--fixture").arg(&fixture_path).args(args);
+    let server = run_until_ready(cmd, &log_path);
+    TestApp::from_server(server, data_dir, log_path, Vec::new(), dir)
+}
+
+/// `crmchat serve` on a new, empty data directory with `args` only (no state file), as a user starts it:
+/// `spawn_app_flags(&["--demo", "--plan", "unlimited"])`.
+pub async fn spawn_app_flags(args: &[&str]) -> TestApp {
+    let dir = tempfile::Builder::new().prefix("crmchat-test-").tempdir().expect("creating a temp dir");
+    let data_dir = dir.path().to_path_buf();
+    let log_path = data_dir.join("server.log");
+    let mut cmd = crmchat_command();
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(&data_dir)).args(args);
     let server = run_until_ready(cmd, &log_path);
     TestApp::from_server(server, data_dir, log_path, Vec::new(), dir)
 }

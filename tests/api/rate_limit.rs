@@ -139,6 +139,38 @@ async fn unlimited_plan_never_refuses() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
+/// The README's CI set-up: `serve --demo --plan unlimited`, no state file. The demo is on `standard`; the flag
+/// changes only the plan.
+#[tokio::test]
+async fn demo_with_plan_flag_is_unlimited_without_a_state_file() {
+    let mut app = spawn_app_flags(&["--demo", "--plan", "unlimited"]).await;
+    let (statuses, _) = burst(&app, 120).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let export = app.export();
+    assert_eq!(export["portal"]["plan"], "unlimited");
+    for (key, value) in demo_fixture()["portal"].as_object().unwrap() {
+        if key != "plan" {
+            assert_eq!(&export["portal"][key], value, "portal.{key} is the demo's");
+        }
+    }
+    assert_eq!(members(&export, 8773), vec![12, 14, 20, 30], "the demo's chats are there");
+    app.kill();
+
+    let dir = app.data_dir.to_str().unwrap().to_string();
+    let refused = run_cli(&["serve", "--data-dir", dir.as_str(), "--plan", "free"]);
+    assert!(!refused.status.success(), "an unknown plan is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unlimited"), "the error names the plans");
+}
+
+#[tokio::test]
+async fn standard_demo_refuses_the_51st_call() {
+    let app = spawn_app_flags(&["--demo"]).await;
+    let start = Instant::now();
+    let accepted = fill(&app, 200).await;
+    let most = most_admitted(50, 2.0, start.elapsed());
+    assert!((50..=most).contains(&accepted), "the demo portal is on plan standard: a burst of 50, {accepted} accepted");
+}
+
 #[tokio::test]
 async fn enterprise_plan_has_a_burst_of_250() {
     let app = spawn_app_with(plan("enterprise")).await;
