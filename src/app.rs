@@ -14,18 +14,21 @@ use axum_server::Handle;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::clock::{Clock, PortalClock};
 use crate::config::Settings;
 use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::Code;
-use crate::rest::limits::{Clock, OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
+use crate::rest::limits::{OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
 use crate::rest::limits_redis::RedisLimits;
 use crate::store::DynStore;
 
 pub struct AppState {
     pub store: DynStore,
     pub settings: Settings,
+    /// The portal's clock: every reading of wall time goes through it (`/_crmchat/clock` moves it).
+    pub clock: Arc<PortalClock>,
     pub requests: Arc<dyn RequestLimits>,
     pub operating: Arc<dyn OperatingTimeLimits>,
     /// Set when the limits are shared through Redis (for `/healthz`).
@@ -33,26 +36,30 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of one server process, with in-memory limiters.
-    pub fn new(store: DynStore, settings: Settings, clock: Arc<dyn Clock>) -> Self {
+    /// The state of one server process, with in-memory limiters; the portal clock runs over `base` (the
+    /// system's clock, or a test's).
+    pub fn new(store: DynStore, settings: Settings, base: Arc<dyn Clock>) -> Self {
+        let clock = Arc::new(PortalClock::over(base));
         Self {
             store,
             settings,
             requests: Arc::new(RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS)),
-            operating: Arc::new(OperatingTime::new(clock, LIMITER_MAX_KEYS)),
+            operating: Arc::new(OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS)),
+            clock,
             redis: None,
         }
     }
 
     /// The state of an instance that shares its limits with others through Redis at `redis_url`.
     pub fn with_redis(store: DynStore, settings: Settings, redis_url: &str) -> anyhow::Result<Self> {
-        let clock: Arc<dyn Clock> = Arc::new(crate::rest::limits::SystemClock);
+        let clock = Arc::new(PortalClock::default());
         let redis = Arc::new(RedisLimits::new(
             redis_url,
+            clock.clone(),
             RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS),
-            OperatingTime::new(clock, LIMITER_MAX_KEYS),
+            OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS),
         )?);
-        Ok(Self { store, settings, requests: redis.clone(), operating: redis.clone(), redis: Some(redis) })
+        Ok(Self { store, settings, clock, requests: redis.clone(), operating: redis.clone(), redis: Some(redis) })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::auth::{self, Caller};
-use super::envelope::{php_array, unix_now};
+use super::envelope::php_array;
 use super::error::{ApiError, Code};
 use super::registry::{self, Kind};
 use super::{AppState, invoke, params};
@@ -31,13 +31,7 @@ fn own_param<'a>(params: &'a Params, name: &str) -> Option<&'a Value> {
     params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
-pub async fn run(
-    app: &AppState,
-    caller: &Caller,
-    portal: &Arc<PortalSettings>,
-    params: &Params,
-    _start: f64,
-) -> Output {
+pub async fn run(app: &AppState, caller: &Caller, portal: &Arc<PortalSettings>, params: &Params) -> Output {
     // PHP truthiness: "false" is a non-empty string, so it halts.
     let halt = !is_empty(own_param(params, "halt"));
     let commands: Vec<(String, Value)> = match own_param(params, "cmd") {
@@ -90,7 +84,7 @@ async fn run_command(
     command: &Value,
     answers: &Answers,
 ) -> Result<(Output, super::envelope::Timing), ApiError> {
-    let start = unix_now();
+    let start = crate::clock::Start::now(&app.clock);
     let Value::String(command) = command else {
         return Err(Code::MethodNotFound.into());
     };

@@ -25,12 +25,6 @@ pub struct Timing {
     pub operating_reset_at: i64,
 }
 
-/// Unix time in seconds. Read from `SystemTime` directly: `chrono::Utc::now` also works out the calendar date,
-/// which every request would pay for several times.
-pub fn unix_now() -> f64 {
-    super::limits::unix_micros(std::time::SystemTime::now()) as f64 / 1e6
-}
-
 /// PHP's `date('c')`: ISO-8601 with a numeric offset, never `Z`. Every answer carries two of these and they
 /// change once a second, so each thread keeps the last one it wrote.
 pub fn php_date_c(unix: f64) -> String {

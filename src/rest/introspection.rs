@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::envelope::{php_date_c, unix_now};
+use super::envelope::php_date_c;
 use super::registry::{METHODS, all_scopes, find};
 use crate::methods::args::is_empty;
 use crate::methods::{CallContext, MethodResult, Params};
@@ -41,8 +41,9 @@ pub async fn method_get(ctx: &CallContext<'_>, params: &Params) -> MethodResult 
     Ok(json!({"isExisting": method.is_some(), "isAvailable": available}).into())
 }
 
-pub async fn server_time(_ctx: &CallContext<'_>, _params: &Params) -> MethodResult {
-    Ok(json!(php_date_c(unix_now())).into())
+/// The portal clock's time when the call began.
+pub async fn server_time(ctx: &CallContext<'_>, _params: &Params) -> MethodResult {
+    Ok(json!(php_date_c(ctx.now_ms as f64 / 1000.0)).into())
 }
 
 pub async fn profile(ctx: &CallContext<'_>, _params: &Params) -> MethodResult {

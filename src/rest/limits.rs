@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -43,63 +43,8 @@ const MICROS: i64 = 1_000_000;
 const OPERATING_LIMIT_US: u64 = 480 * MICROS as u64;
 const MIN_COUNTED_US: u64 = 100_000;
 
-// ---------------------------------------------------------------------------------------------------------------
-// Clocks
-
-/// The source of "now"; injected so tests (and a shared backend) control time.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to; for tests.
-#[derive(Debug)]
-pub struct ManualClock {
-    now: Mutex<SystemTime>,
-}
-
-impl ManualClock {
-    pub fn new(start: SystemTime) -> Self {
-        ManualClock { now: Mutex::new(start) }
-    }
-
-    /// A clock standing at `secs` seconds after the unix epoch.
-    pub fn at_unix(secs: u64) -> Self {
-        Self::new(UNIX_EPOCH + Duration::from_secs(secs))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
-    }
-
-    pub fn set(&self, to: SystemTime) {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner()) = to;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Microseconds since the unix epoch (negative before it).
-pub fn unix_micros(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
-    }
-}
+// The clocks live in `crate::clock`; re-exported here for the limiters' users.
+pub use crate::clock::{Clock, ManualClock, SystemClock, unix_micros};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Request intensity
@@ -476,6 +421,7 @@ impl<V> Tracked<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     /// 1_700_000_040 is a whole minute (28_333_334 × 60).
     const T0: u64 = 1_700_000_040;

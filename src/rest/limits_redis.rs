@@ -1,6 +1,7 @@
 //! Limits shared by several crmchat instances through Redis: the request-intensity bucket and the
 //! operating-time windows live in Redis and are updated by atomic Lua scripts that mirror [`LeakyBucket`] and
-//! [`OperatingWindow`] of the in-memory limiters, with Redis's own clock so instances need not agree on time.
+//! [`OperatingWindow`] of the in-memory limiters, with Redis's own clock so instances need not agree on time
+//! (plus this instance's portal-clock offset, so a test that moves the clock moves the limits too).
 //!
 //! When Redis cannot be reached, each instance keeps serving with its local limiters (an outage of the limit
 //! store should not take the API down; the limit is then per instance until Redis is back) and says so in the
@@ -16,6 +17,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
+use std::sync::Arc;
+
+use crate::clock::PortalClock;
 
 use super::limits::{
     LeakyBucket, OPERATING_LIMIT_SECS, OperatingStatus, OperatingTime, OperatingTimeLimits, Plan, RequestLimiter,
@@ -32,7 +36,7 @@ const KEY_PREFIX: &str = "crmchat:limits:";
 /// formatting would turn microsecond timestamps into lossy scientific notation.
 const ADMIT_LUA: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[4])
 local burst, rate, unit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'level', 'updated', 'rate')
 local level = tonumber(state[1]) or 0
@@ -53,7 +57,7 @@ return 1
 
 /// `OperatingWindow::status`: the sum of the last ten minutes and when the oldest of them expires.
 const STATUS_LUA: &str = r#"
-local now = tonumber(redis.call('TIME')[1])
+local now = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
 local oldest = math.floor(now / 60) - 9
 local fields = redis.call('HGETALL', KEYS[1])
 local total, first = 0, nil
@@ -73,7 +77,7 @@ return {string.format('%.0f', total), reset}
 
 /// `OperatingWindow::record` (the caller drops calls under 0.1 s).
 const RECORD_LUA: &str = r#"
-local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
+local minute = math.floor((tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2])) / 60)
 redis.call('HINCRBY', KEYS[1], minute, ARGV[1])
 redis.call('EXPIRE', KEYS[1], 660)
 return 1
@@ -84,6 +88,7 @@ pub struct RedisLimits {
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     down_until: Mutex<Option<Instant>>,
     healthy: AtomicBool,
+    clock: Arc<PortalClock>,
     local_requests: RequestLimiter,
     local_operating: OperatingTime,
     admit: Script,
@@ -94,12 +99,18 @@ pub struct RedisLimits {
 impl RedisLimits {
     /// `url` is checked here; the connection is made on first use, so an instance starts even while Redis is
     /// down.
-    pub fn new(url: &str, local_requests: RequestLimiter, local_operating: OperatingTime) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        clock: Arc<PortalClock>,
+        local_requests: RequestLimiter,
+        local_operating: OperatingTime,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             client: redis::Client::open(url)?,
             connection: tokio::sync::Mutex::new(None),
             down_until: Mutex::new(None),
             healthy: AtomicBool::new(true),
+            clock,
             local_requests,
             local_operating,
             admit: Script::new(ADMIT_LUA),
@@ -152,6 +163,11 @@ impl RedisLimits {
         }
     }
 
+    /// The portal clock's offset in whole seconds, for the scripts that work in seconds.
+    fn offset_secs(&self) -> String {
+        self.clock.offset_us().div_euclid(1_000_000).to_string()
+    }
+
     /// Run a script; `None` (and Redis marked down for a while) on any failure.
     async fn run<T: redis::FromRedisValue>(&self, script: &Script, key: &str, args: &[String]) -> Option<T> {
         let mut connection = self.connection().await?;
@@ -181,7 +197,12 @@ impl RedisLimits {
 #[async_trait]
 impl RequestLimits for RedisLimits {
     async fn admit(&self, key: &str, plan: Plan) -> bool {
-        let args = [plan.burst.to_string(), plan.per_second.to_string(), LeakyBucket::UNIT.to_string()];
+        let args = [
+            plan.burst.to_string(),
+            plan.per_second.to_string(),
+            LeakyBucket::UNIT.to_string(),
+            self.clock.offset_us().to_string(),
+        ];
         match self.run::<i64>(&self.admit, &format!("req:{key}"), &args).await {
             Some(admitted) => admitted == 1,
             None => self.local_requests.admit(key, plan),
@@ -192,7 +213,7 @@ impl RequestLimits for RedisLimits {
 #[async_trait]
 impl OperatingTimeLimits for RedisLimits {
     async fn status(&self, key: &str) -> OperatingStatus {
-        match self.run::<(String, i64)>(&self.status, &format!("op:{key}"), &[]).await {
+        match self.run::<(String, i64)>(&self.status, &format!("op:{key}"), &[self.offset_secs()]).await {
             Some((total_us, reset_at)) => {
                 let operating = total_us.parse::<f64>().unwrap_or(0.0) / 1e6;
                 OperatingStatus { operating, reset_at, blocked: operating > OPERATING_LIMIT_SECS }
@@ -206,7 +227,7 @@ impl OperatingTimeLimits for RedisLimits {
             return;
         }
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).to_string();
-        if self.run::<i64>(&self.record, &format!("op:{key}"), &[micros]).await.is_none() {
+        if self.run::<i64>(&self.record, &format!("op:{key}"), &[micros, self.offset_secs()]).await.is_none() {
             self.local_operating.record(key, duration);
         }
     }

@@ -20,11 +20,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
-use self::envelope::{Format, Timing, render_error, render_success, unix_now};
+use self::envelope::{Format, Timing, render_error, render_success};
 use self::error::{ApiError, Code, Variant};
 use self::limits::{OperatingStatus, Plan};
 use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
+use crate::clock::Start;
 use crate::domain::PortalSettings;
 use crate::methods::{CallContext, Output, Params};
 
@@ -101,7 +102,7 @@ fn client_of<'a>(app: &AppState, parts: &'a axum::http::request::Parts) -> (Tran
 
 /// Every `/rest/...` request: method lookup (404) → parameters → authentication and scope (401) → method.
 pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
-    let start = unix_now();
+    let start = Start::now(&app.clock);
     let (parts, body) = request.into_parts();
     let (transport, client_ip) = client_of(&app, &parts);
     let Some(rest_path) = parse_path(parts.uri.path()) else {
@@ -124,7 +125,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
             method = %rest_path.method,
             status = 200,
             request_id,
-            elapsed_ms = (unix_now() - start) * 1000.0,
+            elapsed_ms = start.instant.elapsed().as_secs_f64() * 1000.0,
             "rest call"
         ),
         Err(err) => tracing::info!(
@@ -132,7 +133,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
             status = err.status().as_u16(),
             error = err.code().as_str(),
             request_id,
-            elapsed_ms = (unix_now() - start) * 1000.0,
+            elapsed_ms = start.instant.elapsed().as_secs_f64() * 1000.0,
             "rest call refused"
         ),
     }
@@ -152,7 +153,7 @@ async fn call(
     request: Incoming<'_>,
     headers: &HeaderMap,
     body: Body,
-    start: f64,
+    start: Start,
 ) -> Result<(Output, Timing), ApiError> {
     let Some(method) = registry::find(&request.rest_path.method) else {
         return Err(Code::MethodNotFound.into());
@@ -166,7 +167,7 @@ async fn call(
     {
         return Err(Code::InvalidRequest.into());
     }
-    let caller = auth::authenticate(&app.store, credentials, (start * 1000.0) as i64).await?;
+    let caller = auth::authenticate(&app.store, credentials, start.unix_ms()).await?;
     check_scope(&caller, method)?;
     // One bucket per portal and client IP: applications on one server share it. A batch counts once.
     if let Some(plan) = Plan::for_name(&portal.plan)
@@ -176,11 +177,11 @@ async fn call(
     }
     let (output, timing) = match method.kind {
         Kind::Batch => {
-            let output = batch::run(app, &caller, &portal, &params, start).await;
-            let finish = unix_now();
+            let output = batch::run(app, &caller, &portal, &params).await;
+            let finish = std::time::Instant::now();
             // The outer batch is not charged operating time; its commands are.
-            let operating = OperatingStatus { operating: 0.0, reset_at: start as i64 + 600, blocked: false };
-            (output, timing(start, start, finish, &operating))
+            let operating = OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + 600, blocked: false };
+            (output, timing(&start, start.instant, finish, &operating))
         }
         Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
     };
@@ -201,7 +202,7 @@ pub(crate) async fn invoke(
     portal: &Arc<PortalSettings>,
     method: &MethodDef,
     params: &Params,
-    start: f64,
+    start: Start,
 ) -> Result<(Output, Timing), ApiError> {
     check_scope(caller, method)?;
     let Kind::Method(handler) = method.kind else {
@@ -218,12 +219,13 @@ pub(crate) async fn invoke(
         caller: &caller.user,
         scopes: &caller.scopes,
         client_id: caller.client_id.as_deref(),
-        now_ms: (start * 1000.0) as i64,
+        now_ms: start.unix_ms(),
     };
-    let method_start = unix_now();
+    // Durations come from the monotonic clock: moving the portal clock must not charge or refund time.
+    let method_start = std::time::Instant::now();
     let result = handler(&ctx, params).await;
-    let finish = unix_now();
-    let duration = std::time::Duration::from_secs_f64((finish - method_start).max(0.0));
+    let finish = std::time::Instant::now();
+    let duration = finish.saturating_duration_since(method_start);
     // Failed calls consume operating time too: the work was done. A call too short to be charged leaves the
     // standing as it was, so it is not asked for again.
     let operating = if duration >= limits::MIN_COUNTED {
@@ -233,14 +235,20 @@ pub(crate) async fn invoke(
         before
     };
     let output = result?;
-    Ok((output, timing(start, method_start, finish, &operating)))
+    Ok((output, timing(&start, method_start, finish, &operating)))
 }
 
-fn timing(start: f64, method_start: f64, finish: f64, operating: &OperatingStatus) -> Timing {
+/// The `time` block: instants on the portal clock, durations on the monotonic one.
+fn timing(
+    start: &Start,
+    method_start: std::time::Instant,
+    finish: std::time::Instant,
+    operating: &OperatingStatus,
+) -> Timing {
     Timing {
-        start,
-        finish,
-        processing: finish - method_start,
+        start: start.unix,
+        finish: start.unix_at(finish),
+        processing: finish.saturating_duration_since(method_start).as_secs_f64(),
         operating: operating.operating,
         operating_reset_at: operating.reset_at,
     }

@@ -9,7 +9,7 @@ use axum::response::Response;
 use rand::RngCore;
 use serde_json::{Value, json};
 
-use super::envelope::{Format, render, unix_now};
+use super::envelope::{Format, render};
 use super::error::{ApiError, Code, Variant};
 use super::params;
 use crate::app::AppState;
@@ -52,7 +52,7 @@ async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
     let client_id = text("client_id")?;
     let client_secret = text("client_secret")?;
     let app_record = authenticate_client(app, &client_id, &client_secret).await?;
-    let now_ms = (unix_now() * 1000.0) as i64;
+    let now_ms = app.clock.unix_ms();
     let issued = new_tokens(app, &app_record, now_ms);
     let tokens = &issued.record;
     match grant_type.as_str() {

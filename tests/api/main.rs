@@ -6,6 +6,7 @@ mod backend_move;
 mod batch;
 mod chat_get;
 mod chat_user_list;
+mod clock;
 mod concurrency;
 mod credentials;
 mod durability;
