@@ -1,4 +1,4 @@
-//! Pure rules of `shared/spec/methods.md`: permissions and chat resolution.
+//! Pure rules of `docs/methods.md`: permissions and chat resolution.
 
 use super::{ChatRef, CrmRecord, Line, LineLevel, Member, ReadLevel, SessionLink, User, UserKind};
 

@@ -1,4 +1,4 @@
-//! The vendor methods, one function per method, each reading like its table in `shared/spec/methods.md`.
+//! The vendor methods, one function per method, each reading like its table in `docs/methods.md`.
 
 pub mod args;
 pub mod crm_chat;

@@ -84,7 +84,7 @@ catalogue! {
     MessageAddError => "MESSAGE_ADD_ERROR", 400, "Message isn't added";
     ChatIdEmpty => "CHAT_ID_EMPTY", 400, "Chat ID can't be empty";
     ChatNotFound => "CHAT_NOT_FOUND", 400, "Chat not found";
-    // event.* (events.md).
+    // event.* (the event methods).
     EventNotFound => "ERROR_EVENT_NOT_FOUND", 400, "Event not found";
     WrongHandlerUrl => "ERROR_WRONG_HANDLER_URL", 400, "Wrong handler URL";
     UnsupportedProtocol => "ERROR_UNSUPPORTED_PROTOCOL", 400, "Unsupported handler protocol";

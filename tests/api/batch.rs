@@ -1,4 +1,4 @@
-//! `batch` (protocol.md, batch; clients.md): every way clients send `cmd` and `halt`, the 50-command limit,
+//! `batch` (protocol.md, batch): every way clients send `cmd` and `halt`, the 50-command limit,
 //! per-command errors and scopes, references to earlier answers, PHP-array JSON shapes, transactions.
 
 use serde_json::{Value, json};

@@ -149,7 +149,7 @@ async fn app_add_prints_secret_and_application_token_once() {
     for secret in [&client.secret, &client.application_token, &"demo-secret".to_string()] {
         assert!(!list.contains(secret.as_str()), "app list printed a secret:\n{list}");
     }
-    // The export holds the secret's hash; the application token is kept as given (fixtures.md).
+    // The export holds the secret's hash; the application token is kept as given (state-format.md).
     let export = app.export();
     assert!(!export.to_string().contains(&client.secret));
     let row = export["apps"].as_array().unwrap().iter().find(|a| a["client_id"] == "local.cli.app").unwrap();

@@ -56,7 +56,7 @@ async fn author_unchanged_when_no_active_employee_remains() {
 }
 
 /// The author stays unchanged after leaving (methods.md), and loading an export reproduces the state
-/// (fixtures.md): the export of such a chat must load again.
+/// (state-format.md): the export of such a chat must load again.
 #[tokio::test]
 async fn export_after_the_author_left_without_successor_loads_again() {
     let fixture = demo_with(|f| {

@@ -1,4 +1,4 @@
-//! Portal state files through the command line (fixtures.md): validation, YAML, upserts, export round trips.
+//! Portal state files through the command line (state-format.md): validation, YAML, upserts, export round trips.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,4 +1,4 @@
-//! Hostile input (protocol.md, Limits [crmchat]; compat.md #2, #9): every case gets a clear error in the vendor's
+//! Hostile input (protocol.md, Limits [crmchat]; compatibility.md #2, #9): every case gets a clear error in the vendor's
 //! envelope or a closed connection; never a crash, never a 500 with internals, never a partial change.
 
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@ mod chat_user_list;
 mod clock;
 mod concurrency;
 mod credentials;
+mod doc_links;
 mod durability;
 mod effects;
 mod fixtures_cli;

@@ -1,4 +1,4 @@
-//! OAuth applications (protocol.md, Authentication and scopes; compat.md #5): the local token endpoint, the
+//! OAuth applications (protocol.md, Authentication and scopes; compatibility.md #5): the local token endpoint, the
 //! order in which a token is looked up, and each token error.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

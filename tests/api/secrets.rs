@@ -1,4 +1,4 @@
-//! Secrets never reach the logs nor the state export (conventions.md; fixtures.md).
+//! Secrets never reach the logs nor the state export (the project rule: never log a secret; state-format.md).
 
 use serde_json::json;
 

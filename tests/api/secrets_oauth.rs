@@ -1,6 +1,6 @@
 //! Secrets of the credentials commands and of OAuth (webhook codes, client secrets, application tokens,
 //! authorization codes, access and refresh tokens) never appear in logs, error answers, other commands' output
-//! or `state export` (fixtures.md; the item 6). Only the one-time prints show them.
+//! or `state export` (state-format.md; the item 6). Only the one-time prints show them.
 
 use serde_json::{Value, json};
 
@@ -156,7 +156,7 @@ async fn no_secret_in_logs_errors_outputs_or_export() {
     for (what, text) in &outputs {
         secrets.assert_absent(what, text, &[]);
     }
-    // The export keeps hashes; the application token is kept as given (fixtures.md), but the app was removed.
+    // The export keeps hashes; the application token is kept as given (state-format.md), but the app was removed.
     let export = app.export();
     secrets.assert_absent("state export", &export.to_string(), &["application token"]);
     // Nor does the database keep any of them in clear (tokens are stored hashed).

@@ -501,7 +501,7 @@ async fn row13_target_lacks_line_history() {
     assert_eq!(members(&app.export(), 8773), [12, 14, 20, 30, QUINN, 1]);
 }
 
-/// compat.md #11: the target's own `history` permission decides, not the caller's.
+/// compatibility.md #11: the target's own `history` permission decides, not the caller's.
 #[tokio::test]
 async fn row13_is_the_targets_own_permission() {
     let app = spawn_app_with(fixture()).await;

@@ -1,5 +1,5 @@
 //! The generated portal: N deals, each with one chat of M members drawn from a pool of employees, written as a
-//! portal state file (shared/spec/fixtures.md), and the list of its memberships the delete workloads remove.
+//! portal state file (docs/state-format.md), and the list of its memberships the delete workloads remove.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
