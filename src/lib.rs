@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod fixtures;
 pub mod methods;
 pub mod read_timeout;

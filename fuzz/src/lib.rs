@@ -103,6 +103,7 @@ impl BatchHarness {
                 kind: AuthKind::Webhook,
                 credential_id: "webhook:fuzz".into(),
                 client_id: None,
+                auth_connector: String::new(),
             };
             (Arc::new(AppState::new(store, Settings::default(), Arc::new(SystemClock))), caller, portal)
         });

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod crm_chat;
+pub mod event;
 pub mod im_chat;
 pub mod message;
 
@@ -27,6 +28,8 @@ pub struct CallContext<'r> {
     pub scopes: &'r [String],
     /// The OAuth application's client id; `None` for a webhook.
     pub client_id: Option<&'r str>,
+    /// The call's `auth_connector` (the source key of offline events); empty when not given.
+    pub auth_connector: &'r str,
     pub now_ms: i64,
 }
 

@@ -26,6 +26,8 @@ pub struct Caller {
     pub credential_id: String,
     /// The OAuth application's client id; `None` for a webhook.
     pub client_id: Option<String>,
+    /// The call's `auth_connector` parameter (offline events' source key); empty when not given.
+    pub auth_connector: String,
 }
 
 impl Caller {
@@ -119,6 +121,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                     kind: AuthKind::Webhook,
                     credential_id: format!("webhook:{}", hook.id),
                     client_id: None,
+                    auth_connector: String::new(),
                 }),
                 _ => Err(Code::InvalidCredentials.into()),
             }
@@ -136,6 +139,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                 kind: AuthKind::OAuth,
                 credential_id: format!("app:{}", record.client_id),
                 client_id: Some(record.client_id),
+                auth_connector: String::new(),
             })
         }
     }

@@ -153,6 +153,12 @@ variants! {
         "Access denied! Offline events binding requires administrator access rights";
     DeniedAuthTypeBinding => AccessDenied, 403,
         "Access denied! Event binding with AUTH_TYPE requires administrator access rights";
+    DeniedOfflineUnbinding => AccessDenied, 403,
+        "Access denied! Offline events unbinding requires administrator access rights";
+    DeniedAuthTypeUnbinding => AccessDenied, 403,
+        "Access denied! Event unbinding with AUTH_TYPE requires administrator access rights";
+    // `event.bind` of an offline handler for an event that allows none (`ONOFFLINEEVENT`); no `argument` key.
+    OfflineNotAllowed => Argument, 400, "Offline event cannot be registered for this event.";
     // `imopenlines.crm.chat.getLastId` folds every other failure into this one answer.
     CrmEntityNotFound => CrmChatEmptyCrmData, 400, "Could not find CRM entity";
     CoreBindingInProgress => Core, 400, "Unable to set event handler: Process of binding the handler has already started";
@@ -217,6 +223,12 @@ impl ApiError {
             description: Cow::Owned(description),
             argument: Some(name.to_string()),
         }
+    }
+
+    /// `ERROR_ARGUMENT` for an argument whose value the vendor refuses with a fixed text (`event_type`'s
+    /// "Value must be one of {online|offline}").
+    pub fn argument_refused(name: &str, text: &str) -> Self {
+        Self::argument(name, text.to_string())
     }
 
     /// `ERROR_ARGUMENT` for parameters that could not be read at all (invalid JSON, too deep, too many)

@@ -159,6 +159,11 @@ async fn call(
         return Err(Code::MethodNotFound.into());
     };
     let mut params = read_params(app, request.query, headers, body).await?;
+    // A reserved key, removed with the credentials; offline events need it.
+    let auth_connector = match params.get("auth_connector") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
     let credentials = auth::extract(request.rest_path.webhook, headers, &mut params);
     let portal = app.store.portal().await?;
     if portal.require_https
@@ -167,7 +172,8 @@ async fn call(
     {
         return Err(Code::InvalidRequest.into());
     }
-    let caller = auth::authenticate(&app.store, credentials, start.unix_ms()).await?;
+    let mut caller = auth::authenticate(&app.store, credentials, start.unix_ms()).await?;
+    caller.auth_connector = auth_connector;
     check_scope(&caller, method)?;
     // One bucket per portal and client IP: applications on one server share it. A batch counts once.
     if let Some(plan) = Plan::for_name(&portal.plan)
@@ -219,6 +225,7 @@ pub(crate) async fn invoke(
         caller: &caller.user,
         scopes: &caller.scopes,
         client_id: caller.client_id.as_deref(),
+        auth_connector: &caller.auth_connector,
         now_ms: start.unix_ms(),
     };
     // Durations come from the monotonic clock: moving the portal clock must not charge or refund time.

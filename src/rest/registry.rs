@@ -1,7 +1,7 @@
 //! The method registry: every vendor method crmchat serves, with its scope and handler.
 
 use super::introspection;
-use crate::methods::{Handler, crm_chat, im_chat, message};
+use crate::methods::{Handler, crm_chat, event, im_chat, message};
 
 pub enum Kind {
     Method(Handler),
@@ -31,6 +31,10 @@ pub static METHODS: &[MethodDef] = &[
     method!("server.time", None, introspection::server_time),
     method!("profile", None, introspection::profile),
     method!("app.info", None, introspection::app_info),
+    method!("events", None, event::list),
+    method!("event.bind", None, event::bind),
+    method!("event.unbind", None, event::unbind),
+    method!("event.get", None, event::get),
     method!("imopenlines.crm.chat.user.delete", Some("imopenlines"), crm_chat::user_delete),
     method!("imopenlines.crm.chat.user.add", Some("imopenlines"), crm_chat::user_add),
     method!("imopenlines.crm.chat.getlastid", Some("imopenlines"), crm_chat::get_last_id),

@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
 use super::{
-    AppRecord, AuthCode, Change, ChangeOutcome, DynStore, LoadError, Store, StoreError, StoreResult, TokenRecord,
-    WebhookCredential, WebhookInfo,
+    AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, DynStore, EventBinding, LoadError, Store, StoreError,
+    StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
@@ -301,5 +301,17 @@ impl Store for CachedStore {
 
     async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>> {
         self.inner.rotate_tokens(old_refresh_sha256, new).await
+    }
+
+    async fn add_binding(&self, binding: &EventBinding, at_ms: i64) -> StoreResult<Option<i64>> {
+        self.inner.add_binding(binding, at_ms).await
+    }
+
+    async fn remove_bindings(&self, filter: &BindingFilter) -> StoreResult<u64> {
+        self.inner.remove_bindings(filter).await
+    }
+
+    async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>> {
+        self.inner.bindings(client_id).await
     }
 }

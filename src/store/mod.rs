@@ -83,6 +83,31 @@ pub struct AuthCode {
     pub expires_ms: i64,
 }
 
+/// A handler bound with `event.bind`. `handler` is empty for an offline binding; `user_id` is its `auth_type`
+/// (0: the user who caused the event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBinding {
+    pub id: i64,
+    pub client_id: String,
+    pub event: String,
+    pub handler: String,
+    pub user_id: i64,
+    pub connector_id: String,
+    /// `options[minTimeout]` of an `ONOFFLINEEVENT` binding, in seconds.
+    pub min_timeout: Option<i64>,
+}
+
+/// Which bindings `event.unbind` removes: those of the application, event and handler, and of the user and
+/// connector when given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingFilter {
+    pub client_id: String,
+    pub event: String,
+    pub handler: String,
+    pub user_id: Option<i64>,
+    pub connector_id: Option<String>,
+}
+
 /// How much of the state an export reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportDetail {
@@ -179,6 +204,15 @@ pub trait Store: Send + Sync + 'static {
     /// Replace the pair holding `old_refresh_sha256` by `new` in one step; `None` when that refresh token is
     /// unknown (already used, or never issued), so a refresh token works once.
     async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>>;
+
+    // Event bindings.
+    /// The new binding's id; `None` when the same binding (application, event, handler, user, connector)
+    /// exists already. The `id` given is ignored.
+    async fn add_binding(&self, binding: &EventBinding, at_ms: i64) -> StoreResult<Option<i64>>;
+    /// How many bindings were removed.
+    async fn remove_bindings(&self, filter: &BindingFilter) -> StoreResult<u64>;
+    /// The application's bindings in id order.
+    async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

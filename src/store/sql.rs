@@ -95,7 +95,8 @@ pub(crate) mod statements {
          SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4 FROM messages RETURNING id";
     pub const INSERT_NOTIFICATION: &str =
         "INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)";
-    pub const INSERT_OUTBOX: &str = "INSERT INTO outbox (event, payload, created_ms) VALUES ($1, $2, $3)";
+    pub const INSERT_OUTBOX: &str =
+        "INSERT INTO outbox (event, payload, created_ms, user_id, depth) VALUES ($1, $2, $3, 0, 0)";
 
     #[cfg(test)]
     pub const ALL: [&str; 13] = [
@@ -195,7 +196,7 @@ macro_rules! shared_sql {
             use $crate::fixtures::{self, PortalState};
             use $crate::store::sql::{Backend, line_level, now_ms, read_level, split_list};
             use $crate::store::{
-                AppRecord, AuthCode, Change, ChangeOutcome, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
+                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, EventBinding, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
                 WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
             };
 
@@ -526,6 +527,59 @@ macro_rules! shared_sql {
                     insert_tokens(&mut *tx, new).await?;
                     tx.commit().await?;
                     Ok(Some(old))
+                }
+
+                async fn add_binding(&self, b: &EventBinding, at_ms: i64) -> StoreResult<Option<i64>> {
+                    Ok(sqlx::query_scalar(
+                        "INSERT INTO event_bindings (client_id, event, handler, user_id, connector_id, min_timeout, \
+                         created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (client_id, event, handler, user_id, connector_id) DO NOTHING RETURNING id",
+                    )
+                    .bind(&b.client_id)
+                    .bind(&b.event)
+                    .bind(&b.handler)
+                    .bind(b.user_id)
+                    .bind(&b.connector_id)
+                    .bind(b.min_timeout)
+                    .bind(at_ms)
+                    .fetch_optional(self.writer())
+                    .await?)
+                }
+
+                async fn remove_bindings(&self, f: &BindingFilter) -> StoreResult<u64> {
+                    // NULL leaves a condition out.
+                    let done = sqlx::query(
+                        "DELETE FROM event_bindings WHERE client_id = $1 AND event = $2 AND handler = $3 \
+                         AND ($4 IS NULL OR user_id = $4) AND ($5 IS NULL OR connector_id = $5)",
+                    )
+                    .bind(&f.client_id)
+                    .bind(&f.event)
+                    .bind(&f.handler)
+                    .bind(f.user_id)
+                    .bind(f.connector_id.as_deref())
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>> {
+                    let rows = sqlx::query("SELECT * FROM event_bindings WHERE client_id = $1 ORDER BY id")
+                        .bind(client_id)
+                        .fetch_all(self.reader())
+                        .await?;
+                    Ok(rows.iter().map(binding_from_row).collect())
+                }
+            }
+
+            fn binding_from_row(r: &Row) -> EventBinding {
+                EventBinding {
+                    id: r.get("id"),
+                    client_id: r.get("client_id"),
+                    event: r.get("event"),
+                    handler: r.get("handler"),
+                    user_id: r.get("user_id"),
+                    connector_id: r.get("connector_id"),
+                    min_timeout: r.get("min_timeout"),
                 }
             }
 

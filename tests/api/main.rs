@@ -12,6 +12,7 @@ mod credentials;
 mod doc_links;
 mod durability;
 mod effects;
+mod events;
 mod fixtures_cli;
 mod fuzz_corpus;
 mod get_last_id;
