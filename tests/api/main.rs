@@ -23,6 +23,7 @@ mod oauth;
 mod operating_time;
 mod power_loss;
 mod rate_limit;
+mod readme;
 mod schema;
 mod sdk;
 mod secrets;

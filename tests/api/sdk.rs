@@ -16,14 +16,14 @@ use crate::helpers::*;
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where `tests/sdk/setup.sh` installs the SDKs (it reads the same variable).
-fn sdk_dir() -> PathBuf {
+pub(crate) fn sdk_dir() -> PathBuf {
     std::env::var_os("CRMCHAT_SDK_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk"))
 }
 
 /// Runs `tests/sdk/setup.sh` once per test process; both tests wait for it and share its outcome.
-fn setup() {
+pub(crate) fn setup() {
     static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
     let outcome = SETUP.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/setup.sh");
