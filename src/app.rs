@@ -33,6 +33,12 @@ pub struct AppState {
     pub operating: Arc<dyn OperatingTimeLimits>,
     /// Set when the limits are shared through Redis (for `/healthz`).
     pub redis: Option<Arc<RedisLimits>>,
+    /// The control API (`/_crmchat/`): its token and the start-up state a reset returns to.
+    pub control: crate::control::Control,
+    /// Every REST call holds this for reading while it runs; replacing the whole state (a reset, a restore)
+    /// holds it for writing, so a call never sees part of the old state and part of the new one. Fair: a
+    /// waiting replace holds back calls that arrive after it.
+    pub state_gate: tokio::sync::RwLock<()>,
 }
 
 impl AppState {
@@ -47,7 +53,14 @@ impl AppState {
             operating: Arc::new(OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS)),
             clock,
             redis: None,
+            control: Default::default(),
+            state_gate: Default::default(),
         }
+    }
+
+    /// The same state with the control API set up as `control` says.
+    pub fn with_control(self, control: crate::control::Control) -> Self {
+        Self { control, ..self }
     }
 
     /// The state of an instance that shares its limits with others through Redis at `redis_url`.
@@ -59,7 +72,16 @@ impl AppState {
             RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS),
             OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS),
         )?);
-        Ok(Self { store, settings, clock, requests: redis.clone(), operating: redis.clone(), redis: Some(redis) })
+        Ok(Self {
+            store,
+            settings,
+            clock,
+            requests: redis.clone(),
+            operating: redis.clone(),
+            redis: Some(redis),
+            control: Default::default(),
+            state_gate: Default::default(),
+        })
     }
 }
 
@@ -76,6 +98,8 @@ pub enum Transport {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(crate::control::readyz))
+        .merge(crate::control::router(state.clone()))
         .route("/oauth/token/", any(rest::oauth::token))
         .route("/oauth/token", any(rest::oauth::token))
         // Every other path goes to the REST handler, which parses `/rest/...` itself and answers anything

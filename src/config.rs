@@ -59,6 +59,50 @@ pub struct ServeArgs {
     /// Lifetime of issued OAuth access tokens.
     #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     pub access_token_ttl: u64,
+    /// Turn on the control API under `/_crmchat/` (reset, state, snapshots …) for callers that send
+    /// `Authorization: Bearer TOKEN`. Off without it (`--demo` turns it on with a random token).
+    #[arg(long, env = "CRMCHAT_CONTROL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub control_token: Option<ControlToken>,
+}
+
+/// The control API's token. Kept only as its SHA-256 digest, compared in constant time, and never shown:
+/// its `Debug` is redacted, so printing the settings cannot leak it.
+#[derive(Clone)]
+pub struct ControlToken {
+    digest: [u8; 32],
+}
+
+impl ControlToken {
+    pub fn new(token: &str) -> Self {
+        use sha2::Digest as _;
+        Self { digest: sha2::Sha256::digest(token.as_bytes()).into() }
+    }
+
+    /// Is `candidate` the token? Digests of equal length, compared in constant time: the answer's timing
+    /// tells nothing about the token, not even its length.
+    pub fn matches(&self, candidate: &str) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(candidate.as_bytes()).into();
+        digest.ct_eq(&self.digest).into()
+    }
+}
+
+impl std::fmt::Debug for ControlToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlToken(***)")
+    }
+}
+
+impl std::str::FromStr for ControlToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the control token must not be empty".into());
+        }
+        Ok(ControlToken::new(s))
+    }
 }
 
 /// Settings the request path needs.

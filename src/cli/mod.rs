@@ -200,6 +200,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let state = fixtures::PortalState { portal, ..Default::default() };
         store.load_state(state, true).await.map_err(|e| anyhow::anyhow!("setting --plan {plan}: {e}"))?;
     }
+    // What a reset of the control API goes back to. Only kept when the control API is on.
+    let control_token = match (&args.control_token, args.demo) {
+        (Some(token), _) => Some((token.clone(), None)),
+        (None, true) => {
+            let token = crate::secrets::random_alphanumeric(32);
+            Some((crate::config::ControlToken::new(&token), Some(token)))
+        }
+        (None, false) => None,
+    };
+    let startup = match control_token {
+        Some(_) => Arc::new(store.export_state().await.context("reading the start-up state")?),
+        None => Arc::default(),
+    };
     // Requests read settings, credentials and the portal's structure from memory.
     let store: store::DynStore = Arc::new(store::cache::CachedStore::new(store).await?);
     let portal = store.portal().await?;
@@ -220,10 +233,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         trust_forwarded_for: args.trust_forwarded_for,
         ..Settings::default()
     };
-    let state = Arc::new(match &args.redis {
-        Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
-        None => AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)),
-    });
+    let control = crate::control::Control {
+        token: control_token.as_ref().map(|(token, _)| token.clone()),
+        startup,
+        snapshots_dir: args.storage.data_dir.join("snapshots"),
+    };
+    let state = Arc::new(
+        match &args.redis {
+            Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
+            None => AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)),
+        }
+        .with_control(control),
+    );
 
     if let Some(redis) = &state.redis {
         redis.probe().await;
@@ -250,6 +271,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             demo::DEMO_WEBHOOK_USER,
             demo::DEMO_WEBHOOK_CODE
         )?;
+    }
+    match &control_token {
+        // The demo prints the token it made up: there is no other way to learn it. A token given on the
+        // command line or in the environment is never printed.
+        Some((_, Some(demo_token))) => writeln!(out, "control: http://{http}/_crmchat/ (token {demo_token})")?,
+        Some((_, None)) => writeln!(out, "control: http://{http}/_crmchat/")?,
+        None => {}
     }
     writeln!(out, "ready")?;
     out.flush()?;

@@ -126,6 +126,8 @@ impl LeakyBucket {
 pub trait RequestLimits: Send + Sync {
     /// Count one request for `key` under `plan`; `false` = refuse with 503 (and nothing is counted).
     async fn admit(&self, key: &str, plan: Plan) -> bool;
+    /// Forget every bucket (a reset of the control API).
+    async fn clear(&self);
 }
 
 /// The in-memory request-intensity limiter of one instance. Keys are opaque (the caller builds them from the portal
@@ -192,6 +194,10 @@ impl RequestLimiter {
 impl RequestLimits for RequestLimiter {
     async fn admit(&self, key: &str, plan: Plan) -> bool {
         RequestLimiter::admit(self, key, plan)
+    }
+
+    async fn clear(&self) {
+        self.lock().map.clear();
     }
 }
 
@@ -279,6 +285,8 @@ impl OperatingWindow {
 pub trait OperatingTimeLimits: Send + Sync {
     async fn status(&self, key: &str) -> OperatingStatus;
     async fn record(&self, key: &str, duration: Duration);
+    /// Forget every window (a reset of the control API).
+    async fn clear(&self);
 }
 
 /// The in-memory operating-time accounting of one instance. Keys are opaque (auth type, app or webhook id, method).
@@ -369,6 +377,12 @@ impl OperatingTimeLimits for OperatingTime {
 
     async fn record(&self, key: &str, duration: Duration) {
         OperatingTime::record(self, key, duration)
+    }
+
+    async fn clear(&self) {
+        let mut inner = self.lock();
+        inner.map.clear();
+        self.charged_keys.store(0, Ordering::Relaxed);
     }
 }
 

@@ -208,6 +208,12 @@ impl RequestLimits for RedisLimits {
             None => self.local_requests.admit(key, plan),
         }
     }
+
+    /// The local fallback only: the buckets in Redis are shared with the other instances, and drain by
+    /// themselves within seconds.
+    async fn clear(&self) {
+        RequestLimits::clear(&self.local_requests).await;
+    }
 }
 
 #[async_trait]
@@ -230,5 +236,10 @@ impl OperatingTimeLimits for RedisLimits {
         if self.run::<i64>(&self.record, &format!("op:{key}"), &[micros, self.offset_secs()]).await.is_none() {
             self.local_operating.record(key, duration);
         }
+    }
+
+    /// The local fallback only, as for the request buckets.
+    async fn clear(&self) {
+        OperatingTimeLimits::clear(&self.local_operating).await;
     }
 }

@@ -164,6 +164,9 @@ async fn call(
         Some(serde_json::Value::String(s)) => s.clone(),
         _ => String::new(),
     };
+    // Held until the call is done, taken once its body is in (a slow client must not hold back a reset): a
+    // replace of the whole state waits for it (see `AppState::state_gate`).
+    let _calls = app.state_gate.read().await;
     let credentials = auth::extract(request.rest_path.webhook, headers, &mut params);
     let portal = app.store.portal().await?;
     if portal.require_https

@@ -40,6 +40,8 @@ pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Respon
 async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
     let (parts, body) = request.into_parts();
     let bytes = super::read_body(body, app.settings.max_body_bytes).await?;
+    // Tokens refer to users and applications that a replace of the state removes: see `AppState::state_gate`.
+    let _calls = app.state_gate.read().await;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let params = params::parse_request(parts.uri.query(), content_type, &bytes, &app.settings.param_limits)
         .await

@@ -235,6 +235,12 @@ impl Store for CachedStore {
         result
     }
 
+    async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()> {
+        let result = self.inner.replace_state(state, clear_history).await;
+        self.reload_now().await?;
+        result
+    }
+
     async fn is_initialized(&self) -> StoreResult<bool> {
         self.inner.is_initialized().await
     }

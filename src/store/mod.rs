@@ -180,6 +180,10 @@ pub trait Store: Send + Sync + 'static {
     /// Upsert a state file into the portal: merged with what is stored, validated as a whole, written in one
     /// transaction. An invalid file changes nothing.
     async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError>;
+    /// Make the stored portal exactly `state`, which must be validated (an export, or the output of
+    /// `fixtures::validate`): everything not in it is gone, issued OAuth codes and tokens included. One
+    /// transaction; `clear_history` also empties the notifications and the outbox (a reset).
+    async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()>;
     /// A counter moved by every change of settings, credentials, users, records, lines, chats or sessions —
     /// what the in-memory read model holds — by this process or another.
     async fn revision(&self) -> StoreResult<i64>;

@@ -67,6 +67,12 @@ impl Backend for PgStore {
          WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('webhooks', 'id')::regclass), 0)",
     );
 
+    /// One statement; `chats` first, the lock order of every change. `CASCADE` also empties tables that
+    /// refer to these and are written back with the state.
+    const CLEAR_STATE: &'static [&'static str] =
+        &["TRUNCATE chats, portal, users, crm_records, crm_observers, lines, line_queue, connectors, chat_members, \
+         sessions, session_crm, messages, webhooks, apps, oauth_codes, oauth_tokens CASCADE"];
+
     fn reader(&self) -> &PgPool {
         &self.pool
     }
@@ -121,6 +127,13 @@ impl Backend for PgStore {
         let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
         shared::write_state(&mut tx, &merged).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        shared::replace_all(&mut tx, state, clear_history).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -34,6 +34,41 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn export(&self, detail: ExportDetail) -> impl Future<Output = StoreResult<PortalState>> + Send;
     fn load_state(&self, incoming: PortalState, has_portal: bool)
     -> impl Future<Output = Result<(), LoadError>> + Send;
+    /// Replace the whole stored state by a validated one, in one transaction (see `shared::replace_all`).
+    fn replace_state(&self, state: &PortalState, clear_history: bool) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Statements that empty every table of a state, and the OAuth codes and tokens that refer to its users
+    /// and applications, in an order the foreign keys accept.
+    const CLEAR_STATE: &'static [&'static str];
+}
+
+/// The most parameters one bulk `INSERT` binds: well under both backends' limits (SQLite 32766, PostgreSQL
+/// 65535); a 1,000-row statement of four columns prepares in well under a millisecond.
+pub(crate) const BULK_PARAMS: usize = 4000;
+
+/// `INSERT INTO table (columns) VALUES ($1, …), (…)` for `rows` rows.
+pub(crate) fn bulk_insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..columns.len() {
+            n += 1;
+            let _ = write!(sql, "{}${n}", if col == 0 { "" } else { ", " });
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// One value of a bulk insert.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Val<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    Bool(bool),
 }
 
 pub(crate) fn read_level(s: &str) -> StoreResult<ReadLevel> {
@@ -194,7 +229,7 @@ macro_rules! shared_sql {
                 Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
             };
             use $crate::fixtures::{self, PortalState};
-            use $crate::store::sql::{Backend, line_level, now_ms, read_level, split_list};
+            use $crate::store::sql::{Backend, Val, bulk_insert_sql, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, EventBinding, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
                 WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
@@ -365,6 +400,10 @@ macro_rules! shared_sql {
 
                 async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
                     <Self as Backend>::load_state(self, incoming, has_portal).await
+                }
+
+                async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()> {
+                    <Self as Backend>::replace_state(self, state, clear_history).await
                 }
 
                 async fn revision(&self) -> StoreResult<i64> {
@@ -1032,6 +1071,187 @@ macro_rules! shared_sql {
                     .execute(&mut **tx)
                     .await?;
                 }
+                Ok(())
+            }
+
+            /// Inserts `values` (rows of `columns.len()` values, one after the other) in statements of many rows.
+            async fn bulk_insert(tx: &mut Tx, table: &str, columns: &[&str], values: &[Val<'_>]) -> StoreResult<()> {
+                let width = columns.len();
+                let per_statement = ($crate::store::sql::BULK_PARAMS / width).max(1) * width;
+                for chunk in values.chunks(per_statement) {
+                    let sql = bulk_insert_sql(table, columns, chunk.len() / width);
+                    let mut query = sqlx::query::<$db>(&sql);
+                    for value in chunk {
+                        query = match *value {
+                            Val::Int(v) => query.bind(v),
+                            Val::OptInt(v) => query.bind(v),
+                            Val::Text(v) => query.bind(v),
+                            Val::Bool(v) => query.bind(v),
+                        };
+                    }
+                    query.execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Makes the stored state exactly `state` (validated): every table of a state is emptied and
+            /// refilled with bulk inserts, in the caller's transaction, so a reset of a large portal is a handful
+            /// of statements rather than one per row. Issued OAuth codes and tokens go too: they belong to the
+            /// users and applications being replaced. With `clear_history`, so do the messenger notifications
+            /// and the outbox (a reset); without it they stay, as after a load.
+            pub(crate) async fn replace_all(tx: &mut Tx, state: &PortalState, clear_history: bool) -> StoreResult<()> {
+                for statement in <$store as Backend>::CLEAR_STATE {
+                    sqlx::query(statement).execute(&mut **tx).await?;
+                }
+                if clear_history {
+                    sqlx::query("DELETE FROM notifications").execute(&mut **tx).await?;
+                    sqlx::query("DELETE FROM outbox").execute(&mut **tx).await?;
+                }
+                bump_revision(tx).await?;
+                let p = &state.portal;
+                sqlx::query(
+                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https) \
+                     VALUES (1, $1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&p.domain)
+                .bind(&p.language)
+                .bind(p.modules.join(","))
+                .bind(&p.plan)
+                .bind(p.strict_line_permissions)
+                .bind(p.require_https)
+                .execute(&mut **tx)
+                .await?;
+                let mut v: Vec<Val<'_>> = Vec::new();
+                for u in &state.users {
+                    v.extend([
+                        Val::Int(u.id),
+                        Val::Text(&u.name),
+                        Val::Text(&u.last_name),
+                        Val::Bool(u.active),
+                        Val::Text(&u.kind),
+                        Val::Bool(u.admin),
+                        Val::Text(&u.crm_read.lead),
+                        Val::Text(&u.crm_read.deal),
+                        Val::Text(&u.crm_read.contact),
+                        Val::Text(&u.crm_read.company),
+                        Val::Text(&u.lines.join),
+                        Val::Text(&u.lines.history),
+                    ]);
+                }
+                let user_columns = [
+                    "id", "name", "last_name", "active", "kind", "admin", "crm_read_lead", "crm_read_deal",
+                    "crm_read_contact", "crm_read_company", "line_join", "line_history",
+                ];
+                bulk_insert(tx, "users", &user_columns, &v).await?;
+                v.clear();
+                for c in &state.crm {
+                    v.extend([Val::Text(&c.entity_type), Val::Int(c.id), Val::Text(&c.title), Val::Int(c.responsible)]);
+                }
+                bulk_insert(tx, "crm_records", &["entity_type", "id", "title", "responsible"], &v).await?;
+                v.clear();
+                for c in &state.crm {
+                    for (pos, o) in c.observers.iter().enumerate() {
+                        v.extend([Val::Text(&c.entity_type), Val::Int(c.id), Val::Int(*o), Val::Int(pos as i64)]);
+                    }
+                }
+                bulk_insert(tx, "crm_observers", &["entity_type", "entity_id", "user_id", "position"], &v).await?;
+                v.clear();
+                for l in &state.lines {
+                    v.extend([Val::Int(l.id), Val::Text(&l.name)]);
+                }
+                bulk_insert(tx, "lines", &["id", "name"], &v).await?;
+                v.clear();
+                for l in &state.lines {
+                    for (pos, u) in l.queue.iter().enumerate() {
+                        v.extend([Val::Int(l.id), Val::Int(*u), Val::Int(pos as i64)]);
+                    }
+                }
+                bulk_insert(tx, "line_queue", &["line_id", "user_id", "position"], &v).await?;
+                v.clear();
+                for l in &state.lines {
+                    for (pos, k) in l.connectors.iter().enumerate() {
+                        v.extend([Val::Int(l.id), Val::Text(&k.id), Val::Text(&k.title), Val::Bool(k.active), Val::Int(pos as i64)]);
+                    }
+                }
+                bulk_insert(tx, "connectors", &["line_id", "id", "title", "active", "position"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    let count = c.members.len() as i64;
+                    v.extend([Val::Int(c.id), Val::Int(c.line), Val::Text(&c.connector), Val::OptInt(c.author), Val::Int(count), Val::Int(count)]);
+                }
+                let chat_columns = ["id", "line_id", "connector_id", "author_id", "member_count", "next_join_seq"];
+                bulk_insert(tx, "chats", &chat_columns, &v).await?;
+                v.clear();
+                let now = now_ms();
+                for c in &state.chats {
+                    for (seq, m) in c.members.iter().enumerate() {
+                        v.extend([Val::Int(c.id), Val::Int(*m), Val::Int(seq as i64), Val::Int(now)]);
+                    }
+                }
+                bulk_insert(tx, "chat_members", &["chat_id", "user_id", "join_seq", "joined_at"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    for s in &c.sessions {
+                        let status = $crate::fixtures::validate::session_status(&s.status)
+                            .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
+                        v.extend([Val::Int(s.id), Val::Int(c.id), Val::Int(status.0), Val::Int(rfc3339_to_ms(&s.modified)?)]);
+                    }
+                }
+                bulk_insert(tx, "sessions", &["id", "chat_id", "status", "modified_ms"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    for s in &c.sessions {
+                        for (pos, r) in s.crm.iter().enumerate() {
+                            v.extend([Val::Int(s.id), Val::Text(&r.entity_type), Val::Int(r.id), Val::Int(pos as i64)]);
+                        }
+                    }
+                }
+                bulk_insert(tx, "session_crm", &["session_id", "entity_type", "entity_id", "position"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    for m in &c.messages {
+                        v.extend([Val::Int(m.id), Val::Int(c.id), Val::Int(m.author), Val::Text(&m.text), Val::Int(rfc3339_to_ms(&m.date)?)]);
+                    }
+                }
+                bulk_insert(tx, "messages", &["id", "chat_id", "author_id", "text", "date_ms"], &v).await?;
+                v.clear();
+                let scopes: Vec<String> = state.webhooks.iter().map(|w| w.scopes.join(",")).collect();
+                let mut max_id = None;
+                for (w, scopes) in state.webhooks.iter().zip(&scopes) {
+                    let hash =
+                        w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
+                    match w.id {
+                        Some(id) => {
+                            max_id = max_id.max(Some(id));
+                            v.extend([Val::Int(id), Val::Int(w.user), Val::Text(hash), Val::Text(scopes), Val::Int(now)]);
+                        }
+                        // A new webhook: numbered by the database below, after the ones with ids.
+                        None => {}
+                    }
+                }
+                bulk_insert(tx, "webhooks", &["id", "user_id", "code_sha256", "scopes", "created_ms"], &v).await?;
+                v.clear();
+                if let (Some(bump), Some(max_id)) = (<$store as Backend>::AFTER_EXPLICIT_WEBHOOK_ID, max_id) {
+                    sqlx::query(bump).bind(max_id).execute(&mut **tx).await?;
+                }
+                for (w, scopes) in state.webhooks.iter().zip(&scopes).filter(|(w, _)| w.id.is_none()) {
+                    let hash =
+                        w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
+                    sqlx::query("INSERT INTO webhooks (user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4)")
+                        .bind(w.user)
+                        .bind(hash)
+                        .bind(scopes)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                let scopes: Vec<String> = state.apps.iter().map(|a| a.scopes.join(",")).collect();
+                for (a, scopes) in state.apps.iter().zip(&scopes) {
+                    let hash =
+                        a.secret_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("app without hash".into()))?;
+                    v.extend([Val::Text(&a.client_id), Val::Text(hash), Val::Text(scopes), Val::Text(&a.application_token)]);
+                }
+                bulk_insert(tx, "apps", &["client_id", "secret_sha256", "scopes", "application_token"], &v).await?;
                 Ok(())
             }
         }

@@ -63,6 +63,27 @@ impl Backend for SqliteStore {
 
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str> = None;
 
+    /// Children before parents. A `DELETE` without a `WHERE` of a table no foreign key points at empties it
+    /// without visiting its rows (memberships, the bulk of a portal).
+    const CLEAR_STATE: &'static [&'static str] = &[
+        "DELETE FROM session_crm",
+        "DELETE FROM sessions",
+        "DELETE FROM messages",
+        "DELETE FROM chat_members",
+        "DELETE FROM crm_observers",
+        "DELETE FROM line_queue",
+        "DELETE FROM connectors",
+        "DELETE FROM oauth_tokens",
+        "DELETE FROM oauth_codes",
+        "DELETE FROM webhooks",
+        "DELETE FROM chats",
+        "DELETE FROM crm_records",
+        "DELETE FROM lines",
+        "DELETE FROM apps",
+        "DELETE FROM users",
+        "DELETE FROM portal",
+    ];
+
     fn reader(&self) -> &SqlitePool {
         &self.readers
     }
@@ -97,6 +118,13 @@ impl Backend for SqliteStore {
         let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
         shared::write_state(&mut tx, &merged).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        shared::replace_all(&mut tx, state, clear_history).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -31,6 +31,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "CRMCHAT_TLS_KEY",
     "CRMCHAT_MAX_BODY_BYTES",
     "CRMCHAT_PLAN",
+    "CRMCHAT_CONTROL_TOKEN",
 ];
 
 /// The demo portal of `crmchat serve --demo`, as a state file to change per test.
@@ -286,6 +287,7 @@ impl Resp {
 
 struct Server {
     child: Child,
+    printed: Vec<String>,
     http_base: String,
     https_base: String,
     cert_path: PathBuf,
@@ -299,6 +301,8 @@ pub struct TestApp {
     /// The demo webhook prefix, `/rest/1/demowebhookcode1/`.
     pub hook: String,
     pub log_path: PathBuf,
+    /// What the server printed on standard output before `ready`.
+    pub printed: Vec<String>,
     /// Never follows redirects: a REST answer must never be one.
     pub client: reqwest::Client,
     extra_env: Vec<(String, String)>,
@@ -391,6 +395,7 @@ fn run_until_ready(mut cmd: Command, log_path: &Path) -> Server {
     }
     Server {
         child,
+        printed: seen,
         http_base: http_base.expect("no `http:` line before `ready`"),
         https_base: https_base.expect("no `https:` line before `ready`"),
         cert_path: cert_path.expect("no `tls certificate:` line before `ready`"),
@@ -413,6 +418,7 @@ impl TestApp {
             data_dir,
             hook: DEMO_HOOK.to_string(),
             log_path,
+            printed: server.printed,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -522,6 +528,7 @@ impl TestApp {
         self.http_base = server.http_base;
         self.https_base = server.https_base;
         self.cert_path = server.cert_path;
+        self.printed = server.printed;
         self.child = Some(server.child);
     }
 

@@ -1,0 +1,288 @@
+//! The control API (`/_crmchat/…`): off without a token, the token check, state read/load/replace, reset,
+//! `/readyz`. Every test talks to a real server over HTTP.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const TOKEN: &str = "control-token-for-tests-0123456789";
+
+async fn spawn_controlled(fixture: Value) -> TestApp {
+    spawn_app_with_args(fixture, &["--control-token", TOKEN]).await
+}
+
+/// A control request with the test token.
+fn ctl(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    app.client.request(method, app.url(path)).bearer_auth(TOKEN)
+}
+
+async fn ctl_get(app: &TestApp, path: &str) -> Resp {
+    app.send(ctl(app, reqwest::Method::GET, path)).await
+}
+
+async fn ctl_send(app: &TestApp, method: reqwest::Method, path: &str, content_type: &str, body: &str) -> Resp {
+    app.send(ctl(app, method, path).header("content-type", content_type).body(body.to_string())).await
+}
+
+async fn reset(app: &TestApp) -> Resp {
+    app.send(ctl(app, reqwest::Method::POST, "/_crmchat/reset")).await
+}
+
+fn assert_ok(resp: &Resp) {
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    assert_eq!(resp.content_type(), Some("application/json"), "{}", resp.text);
+    assert_eq!(resp.body["ok"], json!(true), "{}", resp.text);
+    assert!(resp.body["took_ms"].is_u64(), "took_ms is a whole number: {}", resp.text);
+}
+
+/// Removes user 12 from deal 288's chat 8773 through the demo webhook.
+async fn remove_oleg(app: &TestApp) -> Resp {
+    app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})).await
+}
+
+#[tokio::test]
+async fn control_is_off_without_a_token() {
+    let app = spawn_app().await;
+    for path in ["/_crmchat/state", "/_crmchat/reset", "/_crmchat/", "/_crmchat"] {
+        let resp = app.send(app.client.get(app.url(path)).bearer_auth(TOKEN)).await;
+        assert_eq!(resp.status, 404, "{path}: {}", resp.text);
+        assert_eq!(resp.body["error"], "not_found", "{path}: {}", resp.text);
+    }
+    let resp = app.send(app.client.post(app.url("/_crmchat/reset"))).await;
+    assert_eq!(resp.status, 404, "{}", resp.text);
+    // Nothing was reset: the portal still answers as loaded.
+    assert_removed(&remove_oleg(&app).await, 8773);
+}
+
+#[tokio::test]
+async fn control_refuses_a_missing_or_wrong_token() {
+    let app = spawn_controlled(demo_fixture()).await;
+    let wrong = [
+        None,
+        Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+        Some(format!("Bearer {TOKEN}x")),
+        Some(format!("Basic {TOKEN}")),
+        Some(TOKEN.to_string()),
+        Some("Bearer ".to_string()),
+    ];
+    for header in wrong {
+        for (method, path) in [("GET", "/_crmchat/state"), ("POST", "/_crmchat/reset"), ("GET", "/_crmchat/nothing")] {
+            let mut request = app.client.request(method.parse().unwrap(), app.url(path));
+            if let Some(header) = &header {
+                request = request.header("authorization", header);
+            }
+            let resp = app.send(request).await;
+            assert_eq!((resp.status, resp.text.as_str()), (401, r#"{"error":"unauthorized"}"#), "{method} {path}");
+            assert_eq!(resp.content_type(), Some("application/json"));
+        }
+    }
+    // The refused reset changed nothing; the right token works, also on HTTPS.
+    assert_removed(&remove_oleg(&app).await, 8773);
+    let https = app.https_client().build().unwrap();
+    let resp = app.send(https.get(format!("{}/_crmchat/state", app.https_base)).bearer_auth(TOKEN)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let resp = ctl_get(&app, "/_crmchat/nothing").await;
+    assert_eq!((resp.status, &resp.body["error"]), (404, &json!("not_found")), "{}", resp.text);
+    assert!(resp.body["message"].as_str().unwrap().contains("/_crmchat/nothing"), "{}", resp.text);
+    assert!(!app.log().contains(TOKEN), "the token is never logged");
+}
+
+#[tokio::test]
+async fn control_token_from_the_environment() {
+    let app = spawn_app_with_env(demo_fixture(), &[("CRMCHAT_CONTROL_TOKEN", TOKEN)]).await;
+    assert_eq!(ctl_get(&app, "/_crmchat/state").await.status, 200);
+    let resp = app.send(app.client.get(app.url("/_crmchat/state")).bearer_auth("other")).await;
+    assert_eq!(resp.status, 401);
+    // Without --demo, the address is printed and the token is not.
+    assert!(app.printed.iter().any(|l| l == &format!("control: {}/_crmchat/", app.http_base)), "{:?}", app.printed);
+    assert!(!app.printed.iter().any(|l| l.contains(TOKEN)), "{:?}", app.printed);
+}
+
+#[tokio::test]
+async fn control_demo_prints_a_random_token() {
+    let app = spawn_app_with_args(demo_fixture(), &["--demo"]).await;
+    let line = app.printed.iter().find(|l| l.starts_with("control: ")).expect("a control line");
+    let prefix = format!("control: {}/_crmchat/ (token ", app.http_base);
+    let token = line.strip_prefix(&prefix).and_then(|t| t.strip_suffix(')')).unwrap_or_else(|| panic!("{line}"));
+    assert!(token.len() >= 24 && token.chars().all(|c| c.is_ascii_alphanumeric()), "{token}");
+    let resp = app.send(app.client.get(app.url("/_crmchat/state")).bearer_auth(token)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let resp = app.send(app.client.get(app.url("/_crmchat/state")).bearer_auth(TOKEN)).await;
+    assert_eq!(resp.status, 401);
+    assert!(!app.log().contains(token), "the demo token is printed, never logged");
+}
+
+#[tokio::test]
+async fn control_readyz_answers_without_a_token() {
+    for app in [spawn_app().await, spawn_controlled(demo_fixture()).await] {
+        let resp = app.get("/readyz").await;
+        assert_eq!((resp.status, &resp.body), (200, &json!({"status": "ready"})), "{}", resp.text);
+        assert_eq!(resp.content_type(), Some("application/json"));
+    }
+}
+
+#[tokio::test]
+async fn control_state_is_what_state_export_writes() {
+    let app = spawn_controlled(demo_fixture()).await;
+    assert_removed(&remove_oleg(&app).await, 8773);
+    let resp = ctl_get(&app, "/_crmchat/state").await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    assert_eq!(resp.content_type(), Some("application/json"));
+    let mut args = vec!["state".to_string(), "export".to_string()];
+    args.extend(storage_args(&app.data_dir));
+    let cli = run_cli(&args);
+    assert!(cli.status.success());
+    assert_eq!(resp.text, String::from_utf8(cli.stdout).unwrap(), "byte for byte what the CLI writes");
+    assert_eq!(members(&resp.body, 8773), [14, 20, 30]);
+    assert!(!resp.text.contains(DEMO_CODE) && !resp.text.contains("demo-secret"), "credentials only as hashes");
+
+    let structure = ctl_get(&app, "/_crmchat/state?detail=structure").await;
+    assert_eq!(structure.status, 200, "{}", structure.text);
+    for c in structure.body["chats"].as_array().unwrap() {
+        assert_eq!((&c["members"], &c["messages"]), (&json!([]), &json!([])), "{c}");
+        assert!(!c["sessions"].as_array().unwrap().is_empty(), "sessions stay: {c}");
+    }
+    assert_eq!(structure.body["users"], resp.body["users"]);
+    let bad = ctl_get(&app, "/_crmchat/state?detail=everything").await;
+    assert_eq!((bad.status, &bad.body["error"]), (400, &json!("invalid_argument")), "{}", bad.text);
+}
+
+#[tokio::test]
+async fn control_state_post_upserts_json_and_yaml() {
+    let app = spawn_controlled(demo_fixture()).await;
+    let json_doc = json!({"users": [{"id": 40, "name": "Petr"}, {"id": 14, "name": "Olga", "last_name": "Renamed"}]});
+    let resp =
+        ctl_send(&app, reqwest::Method::POST, "/_crmchat/state", "application/json", &json_doc.to_string()).await;
+    assert_ok(&resp);
+    let yaml = "users:\n  - id: 41\n    name: Yana\n    kind: bot\n";
+    let resp = ctl_send(&app, reqwest::Method::POST, "/_crmchat/state", "application/yaml", yaml).await;
+    assert_ok(&resp);
+    let state = ctl_get(&app, "/_crmchat/state").await.body;
+    let user = |id: i64| state["users"].as_array().unwrap().iter().find(|u| u["id"] == id).cloned();
+    assert_eq!(user(40).unwrap()["name"], "Petr");
+    assert_eq!(user(41).unwrap()["kind"], "bot");
+    assert_eq!(user(14).unwrap()["last_name"], "Renamed");
+    // Rows the documents did not mention stay, and the portal still serves them.
+    assert_eq!(user(12).unwrap()["name"], "Oleg");
+    assert_eq!(members(&state, 8773), [12, 14, 20, 30]);
+    assert_removed(&remove_oleg(&app).await, 8773);
+}
+
+#[tokio::test]
+async fn control_invalid_state_changes_nothing() {
+    let app = spawn_controlled(demo_fixture()).await;
+    let before = ctl_get(&app, "/_crmchat/state").await.text;
+    let doc = json!({
+        "users": [{"id": 40}],
+        "chats": [{"id": 8773, "line": 1, "connector": "livechat", "members": [12]},
+                  {"id": 9000, "line": 1, "connector": "livechat", "members": [12, 99]}]
+    });
+    for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+        let resp = ctl_send(&app, method.clone(), "/_crmchat/state", "application/json", &doc.to_string()).await;
+        assert_eq!(resp.status, 400, "{method}: {}", resp.text);
+        assert_eq!(resp.body["error"], "invalid_state", "{}", resp.text);
+        assert!(resp.body["message"].is_string(), "{}", resp.text);
+        let problems = resp.body["problems"].as_array().unwrap();
+        let problem = json!("chats[1].members[1]: user 99 does not exist");
+        if method == reqwest::Method::POST {
+            // Merged into the portal, only the unknown user is wrong.
+            assert_eq!(problems, &[problem], "{}", resp.text);
+        } else {
+            // Alone, the document also lacks the line and user 12.
+            assert!(problems.contains(&problem) && problems.len() > 1, "{}", resp.text);
+        }
+    }
+    for (content_type, body, problem) in [
+        ("application/json", "{\"users\": [{\"id\": 1,}]}", "line 1 column"),
+        ("application/json", r#"{"user": []}"#, "unknown field `user`"),
+        ("application/yaml", "users:\n  - id: 1\n    nmae: x\n", "users[0]: unknown field `nmae`"),
+    ] {
+        let resp = ctl_send(&app, reqwest::Method::PUT, "/_crmchat/state", content_type, body).await;
+        assert_eq!((resp.status, &resp.body["error"]), (400, &json!("invalid_state")), "{}", resp.text);
+        let problems = resp.body["problems"].as_array().unwrap();
+        assert!(problems.len() == 1 && problems[0].as_str().unwrap().contains(problem), "{}", resp.text);
+    }
+    assert_eq!(ctl_get(&app, "/_crmchat/state").await.text, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn control_put_state_replaces_everything() {
+    let app = spawn_controlled(demo_fixture()).await;
+    let doc = json!({
+        "portal": {"domain": "replaced.localhost", "plan": "unlimited"},
+        "users": [{"id": 5, "name": "Only", "admin": true}, {"id": 6, "name": "Second"}],
+        "crm": [{"type": "deal", "id": 1, "title": "New", "responsible": 5}],
+        "lines": [{"id": 2, "queue": [5], "connectors": [{"id": "livechat", "title": "Chat"}]}],
+        "chats": [{"id": 70, "line": 2, "connector": "livechat", "author": 5, "members": [5, 6],
+                   "sessions": [{"id": 700, "status": "operator", "modified": "2026-11-20T10:00:00Z",
+                                 "crm": [{"type": "deal", "id": 1}]}]}],
+        "webhooks": [{"user": 5, "code": "replacedwebhookcode5", "scopes": ["imopenlines", "im"]}]
+    });
+    let resp = ctl_send(&app, reqwest::Method::PUT, "/_crmchat/state", "application/json", &doc.to_string()).await;
+    assert_ok(&resp);
+    let state = ctl_get(&app, "/_crmchat/state").await.body;
+    assert_eq!(state["portal"]["domain"], "replaced.localhost");
+    let ids: Vec<&Value> = state["users"].as_array().unwrap().iter().map(|u| &u["id"]).collect();
+    assert_eq!(ids, [5, 6]);
+    assert_eq!(state["chats"].as_array().unwrap().len(), 1);
+    assert_eq!(members(&state, 70), [5, 6]);
+    assert_eq!(state["apps"], json!([]));
+    assert_eq!(state["webhooks"].as_array().unwrap().len(), 1);
+    // The old webhook is gone, the new one works at once.
+    let resp = remove_oleg(&app).await;
+    assert_eq!(resp.status, 401, "{}", resp.text);
+    let new_hook = hook(5, "replacedwebhookcode5");
+    let resp = app.call_as(&new_hook, METHOD, json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 1, "USER_ID": 6})).await;
+    assert_removed(&resp, 70);
+    assert_eq!(members(&app.export(), 70), [5]);
+}
+
+#[tokio::test]
+async fn control_reset_returns_to_the_startup_state() {
+    let mut fixture = demo_fixture();
+    fixture["portal"]["plan"] = json!("standard");
+    let app = spawn_controlled(fixture).await;
+    let startup = ctl_get(&app, "/_crmchat/state").await.text;
+    assert_removed(&remove_oleg(&app).await, 8773);
+    let doc = json!({"users": [{"id": 40}]});
+    assert_ok(&ctl_send(&app, reqwest::Method::POST, "/_crmchat/state", "application/json", &doc.to_string()).await);
+    assert_ne!(ctl_get(&app, "/_crmchat/state").await.text, startup);
+
+    assert_ok(&reset(&app).await);
+    assert_eq!(ctl_get(&app, "/_crmchat/state").await.text, startup, "exactly the start-up state");
+    assert_removed(&remove_oleg(&app).await, 8773);
+
+    // After a replace too, and the rate-limit bucket starts empty again.
+    let doc = json!({"users": [{"id": 5}]});
+    assert_ok(&ctl_send(&app, reqwest::Method::PUT, "/_crmchat/state", "application/json", &doc.to_string()).await);
+    assert_ok(&reset(&app).await);
+    assert_eq!(ctl_get(&app, "/_crmchat/state").await.text, startup);
+    let time = app.method_path("server.time");
+    let mut refused = None;
+    for i in 0..80 {
+        if app.get(&time).await.status == 503 {
+            refused = Some(i);
+            break;
+        }
+    }
+    assert!(refused.is_some_and(|i| i >= 50), "the burst of 50 is admitted first: {refused:?}");
+    assert_ok(&reset(&app).await);
+    let resp = app.get(&time).await;
+    assert_eq!(resp.status, 200, "a reset empties the buckets: {}", resp.text);
+}
+
+#[tokio::test]
+async fn control_reset_of_an_empty_start() {
+    // An empty fixture on a new database: the start-up state is the empty portal.
+    let dir = tempfile::Builder::new().prefix("crmchat-test-").tempdir().unwrap();
+    let app = spawn_app_in(dir, json!({}), &[("CRMCHAT_CONTROL_TOKEN", TOKEN)]).await;
+    let empty = ctl_get(&app, "/_crmchat/state").await.body;
+    assert_eq!(empty["users"], json!([]));
+    let doc = demo_fixture().to_string();
+    assert_ok(&ctl_send(&app, reqwest::Method::PUT, "/_crmchat/state", "application/json", &doc).await);
+    assert_removed(&remove_oleg(&app).await, 8773);
+    assert_ok(&reset(&app).await);
+    let state = ctl_get(&app, "/_crmchat/state").await.body;
+    assert_eq!((&state["users"], &state["chats"]), (&json!([]), &json!([])));
+    assert_eq!(remove_oleg(&app).await.status, 401, "the demo webhook went with the reset");
+}
