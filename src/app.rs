@@ -150,6 +150,7 @@ pub async fn serve(
     tls: RustlsConfig,
     shutdown: ShutdownSignal,
 ) -> anyhow::Result<()> {
+    let read_timeout = state.settings.read_timeout;
     let app = router(state);
     let http_app = app.clone().layer(Extension(Transport::Http));
     let https_app = app.layer(Extension(Transport::Https));
@@ -160,26 +161,26 @@ pub async fn serve(
         tracing::info!("shutting down: finishing in-flight requests");
         signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
     });
-    let silent = ReadTimeoutAcceptor { limit: CLIENT_TIMEOUT };
+    let silent = ReadTimeoutAcceptor { limit: read_timeout };
     let mut http = axum_server::from_tcp(bound.http).acceptor(silent).handle(handle.clone());
-    limit_slow_clients(http.http_builder());
+    limit_slow_clients(http.http_builder(), read_timeout);
     let mut https =
         axum_server::from_tcp(bound.https).acceptor(RustlsAcceptor::new(tls).acceptor(silent)).handle(handle);
-    limit_slow_clients(https.http_builder());
+    limit_slow_clients(https.http_builder(), read_timeout);
     let http = http.serve(http_app.into_make_service_with_connect_info::<SocketAddr>());
     let https = https.serve(https_app.into_make_service_with_connect_info::<SocketAddr>());
     tokio::try_join!(http, https)?;
     Ok(())
 }
 
-/// A client must send its request headers within this time; bodies get the same limit in the REST layer.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Cut off HTTP/2 clients that stop answering pings. HTTP/1 clients that send their headers too slowly are cut
 /// off by [`ReadTimeoutAcceptor`], which needs no timer per request as hyper's header-read timeout does.
 /// Idle keep-alive connections are parked tasks, not threads, so hundreds of them cost no worker.
-fn limit_slow_clients(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
-    builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(CLIENT_TIMEOUT);
+fn limit_slow_clients(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limit: Duration,
+) {
+    builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(limit);
 }
 
 /// SIGINT and SIGTERM, listened to from the moment this is made: made before the server says `ready`, so a

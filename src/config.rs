@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -56,6 +57,15 @@ pub struct ServeArgs {
     /// `X-Forwarded-Proto`. Only set this when every request comes through the proxy.
     #[arg(long, env = "CRMCHAT_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Seconds a client has to send a request (its headers, then its body) and that an idle connection stays
+    /// open. Only the client's sending counts: the time the server spends on a request never does.
+    #[arg(long, env = "CRMCHAT_READ_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout: u64,
+    /// Seconds the server may spend on a call once its body is in (waiting for the database included). Past
+    /// it the call is answered 500 `INTERNAL_SERVER_ERROR` in the vendor's envelope: below the 30 s or more
+    /// that clients commonly wait, so a client gets an answer instead of a dropped connection.
+    #[arg(long, env = "CRMCHAT_REQUEST_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
     /// Lifetime of issued OAuth access tokens.
     #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     pub access_token_ttl: u64,
@@ -112,6 +122,10 @@ pub struct Settings {
     pub param_limits: crate::rest::params::Limits,
     pub access_token_ttl_secs: u64,
     pub trust_forwarded_for: bool,
+    /// How long a client may take to send a request; idle connections close after it too.
+    pub read_timeout: Duration,
+    /// How long the server may work on a call before answering it with an error.
+    pub request_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -121,6 +135,8 @@ impl Default for Settings {
             param_limits: Default::default(),
             access_token_ttl_secs: 3600,
             trust_forwarded_for: false,
+            read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -4,10 +4,17 @@
 //! that connects and sends nothing, an idle keep-alive connection, headers or a body sent a byte at a time,
 //! and a stalled upload alike — without a thread per connection: an idle connection is a parked task with
 //! one timer. It replaces hyper's header-read timeout, which arms a timer of its own for every request.
+//!
+//! Only the client's time counts. Hyper keeps a read pending while a request is processed (to notice a client
+//! that hangs up), so the connection's service is wrapped in [`Tracked`], which tells the stream when requests
+//! are being processed: the clock stops then, and starts afresh once they are answered. A database stall of a
+//! minute thus never cuts a connection off without an answer; `--request-timeout` answers it instead.
 
 use std::future::{Ready, ready};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,11 +33,74 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     type Stream = ReadTimeout<I>;
-    type Service = S;
+    type Service = Tracked<S>;
     type Future = Ready<io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        ready(Ok((ReadTimeout::new(stream, self.limit), service)))
+        let stream = ReadTimeout::new(stream, self.limit);
+        let service = Tracked { inner: service, activity: stream.activity.clone() };
+        ready(Ok((stream, service)))
+    }
+}
+
+/// What a connection's stream and the requests it carries share.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Requests being processed (HTTP/2 carries several at once).
+    busy: AtomicUsize,
+    /// Requests processed so far: when it moves, the wait for the client starts afresh.
+    finished: AtomicUsize,
+}
+
+/// A connection's service, counting the requests it is processing in the connection's [`Activity`].
+#[derive(Clone, Debug)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, R> tower::Service<R> for Tracked<S>
+where
+    S: tower::Service<R>,
+    S::Future: Unpin,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.activity.busy.fetch_add(1, Ordering::Relaxed);
+        TrackedFuture { inner: self.inner.call(request), busy: Some(BusyGuard(self.activity.clone())) }
+    }
+}
+
+/// Counts a request as processed when it is answered, or dropped unanswered.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        // `finished` first: a stream that sees `busy` at zero must also see the move.
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::Release);
+    }
+}
+
+pub struct TrackedFuture<F> {
+    inner: F,
+    busy: Option<BusyGuard>,
+}
+
+impl<F: Future + Unpin> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let output = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        self.busy = None;
+        Poll::Ready(output)
     }
 }
 
@@ -46,11 +116,22 @@ pub struct ReadTimeout<S> {
     /// One timer per connection, armed at `last_read + limit` or earlier; re-armed only when it fires early,
     /// so a busy connection does not touch the timer wheel on every request.
     deadline: Option<Pin<Box<Sleep>>>,
+    activity: Arc<Activity>,
+    /// `activity.finished` when last looked at.
+    seen_finished: usize,
 }
 
 impl<S> ReadTimeout<S> {
     pub fn new(inner: S, limit: Duration) -> Self {
-        Self { inner, limit, last_read: Instant::now(), request_started: None, deadline: None }
+        Self {
+            inner,
+            limit,
+            last_read: Instant::now(),
+            request_started: None,
+            deadline: None,
+            activity: Arc::default(),
+            seen_finished: 0,
+        }
     }
 }
 
@@ -67,6 +148,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
                 Poll::Ready(result)
             }
             Poll::Pending => {
+                // The server is working on a request: the time is its own, not the client's.
+                if this.activity.busy.load(Ordering::Acquire) > 0 {
+                    return Poll::Pending;
+                }
+                let finished = this.activity.finished.load(Ordering::Relaxed);
+                if finished != this.seen_finished {
+                    this.seen_finished = finished;
+                    this.request_started = None;
+                    this.last_read = Instant::now();
+                }
                 let due = this.request_started.unwrap_or(this.last_read) + this.limit;
                 let deadline = this.deadline.get_or_insert_with(|| Box::pin(sleep_until(due)));
                 while deadline.as_mut().poll(cx).is_ready() {
@@ -153,6 +244,33 @@ mod tests {
                 stream.write_all(b"answer").await.unwrap();
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_time_the_server_spends_on_a_request_is_not_the_clients() {
+        use tokio::io::AsyncWriteExt;
+        use tower::Service;
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut stream = ReadTimeout::new(server, Duration::from_secs(30));
+        let mut service = Tracked {
+            inner: tower::service_fn(|answer: tokio::sync::oneshot::Receiver<()>| answer),
+            activity: stream.activity.clone(),
+        };
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 3);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let processing = service.call(answered);
+        // Processing for 90 s: hyper's pending read neither fails nor is cut off.
+        let waited = tokio::time::timeout(Duration::from_secs(90), stream.read(&mut buf)).await;
+        assert!(waited.is_err(), "the read was still pending: {waited:?}");
+        answer.send(()).unwrap();
+        processing.await.unwrap();
+        // Answered: the client's 30 s start now.
+        let started = Instant::now();
+        let err = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]

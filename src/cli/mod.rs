@@ -231,6 +231,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         access_token_ttl_secs: args.access_token_ttl,
         trust_forwarded_for: args.trust_forwarded_for,
+        read_timeout: std::time::Duration::from_secs(args.read_timeout),
+        request_timeout: std::time::Duration::from_secs(args.request_timeout),
         ..Settings::default()
     };
     let control = crate::control::Control {

@@ -27,6 +27,7 @@ use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
+use crate::log_throttle::LogThrottle;
 use crate::methods::{CallContext, Output, Params};
 
 /// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.
@@ -158,7 +159,39 @@ async fn call(
     let Some(method) = registry::find(&request.rest_path.method) else {
         return Err(Code::MethodNotFound.into());
     };
-    let mut params = read_params(app, request.query, headers, body).await?;
+    let params = read_params(app, request.query, headers, body).await?;
+    // The request is in: from here on the time is the server's, and the client must get an answer before it
+    // gives up on the call (a dropped connection leaves it not knowing whether its change applied).
+    match tokio::time::timeout(app.settings.request_timeout, process(app, &request, headers, params, method, start))
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => {
+            if let Some(held_back) = TIMEOUT_LOG.allow() {
+                tracing::warn!(
+                    method = %request.rest_path.method,
+                    timeout_s = app.settings.request_timeout.as_secs(),
+                    similar_lines_held_back = held_back,
+                    "call timed out waiting for the server (database stalled?): answered 500"
+                );
+            }
+            Err(Code::InternalServerError.into())
+        }
+    }
+}
+
+/// Calls that ran past the request timeout, told at most every 10 s.
+static TIMEOUT_LOG: LogThrottle = LogThrottle::new(std::time::Duration::from_secs(10));
+
+/// A call once its parameters are read: authentication, limits, the method.
+async fn process(
+    app: &AppState,
+    request: &Incoming<'_>,
+    headers: &HeaderMap,
+    mut params: Params,
+    method: &'static MethodDef,
+    start: Start,
+) -> Result<(Output, Timing), ApiError> {
     // A reserved key, removed with the credentials; offline events need it.
     let auth_connector = match params.get("auth_connector") {
         Some(serde_json::Value::String(s)) => s.clone(),
@@ -264,8 +297,12 @@ fn timing(
     }
 }
 
-/// The whole body, refused past `max_bytes` (413) or when it trickles in slower than the client timeout.
-pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Bytes, ApiError> {
+/// The whole body, refused past `max_bytes` (413) or when it trickles in slower than the read timeout.
+pub(crate) async fn read_body(
+    body: Body,
+    max_bytes: usize,
+    read_timeout: std::time::Duration,
+) -> Result<bytes::Bytes, ApiError> {
     // A declared length far over the limit is refused at once, without waiting for the body. A body just
     // over it is read up to the limit first: answering mid-upload makes most clients fail on a broken pipe
     // before they read the 413.
@@ -277,7 +314,7 @@ pub(crate) async fn read_body(body: Body, max_bytes: usize) -> Result<bytes::Byt
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
     let collected = match first {
         std::task::Poll::Ready(result) => Ok(result),
-        std::task::Poll::Pending => tokio::time::timeout(crate::app::CLIENT_TIMEOUT, collect).await,
+        std::task::Poll::Pending => tokio::time::timeout(read_timeout, collect).await,
     };
     match collected {
         Ok(Ok(bytes)) => Ok(bytes),
@@ -310,7 +347,7 @@ fn is_timeout(err: &axum::Error) -> bool {
 }
 
 async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {
-    let bytes = read_body(body, app.settings.max_body_bytes).await?;
+    let bytes = read_body(body, app.settings.max_body_bytes, app.settings.read_timeout).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     params::parse_request(query, content_type, &bytes, &app.settings.param_limits)
         .await

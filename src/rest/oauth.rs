@@ -39,13 +39,21 @@ pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Respon
 
 async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = super::read_body(body, app.settings.max_body_bytes).await?;
+    let bytes = super::read_body(body, app.settings.max_body_bytes, app.settings.read_timeout).await?;
     // Tokens refer to users and applications that a replace of the state removes: see `AppState::state_gate`.
     let _calls = app.state_gate.read().await;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let params = params::parse_request(parts.uri.query(), content_type, &bytes, &app.settings.param_limits)
         .await
         .map_err(ApiError::oauth_unreadable_params)?;
+    // As for REST calls: the request is in, and a stalled database must not leave the client unanswered.
+    tokio::time::timeout(app.settings.request_timeout, issue(app, &params)).await.unwrap_or_else(|_| {
+        tracing::warn!("oauth token request timed out waiting for the server: answered 500");
+        Err(Code::InternalServerError.into())
+    })
+}
+
+async fn issue(app: &AppState, params: &crate::methods::Params) -> Result<Value, ApiError> {
     let text = |name: &str| match params.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         _ => Err(ApiError::oauth_missing_parameter(name)),

@@ -32,6 +32,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "CRMCHAT_MAX_BODY_BYTES",
     "CRMCHAT_PLAN",
     "CRMCHAT_CONTROL_TOKEN",
+    "CRMCHAT_READ_TIMEOUT",
+    "CRMCHAT_REQUEST_TIMEOUT",
 ];
 
 /// The demo portal of `crmchat serve --demo`, as a state file to change per test.
@@ -957,4 +959,53 @@ pub fn export_database(data_dir: &Path, database: Option<&str>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("state export printed something else than JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
+}
+
+// ---- database stalls ----
+
+/// The database URL a server on `data_dir` uses.
+pub fn database_url(data_dir: &Path) -> String {
+    let args = storage_args(data_dir);
+    match args.iter().position(|a| a == "--database") {
+        Some(i) => args[i + 1].clone(),
+        None => format!("sqlite://{}/crmchat.db", data_dir.display()),
+    }
+}
+
+/// Another connection holding the write lock of the database, as a stuck job or an administrator would:
+/// SQLite's `BEGIN IMMEDIATE`, PostgreSQL's `LOCK TABLE chats` (every change locks a chat row first).
+pub enum DbStall {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl DbStall {
+    pub async fn hold(data_dir: &Path) -> Self {
+        use sqlx::{Connection, Executor};
+        let url = database_url(data_dir);
+        if is_postgres(&url) {
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connecting to PostgreSQL");
+            conn.execute("BEGIN").await.unwrap();
+            conn.execute("LOCK TABLE chats IN ACCESS EXCLUSIVE MODE").await.unwrap();
+            DbStall::Postgres(conn)
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("opening the SQLite database");
+            conn.execute("BEGIN IMMEDIATE").await.unwrap();
+            DbStall::Sqlite(conn)
+        }
+    }
+
+    pub async fn release(self) {
+        use sqlx::{Connection, Executor};
+        match self {
+            DbStall::Sqlite(mut conn) => {
+                conn.execute("COMMIT").await.unwrap();
+                conn.close().await.unwrap();
+            }
+            DbStall::Postgres(mut conn) => {
+                conn.execute("COMMIT").await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
 }

@@ -30,6 +30,7 @@ mod sdk;
 mod secrets;
 mod secrets_oauth;
 mod shutdown;
+mod stall;
 mod transports;
 mod two_instances;
 mod urls;
