@@ -89,6 +89,10 @@ catalogue! {
     WrongHandlerUrl => "ERROR_WRONG_HANDLER_URL", 400, "Wrong handler URL";
     UnsupportedProtocol => "ERROR_UNSUPPORTED_PROTOCOL", 400, "Unsupported handler protocol";
     Core => "ERROR_CORE", 400, "Unable to set event handler: Handler already binded";
+    // REST 3.0 (`/rest/api/...`), answered in its own envelope (`ApiError::v3_body`). The vendor builds the code
+    // from the exception's class name and puts the method's name where `#METHOD#` stands
+    // (`ApiError::v3_method_not_found`).
+    V3MethodNotFound => "BITRIX_REST_V3_EXCEPTION_METHODNOTFOUNDEXCEPTION", 404, "Method \"#METHOD#\" was not found.";
     // The OAuth token endpoint `/oauth/token/`.
     OauthInvalidRequest => "invalid_request", 400, "Invalid request";
     OauthInvalidGrant => "invalid_grant", 400, "Invalid authorization code";
@@ -247,6 +251,12 @@ impl ApiError {
         Self::with_detail(Code::OauthInvalidRequest, detail.to_string())
     }
 
+    /// REST 3.0's answer for a method it does not have: every method on `/rest/api/...`, since crmchat's methods
+    /// all belong to REST 2.
+    pub fn v3_method_not_found(method: &str) -> Self {
+        Self::with_detail(Code::V3MethodNotFound, Code::V3MethodNotFound.text().replace("#METHOD#", method))
+    }
+
     fn with_detail(code: Code, description: String) -> Self {
         Self { code, status: code.status(), description: Cow::Owned(description), argument: None }
     }
@@ -260,6 +270,13 @@ impl ApiError {
             body.insert("argument".into(), json!(argument));
         }
         Value::Object(body)
+    }
+}
+
+impl ApiError {
+    /// REST 3.0's body: `{"error": {"code", "message"}}`.
+    pub fn v3_body(&self) -> Value {
+        json!({"error": {"code": self.code.as_str(), "message": self.description}})
     }
 }
 
@@ -313,6 +330,12 @@ mod tests {
         assert_eq!(
             err.body().to_string(),
             r#"{"error":"ERROR_ARGUMENT","error_description":"Argument 'CRM_ENTITY' is null or empty","argument":"CRM_ENTITY"}"#
+        );
+        let err = ApiError::v3_method_not_found("server.time");
+        assert_eq!(err.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            err.v3_body().to_string(),
+            r#"{"error":{"code":"BITRIX_REST_V3_EXCEPTION_METHODNOTFOUNDEXCEPTION","message":"Method \"server.time\" was not found."}}"#
         );
         let err = ApiError::from(Variant::MalformedBody);
         assert_eq!((err.status(), err.code().as_str()), (StatusCode::BAD_REQUEST, "INVALID_REQUEST"));

@@ -65,6 +65,19 @@ pub fn parse_path(path: &str) -> Option<RestPath<'_>> {
     Some(RestPath { webhook, method: method.to_ascii_lowercase(), format })
 }
 
+/// The method of a REST 3.0 path, `/rest/api/{method}` or `/rest/api/{user}/{code}/{method}` (a trailing `/`
+/// allowed), as the client wrote it; `""` for another shape under `/rest/api/` (whose last segment may be a
+/// webhook code, which must not be echoed or logged). `None` outside `/rest/api/`.
+pub fn v3_method(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/rest/api/")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let segments: Vec<&str> = rest.split('/').collect();
+    Some(match segments[..] {
+        [method] | [_, _, method] => method,
+        _ => "",
+    })
+}
+
 /// The client IP of a request: the peer's address, or behind a trusted proxy, the one the proxy reports.
 #[derive(Clone, Copy)]
 enum ClientIp<'a> {
@@ -106,6 +119,13 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let start = Start::now(&app.clock);
     let (parts, body) = request.into_parts();
     let (transport, client_ip) = client_of(&app, &parts);
+    if let Some(method) = v3_method(parts.uri.path()) {
+        // None of crmchat's methods exists in REST 3.0: the vendor's "not found", decided before authentication
+        // as for REST 2. Only the method's name is logged: the path holds the webhook code.
+        tracing::info!(method = %method, status = 404, "rest 3.0 call refused");
+        let err = ApiError::v3_method_not_found(method);
+        return envelope::render(err.status(), &err.v3_body(), Format::Json);
+    }
     let Some(rest_path) = parse_path(parts.uri.path()) else {
         return render_error(&Code::MethodNotFound.into(), Format::Json);
     };
@@ -357,6 +377,19 @@ async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rest_3_paths_name_their_method() {
+        assert_eq!(
+            v3_method("/rest/api/1/code/imopenlines.crm.chat.user.delete"),
+            Some("imopenlines.crm.chat.user.delete")
+        );
+        assert_eq!(v3_method("/rest/api/server.time/"), Some("server.time"));
+        assert_eq!(v3_method("/rest/api/"), Some(""));
+        assert_eq!(v3_method("/rest/api/1/secretcode/"), Some(""), "never the webhook code");
+        assert_eq!(v3_method("/rest/1/code/server.time"), None);
+        assert_eq!(v3_method("/rest/api"), None, "REST 2's method `api`");
+    }
 
     #[test]
     fn all_four_url_shapes() {

@@ -25,6 +25,7 @@ mod operating_time;
 mod power_loss;
 mod rate_limit;
 mod readme;
+mod rest_v3;
 mod schema;
 mod sdk;
 mod secrets;

@@ -43,6 +43,24 @@ const scenarios = {
     })
   },
 
+  // REST 3.0 (`/rest/api/...`, the SDK's `actions.v3`) has none of these methods: the vendor's own answer,
+  // and nothing changes.
+  async restV3IsMethodNotFound() {
+    const before = await call('im.chat.user.list', { CHAT_ID: CHAT })
+    const response = await b24.actions.v3.call.make({
+      method: 'imopenlines.crm.chat.user.delete',
+      params: { ...DEAL, USER_ID: 14 }
+    })
+    assert.equal(response.isSuccess, false)
+    const errors = [...response.getErrors()]
+    assert.equal(errors.length, 1, `one error: ${errors}`)
+    assert.ok(errors[0] instanceof AjaxError, `an AjaxError, got ${errors[0]}`)
+    assert.equal(errors[0].code, 'BITRIX_REST_V3_EXCEPTION_METHODNOTFOUNDEXCEPTION')
+    assert.equal(errors[0].status, 404)
+    assert.equal(errors[0].message, 'Method "imopenlines.crm.chat.user.delete" was not found.')
+    assert.deepEqual(await call('im.chat.user.list', { CHAT_ID: CHAT }), before)
+  },
+
   async batchAddDeleteGetLastId() {
     const response = await b24.actions.v2.batch.make({
       calls: {
