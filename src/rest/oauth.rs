@@ -89,7 +89,7 @@ async fn issue(app: &AppState, params: &crate::methods::Params) -> Result<Value,
             }
             let record = TokenRecord { user_id: old.user_id, ..tokens.clone() };
             // Rotation is one atomic step: of two concurrent refreshes with the same token, one fails.
-            if app.store.rotate_tokens(&old_hash, &record).await?.is_none() {
+            if app.store.rotate_tokens(&old_hash, &record, now_ms).await?.is_none() {
                 return Err(Variant::InvalidRefreshToken.into());
             }
             token_body(app, &issued, &record).await

@@ -305,8 +305,13 @@ impl Store for CachedStore {
         self.inner.token_by_refresh(refresh_sha256).await
     }
 
-    async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>> {
-        self.inner.rotate_tokens(old_refresh_sha256, new).await
+    async fn rotate_tokens(
+        &self,
+        old_refresh_sha256: &str,
+        new: &TokenRecord,
+        now_ms: i64,
+    ) -> StoreResult<Option<TokenRecord>> {
+        self.inner.rotate_tokens(old_refresh_sha256, new, now_ms).await
     }
 
     async fn add_binding(&self, binding: &EventBinding, at_ms: i64) -> StoreResult<Option<i64>> {

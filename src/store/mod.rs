@@ -205,9 +205,16 @@ pub trait Store: Send + Sync + 'static {
     async fn add_tokens(&self, tokens: &TokenRecord) -> StoreResult<()>;
     async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>>;
     async fn token_by_refresh(&self, refresh_sha256: &str) -> StoreResult<Option<TokenRecord>>;
-    /// Replace the pair holding `old_refresh_sha256` by `new` in one step; `None` when that refresh token is
-    /// unknown (already used, or never issued), so a refresh token works once.
-    async fn rotate_tokens(&self, old_refresh_sha256: &str, new: &TokenRecord) -> StoreResult<Option<TokenRecord>>;
+    /// Spends the refresh token `old_refresh_sha256` and stores `new`, atomically: `None` if it was already spent
+    /// (or never existed). The old pair's access token keeps working until it expires, as on the vendor (a portal
+    /// checks an access token only against its own expiry); spent pairs whose access token expired by `now_ms`
+    /// are deleted then.
+    async fn rotate_tokens(
+        &self,
+        old_refresh_sha256: &str,
+        new: &TokenRecord,
+        now_ms: i64,
+    ) -> StoreResult<Option<TokenRecord>>;
 
     // Event bindings.
     /// The new binding's id; `None` when the same binding (application, event, handler, user, connector)

@@ -552,17 +552,27 @@ macro_rules! shared_sql {
                     &self,
                     old_refresh_sha256: &str,
                     new: &TokenRecord,
+                    now_ms: i64,
                 ) -> StoreResult<Option<TokenRecord>> {
                     let mut tx = self.begin_write().await?;
-                    // Two refreshes with the same token: the second DELETE waits for the first and then finds
+                    // The old pair stays for its access token, with a refresh hash no token can have (hashes are
+                    // hex). Two refreshes with the same token: the second UPDATE waits for the first and then finds
                     // nothing, so a refresh token works once on either backend.
-                    let old = sqlx::query("DELETE FROM oauth_tokens WHERE refresh_sha256 = $1 RETURNING *")
-                        .bind(old_refresh_sha256)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                    let old = sqlx::query(
+                        "UPDATE oauth_tokens SET refresh_sha256 = 'spent:' || access_sha256, refresh_expires_ms = 0 \
+                         WHERE refresh_sha256 = $1 RETURNING *",
+                    )
+                    .bind(old_refresh_sha256)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                     let Some(old) = old.as_ref().map(token_from_row) else {
                         return Ok(None);
                     };
+                    // Spent pairs are kept no longer than their access token lives.
+                    sqlx::query("DELETE FROM oauth_tokens WHERE refresh_expires_ms = 0 AND access_expires_ms <= $1")
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
                     insert_tokens(&mut *tx, new).await?;
                     tx.commit().await?;
                     Ok(Some(old))

@@ -354,6 +354,47 @@ async fn access_tokens_expire() {
     assert_profile(&app.call_bearer(&access(&resp.body), "profile", json!({})).await, 12);
 }
 
+async fn refresh_with(app: &TestApp, client: &OAuthClient, tokens: &Value) -> Resp {
+    let refresh = refresh(tokens);
+    let pairs = [
+        ("grant_type", "refresh_token"),
+        ("client_id", client.client_id.as_str()),
+        ("client_secret", client.secret.as_str()),
+        ("refresh_token", refresh.as_str()),
+    ];
+    app.token_request(&pairs).await
+}
+
+/// As on the vendor, whose portals check an access token against its own expiry only: a refresh spends the
+/// refresh token, and the access token issued with it keeps working until it expires. Spent pairs are deleted
+/// once their access token expired (at the next refresh), and what expired stays refused.
+#[tokio::test]
+async fn after_a_refresh_the_previous_access_token_works_until_it_expires() {
+    let app = spawn_app_with_args(demo_fixture(), &["--access-token-ttl", "2"]).await;
+    let client = app.add_oauth_app("local.overlap.app", "imopenlines,im");
+    let first = app.issue_tokens(&client, 12).await;
+    let resp = refresh_with(&app, &client, &first).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let second = resp.body;
+    assert_profile(&app.call_bearer(&access(&first), "profile", json!({})).await, 12);
+    assert_profile(&app.call_bearer(&access(&second), "profile", json!({})).await, 12);
+    assert_oauth_error(&refresh_with(&app, &client, &first).await, "invalid_grant");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = |resp: &Resp| assert_error(resp, 401, "expired_token", "The access token provided has expired");
+    expired(&app.call_bearer(&access(&first), "profile", json!({})).await);
+    expired(&app.call_bearer(&access(&second), "profile", json!({})).await);
+    // The next refresh deletes the spent pairs whose access token expired, the first and now the second: their
+    // tokens are unknown from then on, and still refused.
+    let resp = refresh_with(&app, &client, &second).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let third = resp.body;
+    for old in [&first, &second] {
+        assert_error(&app.call_bearer(&access(old), "profile", json!({})).await, 401, "invalid_token", INVALID_TOKEN);
+    }
+    assert_profile(&app.call_bearer(&access(&third), "profile", json!({})).await, 12);
+    assert_oauth_error(&refresh_with(&app, &client, &first).await, "invalid_grant");
+}
+
 #[tokio::test]
 async fn access_tokens_live_one_hour_by_default() {
     let app = spawn_app().await;
