@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::sql::statements as sql;
-use super::sql::{Backend, shared_sql};
+use super::sql::{Backend, Col, shared_sql};
 use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::domain::{CrmEntityType, rules};
 use crate::fixtures::{self, PortalState};
@@ -66,6 +66,23 @@ impl Backend for PgStore {
         "SELECT setval(pg_get_serial_sequence('webhooks', 'id'), $1) \
          WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('webhooks', 'id')::regclass), 0)",
     );
+
+    fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String {
+        let values: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                Col::Int => format!("(e ->> {i})::bigint"),
+                Col::Text => format!("e ->> {i}"),
+                Col::Bool => format!("(e ->> {i})::boolean"),
+            })
+            .collect();
+        format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM json_array_elements($1::json) AS e",
+            columns.join(", "),
+            values.join(", ")
+        )
+    }
 
     /// One statement; `chats` first, the lock order of every change. `CASCADE` also empties tables that
     /// refer to these and are written back with the state.

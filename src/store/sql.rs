@@ -37,29 +37,68 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Replace the whole stored state by a validated one, in one transaction (see `shared::replace_all`).
     fn replace_state(&self, state: &PortalState, clear_history: bool) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// `INSERT INTO table (columns) SELECT … FROM` the rows of the JSON array bound as `$1` (see
+    /// [`json_rows`]): one statement and one parameter for thousands of rows, parsed by the database.
+    fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String;
+
     /// Statements that empty every table of a state, and the OAuth codes and tokens that refer to its users
     /// and applications, in an order the foreign keys accept.
     const CLEAR_STATE: &'static [&'static str];
 }
 
-/// The most parameters one bulk `INSERT` binds: well under both backends' limits (SQLite 32766, PostgreSQL
-/// 65535); a 1,000-row statement of four columns prepares in well under a millisecond.
-pub(crate) const BULK_PARAMS: usize = 4000;
+/// Rows per bulk `INSERT`: each statement binds its rows as one JSON array, which bounds the text built for
+/// a portal of millions of memberships to a few MB at a time.
+pub(crate) const BULK_ROWS: usize = 50_000;
 
-/// `INSERT INTO table (columns) VALUES ($1, …), (…)` for `rows` rows.
-pub(crate) fn bulk_insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
-    use std::fmt::Write as _;
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
-    let mut n = 0;
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for col in 0..columns.len() {
-            n += 1;
-            let _ = write!(sql, "{}${n}", if col == 0 { "" } else { ", " });
+/// The SQL type a bulk-inserted column is read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Col {
+    Int,
+    Text,
+    Bool,
+}
+
+impl Val<'_> {
+    fn col(&self) -> Col {
+        match self {
+            Val::Int(_) | Val::OptInt(_) => Col::Int,
+            Val::Text(_) => Col::Text,
+            Val::Bool(_) => Col::Bool,
         }
-        sql.push(')');
     }
-    sql
+
+    fn write_json(&self, out: &mut String) {
+        match *self {
+            Val::Int(v) | Val::OptInt(Some(v)) => out.push_str(itoa::Buffer::new().format(v)),
+            Val::OptInt(None) => out.push_str("null"),
+            Val::Bool(v) => out.push_str(if v { "true" } else { "false" }),
+            // Writing a `str` to a `String` cannot fail.
+            Val::Text(v) => out.push_str(&serde_json::to_string(v).unwrap_or_default()),
+        }
+    }
+}
+
+/// `[[v, v, …], …]`: rows of `width` values from `values`, taken one after the other.
+pub(crate) fn json_rows(values: &[Val<'_>], width: usize) -> String {
+    let mut out = String::with_capacity(values.len() * 8 + 2);
+    out.push('[');
+    for (i, row) in values.chunks(width).enumerate() {
+        out.push_str(if i == 0 { "[" } else { ",[" });
+        for (j, value) in row.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            value.write_json(&mut out);
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+/// The column types of bulk-inserted rows, from their first row.
+pub(crate) fn column_types(first_row: &[Val<'_>]) -> Vec<Col> {
+    first_row.iter().map(Val::col).collect()
 }
 
 /// One value of a bulk insert.
@@ -229,7 +268,7 @@ macro_rules! shared_sql {
                 Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
             };
             use $crate::fixtures::{self, PortalState};
-            use $crate::store::sql::{Backend, Val, bulk_insert_sql, line_level, now_ms, read_level, split_list};
+            use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, EventBinding, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
                 WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
@@ -1084,22 +1123,16 @@ macro_rules! shared_sql {
                 Ok(())
             }
 
-            /// Inserts `values` (rows of `columns.len()` values, one after the other) in statements of many rows.
+            /// Inserts `values` (rows of `columns.len()` values, one after the other), [`BULK_ROWS`] rows a
+            /// statement.
             async fn bulk_insert(tx: &mut Tx, table: &str, columns: &[&str], values: &[Val<'_>]) -> StoreResult<()> {
                 let width = columns.len();
-                let per_statement = ($crate::store::sql::BULK_PARAMS / width).max(1) * width;
-                for chunk in values.chunks(per_statement) {
-                    let sql = bulk_insert_sql(table, columns, chunk.len() / width);
-                    let mut query = sqlx::query::<$db>(&sql);
-                    for value in chunk {
-                        query = match *value {
-                            Val::Int(v) => query.bind(v),
-                            Val::OptInt(v) => query.bind(v),
-                            Val::Text(v) => query.bind(v),
-                            Val::Bool(v) => query.bind(v),
-                        };
-                    }
-                    query.execute(&mut **tx).await?;
+                if values.is_empty() {
+                    return Ok(());
+                }
+                let sql = <$store as Backend>::bulk_insert_sql(table, columns, &column_types(&values[..width]));
+                for chunk in values.chunks($crate::store::sql::BULK_ROWS * width) {
+                    sqlx::query::<$db>(&sql).bind(json_rows(chunk, width)).execute(&mut **tx).await?;
                 }
                 Ok(())
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
-use super::sql::{Backend, shared_sql};
+use super::sql::{Backend, Col, shared_sql};
 use super::sqlite_writer::GroupWriter;
 use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::fixtures::{self, PortalState};
@@ -62,6 +62,11 @@ impl Backend for SqliteStore {
     type Db = Sqlite;
 
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str> = None;
+
+    fn bulk_insert_sql(table: &str, columns: &[&str], _types: &[Col]) -> String {
+        let values: Vec<String> = (0..columns.len()).map(|i| format!("value ->> {i}")).collect();
+        format!("INSERT INTO {table} ({}) SELECT {} FROM json_each($1)", columns.join(", "), values.join(", "))
+    }
 
     /// Children before parents. A `DELETE` without a `WHERE` of a table no foreign key points at empties it
     /// without visiting its rows (memberships, the bulk of a portal).
