@@ -6,6 +6,7 @@
 //! Each part of the API is a sub-module with a `routes()` of its own, merged in [`routes`]; what a reset must
 //! clear besides the portal's state is listed in [`clear_runtime`].
 
+pub mod snapshots;
 pub mod state;
 
 use std::path::PathBuf;
@@ -46,7 +47,11 @@ const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// The `/_crmchat` router, token check included.
 pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
     let guard = middleware::from_fn_with_state(app, authorize);
-    let api = routes().fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(guard.clone());
+    let api = routes()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(guard.clone());
     // A nested router's `/` is `/_crmchat` only; the address crmchat prints ends with a slash.
     Router::new().nest("/_crmchat", api).route("/_crmchat/", get(index).layer(guard))
 }
@@ -54,7 +59,7 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
 /// Every route of the control API, relative to `/_crmchat`. The other parts (the request journal, faults, the
 /// clock, events) merge theirs here.
 fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/", get(index)).merge(state::routes())
+    Router::new().route("/", get(index)).merge(state::routes()).merge(snapshots::routes())
 }
 
 /// Clears what the server keeps besides the portal's state, for a reset: rate-limit buckets and operating
@@ -91,13 +96,18 @@ async fn index() -> Response {
     Json(json!({
         "service": "crmchat control API",
         "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": ["/_crmchat/state", "/_crmchat/reset"],
+        "endpoints": ["/_crmchat/state", "/_crmchat/reset", "/_crmchat/snapshots"],
     }))
     .into_response()
 }
 
 async fn not_found(OriginalUri(uri): OriginalUri) -> ControlError {
     ControlError::new(StatusCode::NOT_FOUND, "not_found", format!("no control endpoint {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ControlError {
+    let message = format!("{} does not take {method}", uri.path());
+    ControlError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
 }
 
 /// `GET /readyz`: 200 once the database answers (the listeners open only after start-up loading finished, so
