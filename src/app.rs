@@ -100,6 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(crate::control::readyz))
         .merge(crate::control::router(state.clone()))
+        .merge(crate::inspector::router(state.clone()))
         .route("/oauth/token/", any(rest::oauth::token))
         .route("/oauth/token", any(rest::oauth::token))
         // Every other path goes to the REST handler, which parses `/rest/...` itself and answers anything

@@ -9,6 +9,7 @@ pub mod control;
 pub mod domain;
 pub mod events;
 pub mod fixtures;
+pub mod inspector;
 pub mod log_throttle;
 pub mod methods;
 pub mod read_timeout;

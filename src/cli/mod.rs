@@ -277,7 +277,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match &control_token {
         // The demo prints the token it made up: there is no other way to learn it. A token given on the
         // command line or in the environment is never printed.
-        Some((_, Some(demo_token))) => writeln!(out, "control: http://{http}/_crmchat/ (token {demo_token})")?,
+        Some((_, Some(demo_token))) => {
+            writeln!(out, "control: http://{http}/_crmchat/ (token {demo_token})")?;
+            // The fragment logs the browser in at once and never reaches a server log (see src/inspector/).
+            writeln!(out, "inspector: http://{http}/_crmchat/ui/login#token={demo_token}")?;
+        }
         Some((_, None)) => writeln!(out, "control: http://{http}/_crmchat/")?,
         None => {}
     }

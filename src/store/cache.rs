@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
 use super::{
-    AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, DynStore, EventBinding, LoadError, Store, StoreError,
-    StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
+    AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DynStore, EventBinding, LoadError,
+    Store, StoreError, StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
@@ -274,6 +274,14 @@ impl Store for CachedStore {
         }
         self.reload_now().await?;
         result
+    }
+
+    async fn counts(&self) -> StoreResult<Counts> {
+        self.inner.counts().await
+    }
+
+    async fn chat_detail(&self, chat_id: i64, last_messages: i64) -> StoreResult<Option<ChatDetail>> {
+        self.inner.chat_detail(chat_id, last_messages).await
     }
 
     async fn is_initialized(&self) -> StoreResult<bool> {

@@ -108,6 +108,26 @@ pub struct BindingFilter {
     pub connector_id: Option<String>,
 }
 
+/// How many rows the portal holds, for the inspector's overview.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub users: i64,
+    pub records: i64,
+    pub chats: i64,
+    pub memberships: i64,
+    pub messages: i64,
+}
+
+/// One chat as the inspector shows it, without its members (read page by page with [`Store::chat_members`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatDetail {
+    pub author: Option<i64>,
+    pub sessions: Vec<crate::fixtures::SessionDef>,
+    /// The last messages asked for, oldest first.
+    pub messages: Vec<crate::fixtures::MessageDef>,
+    pub message_count: i64,
+}
+
 /// How much of the state an export reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportDetail {
@@ -184,6 +204,10 @@ pub trait Store: Send + Sync + 'static {
     /// `fixtures::validate`): everything not in it is gone, issued OAuth codes and tokens included. One
     /// transaction; `clear_history` also empties the notifications and the outbox (a reset).
     async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()>;
+    /// Row counts of the portal (the inspector's overview).
+    async fn counts(&self) -> StoreResult<Counts>;
+    /// The chat's author, sessions and its `last_messages` newest messages; `None` for an unknown chat.
+    async fn chat_detail(&self, chat_id: i64, last_messages: i64) -> StoreResult<Option<ChatDetail>>;
     /// A counter moved by every change of settings, credentials, users, records, lines, chats or sessions —
     /// what the in-memory read model holds — by this process or another.
     async fn revision(&self) -> StoreResult<i64>;

@@ -270,7 +270,7 @@ macro_rules! shared_sql {
             use $crate::fixtures::{self, PortalState};
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
-                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, EventBinding, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
+                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, EventBinding, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
                 WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
             };
 
@@ -447,6 +447,82 @@ macro_rules! shared_sql {
 
                 async fn revision(&self) -> StoreResult<i64> {
                     Ok(sqlx::query_scalar("SELECT value FROM revision WHERE id = 1").fetch_one(self.reader()).await?)
+                }
+
+                async fn counts(&self) -> StoreResult<Counts> {
+                    let row = sqlx::query(
+                        "SELECT (SELECT COUNT(*) FROM users) AS users, (SELECT COUNT(*) FROM crm_records) AS records, \
+                                (SELECT COUNT(*) FROM chats) AS chats, (SELECT COUNT(*) FROM chat_members) AS members, \
+                                (SELECT COUNT(*) FROM messages) AS messages",
+                    )
+                    .fetch_one(self.reader())
+                    .await?;
+                    Ok(Counts {
+                        users: row.get("users"),
+                        records: row.get("records"),
+                        chats: row.get("chats"),
+                        memberships: row.get("members"),
+                        messages: row.get("messages"),
+                    })
+                }
+
+                async fn chat_detail(&self, chat_id: i64, last_messages: i64) -> StoreResult<Option<ChatDetail>> {
+                    use $crate::fixtures::{CrmRefDef, MessageDef, SessionDef, StatusDef};
+                    let Some(row) = sqlx::query("SELECT author_id FROM chats WHERE id = $1")
+                        .bind(chat_id)
+                        .fetch_optional(self.reader())
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let author: Option<i64> = row.get("author_id");
+                    let links = sqlx::query(
+                        "SELECT sc.session_id, sc.entity_type, sc.entity_id FROM session_crm sc \
+                         JOIN sessions s ON s.id = sc.session_id WHERE s.chat_id = $1 ORDER BY sc.session_id, sc.position",
+                    )
+                    .bind(chat_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    let sessions = sqlx::query("SELECT id, status, modified_ms FROM sessions WHERE chat_id = $1 ORDER BY id")
+                        .bind(chat_id)
+                        .fetch_all(self.reader())
+                        .await?
+                        .iter()
+                        .map(|r| {
+                            let id: i64 = r.get("id");
+                            SessionDef {
+                                id,
+                                status: StatusDef::Name(SessionStatus(r.get("status")).name().into()),
+                                modified: ms_to_rfc3339(r.get("modified_ms")),
+                                crm: links
+                                    .iter()
+                                    .filter(|l| l.get::<i64, _>("session_id") == id)
+                                    .map(|l| CrmRefDef { entity_type: l.get("entity_type"), id: l.get("entity_id") })
+                                    .collect(),
+                            }
+                        })
+                        .collect();
+                    let message_count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE chat_id = $1")
+                        .bind(chat_id)
+                        .fetch_one(self.reader())
+                        .await?;
+                    let mut messages: Vec<MessageDef> = sqlx::query(
+                        "SELECT id, author_id, text, date_ms FROM messages WHERE chat_id = $1 ORDER BY id DESC LIMIT $2",
+                    )
+                    .bind(chat_id)
+                    .bind(last_messages)
+                    .fetch_all(self.reader())
+                    .await?
+                    .iter()
+                    .map(|r| MessageDef {
+                        id: r.get("id"),
+                        author: r.get("author_id"),
+                        text: r.get("text"),
+                        date: ms_to_rfc3339(r.get("date_ms")),
+                    })
+                    .collect();
+                    messages.reverse();
+                    Ok(Some(ChatDetail { author, sessions, messages, message_count }))
                 }
 
                 async fn is_initialized(&self) -> StoreResult<bool> {
