@@ -18,6 +18,7 @@ mod fixtures_cli;
 mod fuzz_corpus;
 mod get_last_id;
 mod hostile;
+mod inspector;
 mod introspection;
 mod message_add;
 mod oauth;

@@ -1,0 +1,199 @@
+//! The inspector at `/_crmchat/ui/` over plain HTTP: the login, the session cookie, CSRF on every form,
+//! escaping, and the chat page's Remove going through the real method. (The browser tests in `tests/ui/` drive
+//! the same pages in Chromium.)
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const TOKEN: &str = "inspector-token-for-tests-0123456789";
+const UI: &str = "/_crmchat/ui";
+
+async fn spawn_inspected(fixture: Value) -> TestApp {
+    spawn_app_with_args(fixture, &["--control-token", TOKEN]).await
+}
+
+/// The value of `name="field" value="…"` in a page.
+fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no field {name} in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+/// `name=value` of a Set-Cookie header named `name`, and the whole header.
+fn set_cookie(resp: &Resp, name: &str) -> Option<(String, String)> {
+    resp.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| (v.split(';').next().unwrap().to_string(), v.to_string()))
+}
+
+/// The login form's nonce and its cookie.
+async fn login_form(app: &TestApp) -> (String, String) {
+    let resp = app.get(&format!("{UI}/login")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let (cookie, _) = set_cookie(&resp, "crmchat_ui_login").expect("the login form's cookie");
+    (field(&resp.text, "nonce"), cookie)
+}
+
+async fn post_login(app: &TestApp, token: &str, nonce: &str, cookie: &str) -> Resp {
+    let body = format!("token={token}&nonce={nonce}&next=%2F_crmchat%2Fui%2Fchats%2F8773");
+    app.send(
+        app.client
+            .post(app.url(&format!("{UI}/login")))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body),
+    )
+    .await
+}
+
+/// Logs in; the session cookie (`crmchat_ui=…`).
+async fn login(app: &TestApp) -> String {
+    let (nonce, cookie) = login_form(app).await;
+    let resp = post_login(app, TOKEN, &nonce, &cookie).await;
+    assert_eq!(resp.status, 303, "{}", resp.text);
+    set_cookie(&resp, "crmchat_ui").expect("the session cookie").0
+}
+
+async fn page(app: &TestApp, cookie: &str, path: &str) -> Resp {
+    app.send(app.client.get(app.url(path)).header("cookie", cookie)).await
+}
+
+async fn post_page(app: &TestApp, cookie: &str, path: &str, body: &str) -> Resp {
+    app.send(
+        app.client
+            .post(app.url(path))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn inspector_is_off_without_a_control_token() {
+    let app = spawn_app().await;
+    for path in ["/_crmchat/ui/", "/_crmchat/ui/login", "/_crmchat/ui/chats/8773"] {
+        assert_eq!(app.get(path).await.status, 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn inspector_login_refuses_a_wrong_token_and_keeps_a_strict_cookie() {
+    let app = spawn_inspected(demo_fixture()).await;
+    // Pages send a visitor without a session to the login form, and back afterwards.
+    let resp = app.get(&format!("{UI}/chats/8773")).await;
+    assert_eq!(resp.status, 303);
+    assert_eq!(resp.header("location"), Some("/_crmchat/ui/login?next=/_crmchat/ui/chats/8773"));
+
+    let (nonce, cookie) = login_form(&app).await;
+    let resp = post_login(&app, "not-the-token", &nonce, &cookie).await;
+    assert_eq!(resp.status, 200, "the form again: {}", resp.text);
+    assert!(resp.text.contains("Wrong token"), "{}", resp.text);
+    assert!(set_cookie(&resp, "crmchat_ui").is_none());
+    // The right token with a nonce that is not the form's cookie (a cross-site form) is refused too.
+    let resp = post_login(&app, TOKEN, "forged", &cookie).await;
+    assert!(resp.text.contains("The login form expired"), "{}", resp.text);
+    assert!(set_cookie(&resp, "crmchat_ui").is_none());
+
+    let resp = post_login(&app, TOKEN, &nonce, &cookie).await;
+    assert_eq!(resp.status, 303, "{}", resp.text);
+    assert_eq!(resp.header("location"), Some("/_crmchat/ui/chats/8773"));
+    let (session, header) = set_cookie(&resp, "crmchat_ui").expect("the session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/_crmchat/"] {
+        assert!(header.split("; ").any(|a| a == attribute), "{attribute} in {header}");
+    }
+    assert!(!header.contains(TOKEN), "the cookie is not the token: {header}");
+    let resp = page(&app, &session, &format!("{UI}/chats/8773")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    assert!(resp.header("content-security-policy").is_some_and(|csp| csp.contains("script-src 'self'")));
+    // The cookie is no key to the control API, which answers only to its bearer token.
+    let resp = app.send(app.client.get(app.url("/_crmchat/state")).header("cookie", &session)).await;
+    assert_eq!(resp.status, 401, "{}", resp.text);
+}
+
+#[tokio::test]
+async fn inspector_remove_calls_the_method_and_refuses_forged_forms() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let chat_page = page(&app, &session, &format!("{UI}/chats/8773")).await;
+    assert_eq!(chat_page.status, 200);
+    let csrf = field(&chat_page.text, "csrf");
+    let remove = format!("{UI}/chats/8773/remove");
+    let form = |csrf: &str| format!("csrf={csrf}&as=1&record=deal%3A288&user_id=12&page=1");
+    // Without this session's CSRF token nothing happens.
+    for forged in [form("forged"), "as=1&record=deal%3A288&user_id=12".to_string()] {
+        let resp = post_page(&app, &session, &remove, &forged).await;
+        assert!(resp.status == 403 || resp.status == 422, "{}: {}", resp.status, resp.text);
+    }
+    // Nor without the session (another site cannot send the SameSite=Strict cookie).
+    let resp = post_page(&app, "crmchat_ui=none", &remove, &form(&csrf)).await;
+    assert_eq!(resp.status, 403, "{}", resp.text);
+    assert_eq!(members(&app.export(), 8773), vec![12, 14, 20, 30]);
+
+    let resp = post_page(&app, &session, &remove, &form(&csrf)).await;
+    assert_eq!(resp.status, 303, "{}", resp.text);
+    let shown = page(&app, &session, resp.header("location").unwrap()).await;
+    assert!(shown.text.contains("imopenlines.crm.chat.user.delete as webhook 1: ok"), "{}", shown.text);
+    assert!(shown.text.contains("&quot;result&quot;: 8773"), "{}", shown.text);
+    // Confirmed over REST, and in the stored state: 12 left and 14 became the author.
+    let resp = app.call("im.chat.user.list", json!({"CHAT_ID": 8773})).await;
+    assert_eq!(resp.body["result"], json!([14, 20, 30]), "{}", resp.text);
+    assert_eq!(author(&app.export(), 8773), Some(14));
+
+    let resp = post_page(&app, &session, &remove, &form(&csrf)).await;
+    assert_eq!(resp.status, 303);
+    let shown = page(&app, &session, resp.header("location").unwrap()).await;
+    assert!(shown.text.contains("USER_NOT_FOUND"), "{}", shown.text);
+
+    // Add member goes through imopenlines.crm.chat.user.add the same way.
+    let add = format!("csrf={csrf}&as=1&record=deal%3A288&user_id=12&page=1");
+    let resp = post_page(&app, &session, &format!("{UI}/chats/8773/add"), &add).await;
+    assert_eq!(resp.status, 303);
+    assert_eq!(members(&app.export(), 8773), vec![14, 20, 30, 12]);
+}
+
+#[tokio::test]
+async fn inspector_escapes_what_it_shows() {
+    let fixture = demo_with(|f| {
+        add_user(f, json!({"id": 40, "name": "<script>alert(1)</script>", "last_name": "\"><img src=x>"}));
+        fixture_chat(f, 8773)["members"].as_array_mut().unwrap().push(json!(40));
+        f["crm"][0]["title"] = json!("<b>bold</b> & co");
+    });
+    let app = spawn_inspected(fixture).await;
+    let session = login(&app).await;
+    for path in [format!("{UI}/chats/8773"), format!("{UI}/records?q=bold"), format!("{UI}/records/deal/288")] {
+        let resp = page(&app, &session, &path).await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert!(!resp.text.contains("<script>alert"), "{path}: {}", resp.text);
+        assert!(!resp.text.contains("<img src=x>") && !resp.text.contains("<b>bold"), "{path}: {}", resp.text);
+    }
+    let chat = page(&app, &session, &format!("{UI}/chats/8773")).await;
+    assert!(chat.text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{}", chat.text);
+    let record = page(&app, &session, &format!("{UI}/records/deal/288")).await;
+    assert!(record.text.contains("&lt;b&gt;bold&lt;/b&gt; &amp; co"), "{}", record.text);
+}
+
+#[tokio::test]
+async fn inspector_pages_a_chat_of_many_members() {
+    let mut fixture = demo_fixture();
+    let ids: Vec<i64> = (1000..3500).collect();
+    for id in &ids {
+        add_user(&mut fixture, json!({"id": id, "name": format!("Member {id}")}));
+    }
+    let mut chat_members = vec![14, 30];
+    chat_members.extend(&ids);
+    fixture_chat(&mut fixture, 8774)["members"] = json!(chat_members);
+    let app = spawn_inspected(fixture).await;
+    let session = login(&app).await;
+    let first = page(&app, &session, &format!("{UI}/chats/8774")).await;
+    // 100 a page, in join order.
+    assert!(first.text.contains("Members (2502)") && first.text.contains("Page 1 of 26"), "{}", first.text);
+    assert!(first.text.contains("Member 1097<") && !first.text.contains("Member 1098<"), "{}", first.text);
+    let last = page(&app, &session, &format!("{UI}/chats/8774?page=26")).await;
+    assert!(last.text.contains("Member 3499<") && !last.text.contains("Member 3497<"), "{}", last.text);
+    assert!(last.text.contains("Page 26 of 26"), "{}", last.text);
+}
