@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// `crmchat` next to this executable; built with `cargo build --bin crmchat` (same profile) when it is missing or
-/// older than this executable, so that `cargo run --release --bin crmchat-bench` always measures the current code.
+/// older than this executable, so that `cargo run --profile perf -p crmchat-bench` always measures the current
+/// code.
 pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let path = me.with_file_name("crmchat");
@@ -23,7 +24,9 @@ pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
         (Some(_), None) => false,
     };
     if stale {
-        let release = me.parent().and_then(|d| d.file_name()).is_some_and(|d| d == "release");
+        // The profile is the name of the directory this executable was built into (`target/perf/`).
+        let profile = me.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
+        let profile = profile.filter(|p| p != "debug");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--bin", "crmchat"]);
@@ -44,10 +47,9 @@ pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
                 cmd.env_remove(&name);
             }
         }
-        if release {
-            cmd.arg("--release");
-        }
-        println!("building crmchat: cargo build --bin crmchat{}", if release { " --release" } else { "" });
+        let flag = profile.map(|p| format!(" --profile {p}")).unwrap_or_default();
+        cmd.args(flag.split_whitespace());
+        println!("building crmchat: cargo build --bin crmchat{flag}");
         let status = cmd.status().context("running cargo build")?;
         anyhow::ensure!(status.success(), "cargo build --bin crmchat failed");
     }

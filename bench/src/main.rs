@@ -1,14 +1,11 @@
-//! `crmchat-bench`: the benchmark of bench/README.md.
+//! `crmchat-bench`: the benchmark of `bench/README.md`.
 //!
 //! Generates a portal of N chats × M members, loads it with `crmchat state load`, measures a bare-axum baseline
 //! (this binary re-executed as `crmchat-bench baseline`), then crmchat on the `unlimited` plan under six
 //! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`.
 
-#[path = "crmchat-bench/load.rs"]
 mod load;
-#[path = "crmchat-bench/portal.rs"]
 mod portal;
-#[path = "crmchat-bench/procs.rs"]
 mod procs;
 
 use std::path::{Path, PathBuf};
