@@ -24,6 +24,13 @@ impl StorageArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: every flag is also a key (`data_dir = "…"`, `demo = true`); flags
+    /// and `CRMCHAT_*` variables win over it. See `crmchat.example.toml`.
+    #[arg(long, env = "CRMCHAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings `serve` would run with, and where each came from, then exit (secrets redacted).
+    #[arg(long)]
+    pub print_config: bool,
     /// Plain HTTP listener.
     #[arg(long, env = "CRMCHAT_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,

@@ -8,7 +8,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod config_file;
 mod credentials;
+
+pub use config_file::Parsed;
+
+/// The command line of this process, with `serve --config FILE` read in. Exits with clap's message (and status
+/// 2) when it is wrong, as `Cli::parse` would.
+pub fn parse() -> Parsed {
+    config_file::parse_from(std::env::args_os().collect()).unwrap_or_else(|e| e.exit())
+}
 
 use crate::app::{self, AppState, Bound};
 use crate::config::{ServeArgs, Settings, StorageArgs};
@@ -22,6 +31,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Built once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API over HTTP and HTTPS.
