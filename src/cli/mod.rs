@@ -251,6 +251,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(redis) = &state.redis {
         redis.probe().await;
     }
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{http}"));
+    crate::events::delivery::spawn(
+        state.store.clone(),
+        state.clock.clone(),
+        crate::events::delivery::DeliverySettings {
+            timeout: std::time::Duration::from_secs(args.event_timeout.max(1)),
+            public_url: public_url.trim_end_matches('/').to_string(),
+            access_token_ttl_secs: args.access_token_ttl,
+            per_handler: 4,
+        },
+    );
     let shutdown = app::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;
