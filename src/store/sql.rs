@@ -196,9 +196,11 @@ pub(crate) mod statements {
          WHERE state <> 'pending' ORDER BY id DESC LIMIT 1 OFFSET $2), 0)) ORDER BY id LIMIT $3) RETURNING event_id";
     pub const PRUNE_EVENT: &str =
         "DELETE FROM outbox WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = $1)";
-    /// Tokens that can no longer be used or refreshed (delivery tokens without a refresh token expire with
-    /// their access token).
-    pub const PRUNE_TOKENS: &str = "DELETE FROM oauth_tokens WHERE refresh_expires_ms < $1";
+    /// Tokens that can no longer be used or refreshed, a day after their access token expired (until then an
+    /// expired token is still answered `expired_token`). Delivery tokens without a refresh token are such
+    /// tokens an hour after they were minted.
+    pub const PRUNE_TOKENS: &str =
+        "DELETE FROM oauth_tokens WHERE refresh_expires_ms < $1 AND access_expires_ms < $1 - 86400000";
     /// Due deliveries (see `Store::due_deliveries`).
     pub const DUE_DELIVERIES: &str = "SELECT d.id, d.event_id, d.binding_id, d.client_id, d.application_token, \
          d.handler, d.user_id, d.attempts, o.event, o.payload, o.created_ms, o.depth \
