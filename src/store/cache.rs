@@ -16,8 +16,7 @@ use async_trait::async_trait;
 
 use super::{
     AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DynStore, EventBinding, LoadError,
-    PendingDelivery,
-    Store, StoreError, StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
+    PendingDelivery, Store, StoreError, StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
