@@ -25,7 +25,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API over HTTP and HTTPS.
-    Serve(ServeArgs),
+    // Boxed: the other commands are a few bytes, serve's settings hundreds.
+    Serve(Box<ServeArgs>),
     /// Load or export the portal state.
     #[command(subcommand)]
     State(StateCommand),
@@ -139,7 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::State(StateCommand::Load { file, storage }) => {
                 let store = store::open(&storage.database_url()).await?;
                 load_file(&store, &file).await?;
