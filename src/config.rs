@@ -73,6 +73,13 @@ pub struct ServeArgs {
     /// that clients commonly wait, so a client gets an answer instead of a dropped connection.
     #[arg(long, env = "CRMCHAT_REQUEST_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
+    /// An event handler must answer a delivery within this many seconds.
+    #[arg(long, env = "CRMCHAT_EVENT_TIMEOUT", default_value_t = 10)]
+    pub event_timeout: u64,
+    /// The address event handlers reach this server at (their `client_endpoint`); default: the HTTP
+    /// listener's address.
+    #[arg(long, env = "CRMCHAT_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Lifetime of issued OAuth access tokens.
     #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     pub access_token_ttl: u64,

@@ -36,7 +36,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API over HTTP and HTTPS.
-    Serve(ServeArgs),
+    // Boxed: the other commands are a few bytes, serve's settings hundreds.
+    Serve(Box<ServeArgs>),
     /// Load or export the portal state.
     #[command(subcommand)]
     State(StateCommand),
@@ -150,7 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::State(StateCommand::Load { file, storage }) => {
                 let store = store::open(&storage.database_url()).await?;
                 load_file(&store, &file).await?;
@@ -262,6 +263,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(redis) = &state.redis {
         redis.probe().await;
     }
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{http}"));
+    crate::events::delivery::spawn(
+        state.store.clone(),
+        state.clock.clone(),
+        crate::events::delivery::DeliverySettings {
+            timeout: std::time::Duration::from_secs(args.event_timeout.max(1)),
+            public_url: public_url.trim_end_matches('/').to_string(),
+            access_token_ttl_secs: args.access_token_ttl,
+            per_handler: 4,
+        },
+    );
     let shutdown = app::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;

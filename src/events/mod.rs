@@ -1,5 +1,8 @@
 //! Events: what crmchat can post to the handlers applications bind, and (in `delivery`) the posting.
 
+pub mod delivery;
+pub mod wire;
+
 /// An event crmchat produces, as `event.bind` and `events` know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventDef {

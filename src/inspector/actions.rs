@@ -113,6 +113,7 @@ async fn call(app: &AppState, webhook_id: i64, method: &str, params: &Params) ->
         credential_id: format!("webhook:{}", hook.id),
         client_id: None,
         auth_connector: String::new(),
+        event_depth: 0,
     };
     let portal = app.store.portal().await?;
     let (output, timing) = rest::invoke(app, &caller, &portal, def, params, start).await?;

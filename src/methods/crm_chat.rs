@@ -41,7 +41,8 @@ pub async fn user_delete(ctx: &CallContext<'_>, params: &Params) -> MethodResult
     }
     // 11, 12: the membership check and the removal are one atomic step, so parallel removals of the same
     // member give exactly one success.
-    let change = Change::RemoveMember { chat_id, user_id, record: (record.entity_type, record.id), at_ms: ctx.now_ms };
+    let record = (record.entity_type, record.id);
+    let change = Change::RemoveMember { chat_id, user_id, record, at_ms: ctx.now_ms, cause: ctx.cause() };
     match ctx.store.apply(change).await? {
         ChangeOutcome::MemberRemoved { .. } => Ok(json!(chat_id).into()),
         // The documentation names WRONG_REQUEST here; the real server answers with the messenger's error.
@@ -106,7 +107,8 @@ pub async fn user_add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
         return Err(Variant::DeniedTargetHistory.into());
     }
     // 14, 15
-    let change = Change::AddMember { chat_id, user_id, record: (record.entity_type, record.id), at_ms: ctx.now_ms };
+    let record = (record.entity_type, record.id);
+    let change = Change::AddMember { chat_id, user_id, record, at_ms: ctx.now_ms, cause: ctx.cause() };
     match ctx.store.apply(change).await? {
         ChangeOutcome::MemberAdded { .. } | ChangeOutcome::AlreadyAMember => Ok(json!(chat_id).into()),
         _ => Err(Code::WrongRequest.into()),

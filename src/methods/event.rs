@@ -10,7 +10,7 @@ use super::args::{as_text, is_empty};
 use super::{CallContext, MethodResult, Params};
 use crate::events::{self, EVENTS, HandlerUrlError};
 use crate::rest::error::{ApiError, Code, Variant};
-use crate::store::{BindingFilter, EventBinding};
+use crate::store::{BindingFilter, Change, EventBinding};
 
 /// The parameters by upper-cased name (PHP's `array_change_key_case`: of two spellings, the later wins).
 fn upper_keys(params: &Params) -> HashMap<String, &Value> {
@@ -196,6 +196,21 @@ pub async fn list(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
         EVENTS.iter().filter(|e| listed(e.scope, &scopes)).map(|e| e.name).collect()
     };
     Ok(json!(names).into())
+}
+
+/// `event.test`: fires `ONAPPTEST` to the application's `ONAPPTEST` handlers, with the call's parameters as
+/// `data[QUERY]`.
+pub async fn test(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
+    let client_id = application(ctx)?;
+    let change = Change::Emit {
+        event: "ONAPPTEST",
+        payload: json!({ "QUERY": params }).to_string(),
+        client_id: client_id.to_string(),
+        at_ms: ctx.now_ms,
+        cause: ctx.cause(),
+    };
+    ctx.store.apply(change).await?;
+    Ok(json!(1).into())
 }
 
 /// The vendor's name for the scope of global methods and events.

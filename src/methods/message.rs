@@ -54,12 +54,19 @@ pub async fn add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     if !author.is_some_and(|user| user.active) {
         return Err(message_not_added());
     }
+    // The event names the chat's line and connector.
+    let Some(chat) = ctx.store.chat(chat_id).await? else {
+        return Err(message_not_added());
+    };
     let change = Change::AddMessage {
         chat_id,
         author: user_id,
         text,
         record: (record.entity_type, record.id),
+        line_id: chat.line_id,
+        connector_id: chat.connector_id,
         at_ms: ctx.now_ms,
+        cause: ctx.cause(),
     };
     match ctx.store.apply(change).await? {
         ChangeOutcome::MessageAdded { id } => Ok(json!(id).into()),

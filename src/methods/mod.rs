@@ -30,6 +30,8 @@ pub struct CallContext<'r> {
     pub client_id: Option<&'r str>,
     /// The call's `auth_connector` (the source key of offline events); empty when not given.
     pub auth_connector: &'r str,
+    /// The loop guard's depth of the events this call produces (see [`crate::store::Cause`]).
+    pub event_depth: i64,
     pub now_ms: i64,
 }
 
@@ -45,6 +47,13 @@ pub struct Output {
 impl From<Value> for Output {
     fn from(result: Value) -> Self {
         Self { result, total: None, next: None }
+    }
+}
+
+impl CallContext<'_> {
+    /// Who causes the changes of this call, for their events.
+    pub fn cause(&self) -> crate::store::Cause {
+        crate::store::Cause { user_id: self.caller.id, depth: self.event_depth }
     }
 }
 

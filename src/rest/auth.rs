@@ -28,6 +28,8 @@ pub struct Caller {
     pub client_id: Option<String>,
     /// The call's `auth_connector` parameter (offline events' source key); empty when not given.
     pub auth_connector: String,
+    /// The loop guard's depth of the token (0 but for tokens minted for event deliveries).
+    pub event_depth: i64,
 }
 
 impl Caller {
@@ -122,6 +124,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                     credential_id: format!("webhook:{}", hook.id),
                     client_id: None,
                     auth_connector: String::new(),
+                    event_depth: 0,
                 }),
                 _ => Err(Code::InvalidCredentials.into()),
             }
@@ -138,6 +141,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                 scopes: record.scopes.clone().into(),
                 kind: AuthKind::OAuth,
                 credential_id: format!("app:{}", record.client_id),
+                event_depth: record.event_depth,
                 client_id: Some(record.client_id),
                 auth_connector: String::new(),
             })
@@ -174,6 +178,7 @@ mod tests {
             scopes: vec!["im".into()],
             access_expires_ms: expires,
             refresh_expires_ms: expires * 2,
+            event_depth: 0,
         }
     }
 

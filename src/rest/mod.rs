@@ -282,6 +282,7 @@ pub(crate) async fn invoke(
         scopes: &caller.scopes,
         client_id: caller.client_id.as_deref(),
         auth_connector: &caller.auth_connector,
+        event_depth: caller.event_depth,
         now_ms: start.unix_ms(),
     };
     // Durations come from the monotonic clock: moving the portal clock must not charge or refund time.

@@ -87,7 +87,8 @@ async fn issue(app: &AppState, params: &crate::methods::Params) -> Result<Value,
             if old.client_id != client_id || old.refresh_expires_ms <= now_ms {
                 return Err(Variant::InvalidRefreshToken.into());
             }
-            let record = TokenRecord { user_id: old.user_id, ..tokens.clone() };
+            // A refreshed delivery token keeps its place in the loop guard.
+            let record = TokenRecord { user_id: old.user_id, event_depth: old.event_depth, ..tokens.clone() };
             // Rotation is one atomic step: of two concurrent refreshes with the same token, one fails.
             if app.store.rotate_tokens(&old_hash, &record, now_ms).await?.is_none() {
                 return Err(Variant::InvalidRefreshToken.into());
@@ -134,6 +135,7 @@ fn new_tokens(app: &AppState, client: &AppRecord, now_ms: i64) -> Issued {
         scopes: client.scopes.clone(),
         access_expires_ms: now_ms + app.settings.access_token_ttl_secs as i64 * 1000,
         refresh_expires_ms: now_ms + REFRESH_TOKEN_TTL_MS,
+        event_depth: 0,
     };
     Issued { access_token, refresh_token, record }
 }

@@ -35,6 +35,7 @@ pub static METHODS: &[MethodDef] = &[
     method!("event.bind", None, event::bind),
     method!("event.unbind", None, event::unbind),
     method!("event.get", None, event::get),
+    method!("event.test", None, event::test),
     method!("imopenlines.crm.chat.user.delete", Some("imopenlines"), crm_chat::user_delete),
     method!("imopenlines.crm.chat.user.add", Some("imopenlines"), crm_chat::user_add),
     method!("imopenlines.crm.chat.getlastid", Some("imopenlines"), crm_chat::get_last_id),

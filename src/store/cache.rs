@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::{
     AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DynStore, EventBinding, LoadError,
-    Store, StoreError, StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
+    PendingDelivery, Store, StoreError, StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
@@ -371,5 +371,9 @@ impl Store for CachedStore {
 
     async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>> {
         self.inner.bindings(client_id).await
+    }
+
+    async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>> {
+        self.inner.due_deliveries(now_ms, limit).await
     }
 }

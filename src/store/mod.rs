@@ -73,6 +73,8 @@ pub struct TokenRecord {
     pub scopes: Vec<String>,
     pub access_expires_ms: i64,
     pub refresh_expires_ms: i64,
+    /// The loop guard: a token minted for a delivery carries the depth of the events its calls produce.
+    pub event_depth: i64,
 }
 
 /// A one-time authorization code, as `take_auth_code` hands it back.
@@ -136,7 +138,17 @@ pub enum ExportDetail {
     Structure,
 }
 
-/// A write, applied by the store in one transaction together with its notification and outbox record.
+/// Who made a change, for the events it produces: whose token a handler bound without `auth_type` receives,
+/// and the loop guard's depth (0 for an ordinary call; a call made with a token minted for a delivery of an
+/// event of depth `d` has depth `d + 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cause {
+    pub user_id: i64,
+    pub depth: i64,
+}
+
+/// A write, applied by the store in one transaction together with its notification and the events it
+/// produces for the handlers bound to them (none when nobody listens).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     RemoveMember {
@@ -144,12 +156,14 @@ pub enum Change {
         user_id: i64,
         record: (CrmEntityType, i64),
         at_ms: i64,
+        cause: Cause,
     },
     AddMember {
         chat_id: i64,
         user_id: i64,
         record: (CrmEntityType, i64),
         at_ms: i64,
+        cause: Cause,
     },
     /// A message from `author`, who must be a member of the chat when the change is applied.
     AddMessage {
@@ -157,7 +171,36 @@ pub enum Change {
         author: i64,
         text: String,
         record: (CrmEntityType, i64),
+        /// The chat's line and connector, for the event's `connector` block.
+        line_id: i64,
+        connector_id: String,
         at_ms: i64,
+        cause: Cause,
+    },
+    /// An event that no change of the portal causes (`ONAPPTEST`): for the bindings of `client_id` only.
+    Emit {
+        event: &'static str,
+        payload: String,
+        client_id: String,
+        at_ms: i64,
+        cause: Cause,
+    },
+    /// Take the deliveries `ids` for sending until `until_ms`: those still pending and not taken by anyone
+    /// else at `now_ms`.
+    LeaseDeliveries {
+        ids: Vec<i64>,
+        now_ms: i64,
+        until_ms: i64,
+    },
+    /// The outcomes of delivery attempts.
+    RecordDeliveries(Vec<DeliveryOutcome>),
+    /// Delete up to `limit` finished deliveries that were finished before `before_ms` or are more than
+    /// `keep` finished ones, with the events left without a delivery, and expired tokens.
+    Prune {
+        before_ms: i64,
+        keep: i64,
+        limit: i64,
+        now_ms: i64,
     },
 }
 
@@ -177,6 +220,64 @@ pub enum ChangeOutcome {
     MessageAdded {
         id: i64,
     },
+    /// How many deliveries an event got.
+    Emitted(u64),
+    /// The deliveries this caller now holds.
+    Leased(Vec<i64>),
+    Recorded,
+    /// How many deliveries were deleted.
+    Pruned(u64),
+}
+
+/// A delivery waiting to be sent, with its event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    pub id: i64,
+    pub event_id: i64,
+    /// `event_handler_id` on the wire.
+    pub binding_id: i64,
+    pub client_id: String,
+    pub application_token: String,
+    pub handler: String,
+    /// Whose token goes with it; 0 for none.
+    pub user_id: i64,
+    /// Attempts made so far.
+    pub attempts: i64,
+    pub event: String,
+    pub payload: String,
+    pub created_ms: i64,
+    pub depth: i64,
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryOutcome {
+    pub id: i64,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    pub at_ms: i64,
+    /// The handler's HTTP status; `None` when it did not answer.
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub next: NextStep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Delivered,
+    RetryAt(i64),
+    Failed,
+}
+
+impl NextStep {
+    pub fn state(self) -> &'static str {
+        match self {
+            NextStep::Delivered => "delivered",
+            NextStep::RetryAt(_) => "pending",
+            NextStep::Failed => "failed",
+        }
+    }
 }
 
 #[async_trait]
@@ -250,6 +351,12 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_bindings(&self, filter: &BindingFilter) -> StoreResult<u64>;
     /// The application's bindings in id order.
     async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>>;
+
+    // Deliveries (written through `apply`).
+    /// Up to `limit` deliveries due at `now_ms` and not taken by anyone, in the order their events were
+    /// produced. A handler whose oldest pending delivery waits for a retry gets none: its deliveries go out in
+    /// order.
+    async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

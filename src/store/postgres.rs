@@ -20,7 +20,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
-use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
+use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult};
 use crate::domain::{CrmEntityType, rules};
 use crate::fixtures::{self, PortalState};
 
@@ -105,19 +105,75 @@ impl Backend for PgStore {
     async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
         let mut tx = self.begin_write().await?;
         let outcome = match change {
-            Change::RemoveMember { chat_id, user_id, record, at_ms } => {
+            Change::RemoveMember { chat_id, user_id, record, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
-                remove_member(&mut tx, chat_id, user_id, record, at_ms).await?
+                remove_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?
             }
-            Change::AddMember { chat_id, user_id, record, at_ms } => {
+            Change::AddMember { chat_id, user_id, record, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
-                add_member(&mut tx, chat_id, user_id, record, at_ms).await?
+                add_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?
             }
-            Change::AddMessage { chat_id, author, text, record, at_ms } => {
+            Change::AddMessage { chat_id, author, text, record: _, line_id, connector_id, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR SHARE").await?;
                 // Conflicts with itself and with a load's lock, not with readers.
                 sqlx::query("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-                add_message(&mut tx, chat_id, author, &text, record, at_ms).await?
+                add_message(&mut tx, chat_id, author, &text, (line_id, &connector_id), at_ms, cause).await?
+            }
+            Change::Emit { event, payload, client_id, at_ms, cause } => {
+                ChangeOutcome::Emitted(produce(&mut tx, event, &payload, at_ms, cause, Some(&client_id)).await?)
+            }
+            Change::LeaseDeliveries { ids, now_ms, until_ms } => {
+                let mut leased = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let done =
+                        sqlx::query(sql::LEASE_DELIVERY).bind(until_ms).bind(id).bind(now_ms).execute(&mut *tx).await?;
+                    if done.rows_affected() == 1 {
+                        leased.push(id);
+                    }
+                }
+                ChangeOutcome::Leased(leased)
+            }
+            Change::RecordDeliveries(outcomes) => {
+                for o in outcomes {
+                    sqlx::query(sql::INSERT_ATTEMPT)
+                        .bind(o.id)
+                        .bind(o.attempt)
+                        .bind(o.at_ms)
+                        .bind(o.status)
+                        .bind(&o.error)
+                        .bind(o.duration_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    let next_ms = match o.next {
+                        NextStep::RetryAt(at) => at,
+                        _ => o.at_ms,
+                    };
+                    sqlx::query(sql::FINISH_ATTEMPT)
+                        .bind(o.next.state())
+                        .bind(o.attempt)
+                        .bind(next_ms)
+                        .bind(o.at_ms)
+                        .bind(o.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                ChangeOutcome::Recorded
+            }
+            Change::Prune { before_ms, keep, limit, now_ms } => {
+                let events: Vec<i64> = sqlx::query_scalar(sql::PRUNE_DELIVERIES)
+                    .bind(before_ms)
+                    .bind(keep)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut distinct = events.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                for event in distinct {
+                    sqlx::query(sql::PRUNE_EVENT).bind(event).execute(&mut *tx).await?;
+                }
+                sqlx::query(sql::PRUNE_TOKENS).bind(now_ms).execute(&mut *tx).await?;
+                ChangeOutcome::Pruned(events.len() as u64)
             }
         };
         match outcome {
@@ -165,6 +221,7 @@ pub(super) async fn remove_member(
     user_id: i64,
     record: (CrmEntityType, i64),
     at_ms: i64,
+    cause: Cause,
 ) -> StoreResult<ChangeOutcome> {
     // The row count decides between two identical calls: the second finds nothing to delete.
     let deleted = sqlx::query(sql::DELETE_MEMBER).bind(chat_id).bind(user_id).execute(&mut **tx).await?;
@@ -194,7 +251,7 @@ pub(super) async fn remove_member(
     let mut recipients = members;
     recipients.push(user_id);
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
-    record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms).await?;
+    record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms, cause).await?;
     Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
 }
 
@@ -211,6 +268,7 @@ pub(super) async fn add_member(
     user_id: i64,
     record: (CrmEntityType, i64),
     at_ms: i64,
+    cause: Cause,
 ) -> StoreResult<ChangeOutcome> {
     let inserted = sqlx::query(sql::INSERT_MEMBER).bind(chat_id).bind(user_id).bind(at_ms).execute(&mut **tx).await?;
     if inserted.rows_affected() == 0 {
@@ -219,7 +277,7 @@ pub(super) async fn add_member(
     let member_count: i64 = sqlx::query_scalar(sql::COUNT_AFTER_JOIN).bind(chat_id).fetch_one(&mut **tx).await?;
     let recipients = members_in_join_order(tx, chat_id).await?;
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
-    record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms).await?;
+    record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms, cause).await?;
     Ok(ChangeOutcome::MemberAdded { member_count })
 }
 
@@ -230,8 +288,9 @@ pub(super) async fn add_message(
     chat_id: i64,
     author: i64,
     text: &str,
-    record: (CrmEntityType, i64),
+    (line_id, connector_id): (i64, &str),
     at_ms: i64,
+    cause: Cause,
 ) -> StoreResult<ChangeOutcome> {
     let member: Option<i64> =
         sqlx::query_scalar(sql::IS_MEMBER).bind(chat_id).bind(author).fetch_optional(&mut **tx).await?;
@@ -245,18 +304,19 @@ pub(super) async fn add_message(
         .bind(at_ms)
         .fetch_one(&mut **tx)
         .await?;
-    let event = sql::message_payload(chat_id, id, author, text, record);
-    sqlx::query(sql::INSERT_OUTBOX).bind("ONOPENLINEMESSAGEADD").bind(event).bind(at_ms).execute(&mut **tx).await?;
+    let event = sql::message_payload(chat_id, id, author, text, at_ms, line_id, connector_id);
+    produce(tx, "ONOPENLINEMESSAGEADD", &event, at_ms, cause, None).await?;
     Ok(ChangeOutcome::MessageAdded { id })
 }
 
-/// The messenger notification (kind, payload) and the outbox record (event, payload) of a change.
+/// The messenger notification (kind, payload) and the event (name, payload) of a change.
 async fn record_change(
     tx: &mut shared::Tx,
     chat_id: i64,
     notification: (&str, &str),
     event: (&str, &str),
     at_ms: i64,
+    cause: Cause,
 ) -> StoreResult<()> {
     sqlx::query(sql::INSERT_NOTIFICATION)
         .bind(chat_id)
@@ -265,6 +325,40 @@ async fn record_change(
         .bind(at_ms)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(sql::INSERT_OUTBOX).bind(event.0).bind(event.1).bind(at_ms).execute(&mut **tx).await?;
+    produce(tx, event.0, event.1, at_ms, cause, None).await?;
     Ok(())
+}
+
+/// Writes `event` with a delivery for every online handler bound to it (of `client_id` only, when given);
+/// nothing when nobody listens (the event's insert checks that itself) or the loop guard stops it.
+async fn produce(
+    tx: &mut shared::Tx,
+    event: &str,
+    payload: &str,
+    at_ms: i64,
+    cause: Cause,
+    client_id: Option<&str>,
+) -> StoreResult<u64> {
+    if cause.depth > sql::MAX_EVENT_DEPTH {
+        return Ok(0);
+    }
+    let id: Option<i64> = sqlx::query_scalar(sql::INSERT_EVENT)
+        .bind(event)
+        .bind(payload)
+        .bind(at_ms)
+        .bind(cause.user_id)
+        .bind(cause.depth)
+        .bind(client_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(id) = id else { return Ok(0) };
+    let done = sqlx::query(sql::INSERT_DELIVERIES)
+        .bind(id)
+        .bind(cause.user_id)
+        .bind(at_ms)
+        .bind(event)
+        .bind(client_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected())
 }

@@ -169,11 +169,51 @@ pub(crate) mod statements {
          SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4 FROM messages RETURNING id";
     pub const INSERT_NOTIFICATION: &str =
         "INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)";
-    pub const INSERT_OUTBOX: &str =
-        "INSERT INTO outbox (event, payload, created_ms, user_id, depth) VALUES ($1, $2, $3, 0, 0)";
+    /// The events some online handler listens to (SQLite's writer keeps them, see `sqlite_writer`).
+    pub const LISTENED_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler <> ''";
+    /// An event, written only when an online handler is bound to it (of application `$6` when not NULL).
+    pub const INSERT_EVENT: &str = "INSERT INTO outbox (event, payload, created_ms, user_id, depth) \
+         SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM event_bindings \
+         WHERE event = $1 AND handler <> '' AND ($6 IS NULL OR client_id = $6)) RETURNING id";
+    /// The event's deliveries, one per online binding (with the token of the binding's user, or else of the
+    /// user who caused the event).
+    pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
+         application_token, handler, user_id, state, attempts, next_attempt_ms, lease_until_ms, updated_ms) \
+         SELECT $1, b.id, b.client_id, a.application_token, b.handler, \
+         CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
+         FROM event_bindings b JOIN apps a ON a.client_id = b.client_id \
+         WHERE b.event = $4 AND b.handler <> '' AND ($5 IS NULL OR b.client_id = $5) ORDER BY b.id";
+    /// Take a delivery if nobody holds it.
+    pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1 \
+         WHERE id = $2 AND state = 'pending' AND lease_until_ms <= $3";
+    pub const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status, error, \
+         duration_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING";
+    pub const FINISH_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_ms = $3, \
+         lease_until_ms = 0, updated_ms = $4 WHERE id = $5";
+    /// Finished deliveries past the retention: finished before `$1`, or beyond the newest `$2`; `$3` at most.
+    pub const PRUNE_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
+         WHERE state <> 'pending' AND (updated_ms < $1 OR id <= COALESCE((SELECT id FROM deliveries \
+         WHERE state <> 'pending' ORDER BY id DESC LIMIT 1 OFFSET $2), 0)) ORDER BY id LIMIT $3) RETURNING event_id";
+    pub const PRUNE_EVENT: &str =
+        "DELETE FROM outbox WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = $1)";
+    /// Tokens that can no longer be used or refreshed, a day after their access token expired (until then an
+    /// expired token is still answered `expired_token`). Delivery tokens without a refresh token are such
+    /// tokens an hour after they were minted.
+    pub const PRUNE_TOKENS: &str =
+        "DELETE FROM oauth_tokens WHERE refresh_expires_ms < $1 AND access_expires_ms < $1 - 86400000";
+    /// Due deliveries (see `Store::due_deliveries`).
+    pub const DUE_DELIVERIES: &str = "SELECT d.id, d.event_id, d.binding_id, d.client_id, d.application_token, \
+         d.handler, d.user_id, d.attempts, o.event, o.payload, o.created_ms, o.depth \
+         FROM deliveries d JOIN outbox o ON o.id = d.event_id \
+         WHERE d.state = 'pending' AND d.next_attempt_ms <= $1 AND d.lease_until_ms <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'pending' AND e.next_attempt_ms > $1 \
+         AND e.handler = d.handler AND e.id < d.id) ORDER BY d.id LIMIT $2";
+
+    /// Events past this depth are not produced: the loop guard.
+    pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 22] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -186,7 +226,16 @@ pub(crate) mod statements {
         IS_MEMBER,
         INSERT_MESSAGE,
         INSERT_NOTIFICATION,
-        INSERT_OUTBOX,
+        LISTENED_EVENTS,
+        INSERT_EVENT,
+        INSERT_DELIVERIES,
+        LEASE_DELIVERY,
+        INSERT_ATTEMPT,
+        FINISH_ATTEMPT,
+        PRUNE_DELIVERIES,
+        PRUNE_EVENT,
+        PRUNE_TOKENS,
+        DUE_DELIVERIES,
     ];
 
     /// The user ids of `(user_id, join_seq)` rows, longest-standing member first.
@@ -244,12 +293,26 @@ pub(crate) mod statements {
         (notification, event)
     }
 
-    /// The `ONOPENLINEMESSAGEADD` event of a stored message.
-    pub fn message_payload(chat_id: i64, id: i64, author: i64, text: &str, record: (CrmEntityType, i64)) -> String {
-        serde_json::json!({
-            "CHAT_ID": chat_id, "MESSAGE_ID": id, "USER_ID": author, "MESSAGE": text,
-            "CRM_ENTITY_TYPE": record.0.as_upper(), "CRM_ENTITY": record.1,
-        })
+    /// The `ONOPENLINEMESSAGEADD` event of a stored message, in the vendor's shape (`DATA[0]` with the
+    /// chat, the message and the connector; what crmchat does not model is left out).
+    pub fn message_payload(
+        chat_id: i64,
+        id: i64,
+        author: i64,
+        text: &str,
+        at_ms: i64,
+        line_id: i64,
+        connector_id: &str,
+    ) -> String {
+        let date = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S+00:00")
+            .to_string();
+        serde_json::json!({"DATA": [{
+            "chat": {"id": chat_id},
+            "message": {"id": id, "date": date, "text": text, "user_id": author, "system": "N"},
+            "connector": {"connector_id": connector_id, "line_id": line_id, "chat_id": chat_id, "user_id": author},
+        }]})
         .to_string()
     }
 }
@@ -270,7 +333,7 @@ macro_rules! shared_sql {
             use $crate::fixtures::{self, PortalState};
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
-                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, EventBinding, ExportDetail, LoadError, Store, StoreError, StoreResult, TokenRecord,
+                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, EventBinding, ExportDetail, LoadError, PendingDelivery, Store, StoreError, StoreResult, TokenRecord,
                 WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
             };
 
@@ -734,6 +797,31 @@ macro_rules! shared_sql {
                     Ok(done.rows_affected())
                 }
 
+                async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>> {
+                    let rows = sqlx::query($crate::store::sql::statements::DUE_DELIVERIES)
+                        .bind(now_ms)
+                        .bind(limit)
+                        .fetch_all(self.reader())
+                        .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| PendingDelivery {
+                            id: r.get("id"),
+                            event_id: r.get("event_id"),
+                            binding_id: r.get("binding_id"),
+                            client_id: r.get("client_id"),
+                            application_token: r.get("application_token"),
+                            handler: r.get("handler"),
+                            user_id: r.get("user_id"),
+                            attempts: r.get("attempts"),
+                            event: r.get("event"),
+                            payload: r.get("payload"),
+                            created_ms: r.get("created_ms"),
+                            depth: r.get("depth"),
+                        })
+                        .collect())
+                }
+
                 async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>> {
                     let rows = sqlx::query("SELECT * FROM event_bindings WHERE client_id = $1 ORDER BY id")
                         .bind(client_id)
@@ -793,6 +881,7 @@ macro_rules! shared_sql {
                     scopes: split_list(r.get("scopes")),
                     access_expires_ms: r.get("access_expires_ms"),
                     refresh_expires_ms: r.get("refresh_expires_ms"),
+                    event_depth: r.get("event_depth"),
                 }
             }
 
@@ -802,7 +891,7 @@ macro_rules! shared_sql {
             ) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO oauth_tokens (access_sha256, refresh_sha256, client_id, user_id, scopes, \
-                     access_expires_ms, refresh_expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     access_expires_ms, refresh_expires_ms, event_depth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&t.access_sha256)
                 .bind(&t.refresh_sha256)
@@ -811,6 +900,7 @@ macro_rules! shared_sql {
                 .bind(t.scopes.join(","))
                 .bind(t.access_expires_ms)
                 .bind(t.refresh_expires_ms)
+                .bind(t.event_depth)
                 .execute(executor)
                 .await?;
                 Ok(())

@@ -39,7 +39,7 @@ use rusqlite::{Connection, OptionalExtension, Statement, params};
 use tokio::sync::oneshot;
 
 use super::sql::statements as sql;
-use super::{Change, ChangeOutcome, StoreError, StoreResult};
+use super::{Cause, Change, ChangeOutcome, NextStep, StoreError, StoreResult};
 use crate::domain::rules;
 
 /// The most changes committed together; more wait for the next group.
@@ -309,7 +309,15 @@ struct Prepared<'c> {
     is_member: Statement<'c>,
     insert_message: Statement<'c>,
     insert_notification: Statement<'c>,
-    insert_outbox: Statement<'c>,
+    listened_events: Statement<'c>,
+    insert_event: Statement<'c>,
+    insert_deliveries: Statement<'c>,
+    lease_delivery: Statement<'c>,
+    insert_attempt: Statement<'c>,
+    finish_attempt: Statement<'c>,
+    prune_deliveries: Statement<'c>,
+    prune_event: Statement<'c>,
+    prune_tokens: Statement<'c>,
     data_version: Statement<'c>,
 }
 
@@ -330,7 +338,15 @@ impl<'c> Prepared<'c> {
             is_member: connection.prepare(sql::IS_MEMBER)?,
             insert_message: connection.prepare(sql::INSERT_MESSAGE)?,
             insert_notification: connection.prepare(sql::INSERT_NOTIFICATION)?,
-            insert_outbox: connection.prepare(sql::INSERT_OUTBOX)?,
+            listened_events: connection.prepare(sql::LISTENED_EVENTS)?,
+            insert_event: connection.prepare(sql::INSERT_EVENT)?,
+            insert_deliveries: connection.prepare(sql::INSERT_DELIVERIES)?,
+            lease_delivery: connection.prepare(sql::LEASE_DELIVERY)?,
+            insert_attempt: connection.prepare(sql::INSERT_ATTEMPT)?,
+            finish_attempt: connection.prepare(sql::FINISH_ATTEMPT)?,
+            prune_deliveries: connection.prepare(sql::PRUNE_DELIVERIES)?,
+            prune_event: connection.prepare(sql::PRUNE_EVENT)?,
+            prune_tokens: connection.prepare(sql::PRUNE_TOKENS)?,
             data_version: connection.prepare("PRAGMA data_version")?,
         })
     }
@@ -358,6 +374,10 @@ impl<'c> Prepared<'c> {
 #[derive(Default)]
 struct MemberCache {
     chats: HashMap<i64, CachedChat>,
+    /// The events some online handler is bound to, read when first needed. Bindings are written by other
+    /// connections, which move `data_version`, so they are read again after every binding change; a change
+    /// with no listener writes no event at all.
+    listened: Option<std::collections::HashSet<String>>,
     /// `PRAGMA data_version` when the cache was last known to be current.
     data_version: Option<i64>,
 }
@@ -375,6 +395,7 @@ impl MemberCache {
         let version = s.data_version()?;
         if self.data_version != Some(version) {
             self.chats.clear();
+            self.listened = None;
             self.data_version = Some(version);
         }
         Ok(())
@@ -382,6 +403,15 @@ impl MemberCache {
 
     fn forget_all(&mut self) {
         self.chats.clear();
+        self.listened = None;
+    }
+
+    fn is_listened(&mut self, s: &mut Prepared, event: &str) -> rusqlite::Result<bool> {
+        if self.listened.is_none() {
+            let events = s.listened_events.query_map([], |r| r.get::<_, String>(0))?;
+            self.listened = Some(events.collect::<rusqlite::Result<_>>()?);
+        }
+        Ok(self.listened.as_ref().is_some_and(|events| events.contains(event)))
     }
 
     /// The chat after `user_id` left it: its row deleted and the stored count decremented.
@@ -466,9 +496,31 @@ fn clone_error(err: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(err.to_string().into())
 }
 
+/// Writes `event` with a delivery for every online handler bound to it (of `client_id` only, when given);
+/// nothing when nobody listens or the loop guard stops it. Returns the number of deliveries.
+fn produce(
+    s: &mut Prepared,
+    cache: &mut MemberCache,
+    event: &str,
+    payload: &str,
+    at_ms: i64,
+    cause: &Cause,
+    client_id: Option<&str>,
+) -> rusqlite::Result<u64> {
+    if cause.depth > sql::MAX_EVENT_DEPTH || !cache.is_listened(s, event)? {
+        return Ok(0);
+    }
+    let inserted = s
+        .insert_event
+        .query_row(params![event, payload, at_ms, cause.user_id, cause.depth, client_id], |r| r.get::<_, i64>(0))
+        .optional()?;
+    let Some(id) = inserted else { return Ok(0) };
+    Ok(s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])? as u64)
+}
+
 fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite::Result<ChangeOutcome> {
     match change {
-        Change::RemoveMember { chat_id, user_id, record, at_ms } => {
+        Change::RemoveMember { chat_id, user_id, record, at_ms, cause } => {
             if s.delete_member.execute(params![chat_id, user_id])? == 0 {
                 return Ok(ChangeOutcome::NotAMember);
             }
@@ -496,10 +548,11 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
             s.insert_notification.execute(params![chat_id, "chatUserLeave", notification, at_ms])?;
-            s.insert_outbox.execute(params!["ONCRMCHATUSERDELETE", event, at_ms])?;
-            Ok(ChangeOutcome::MemberRemoved { member_count, author: chat.author })
+            let author = chat.author;
+            produce(s, cache, "ONCRMCHATUSERDELETE", &event, *at_ms, cause, None)?;
+            Ok(ChangeOutcome::MemberRemoved { member_count, author })
         }
-        Change::AddMember { chat_id, user_id, record, at_ms } => {
+        Change::AddMember { chat_id, user_id, record, at_ms, cause } => {
             if s.insert_member.execute(params![chat_id, user_id, at_ms])? == 0 {
                 return Ok(ChangeOutcome::AlreadyAMember);
             }
@@ -508,17 +561,56 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
             let (notification, event) =
                 sql::membership_payloads(*chat_id, *user_id, member_count, &recipients, *record);
             s.insert_notification.execute(params![chat_id, "chatUserJoin", notification, at_ms])?;
-            s.insert_outbox.execute(params!["ONCRMCHATUSERADD", event, at_ms])?;
+            produce(s, cache, "ONCRMCHATUSERADD", &event, *at_ms, cause, None)?;
             Ok(ChangeOutcome::MemberAdded { member_count })
         }
-        Change::AddMessage { chat_id, author, text, record, at_ms } => {
+        Change::AddMessage { chat_id, author, text, record: _, line_id, connector_id, at_ms, cause } => {
             if s.is_member.query_row(params![chat_id, author], |_| Ok(())).optional()?.is_none() {
                 return Ok(ChangeOutcome::NotAMember);
             }
             let id: i64 = s.insert_message.query_row(params![chat_id, author, text, at_ms], |r| r.get(0))?;
-            let event = sql::message_payload(*chat_id, id, *author, text, *record);
-            s.insert_outbox.execute(params!["ONOPENLINEMESSAGEADD", event, at_ms])?;
+            let event = sql::message_payload(*chat_id, id, *author, text, *at_ms, *line_id, connector_id);
+            produce(s, cache, "ONOPENLINEMESSAGEADD", &event, *at_ms, cause, None)?;
             Ok(ChangeOutcome::MessageAdded { id })
+        }
+        Change::Emit { event, payload, client_id, at_ms, cause } => {
+            Ok(ChangeOutcome::Emitted(produce(s, cache, event, payload, *at_ms, cause, Some(client_id))?))
+        }
+        Change::LeaseDeliveries { ids, now_ms, until_ms } => {
+            let mut leased = Vec::with_capacity(ids.len());
+            for id in ids {
+                if s.lease_delivery.execute(params![until_ms, id, now_ms])? == 1 {
+                    leased.push(*id);
+                }
+            }
+            Ok(ChangeOutcome::Leased(leased))
+        }
+        Change::RecordDeliveries(outcomes) => {
+            for o in outcomes {
+                s.insert_attempt.execute(params![o.id, o.attempt, o.at_ms, o.status, o.error, o.duration_ms])?;
+                let next_ms = match o.next {
+                    NextStep::RetryAt(at) => at,
+                    _ => o.at_ms,
+                };
+                s.finish_attempt.execute(params![o.next.state(), o.attempt, next_ms, o.at_ms, o.id])?;
+            }
+            Ok(ChangeOutcome::Recorded)
+        }
+        Change::Prune { before_ms, keep, limit, now_ms } => {
+            let events = s
+                .prune_deliveries
+                .query_map(params![before_ms, keep, limit], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            let mut previous = None;
+            for &event in &events {
+                // Rows come in delivery order, so an event's deliveries are next to each other.
+                if previous != Some(event) {
+                    s.prune_event.execute([event])?;
+                    previous = Some(event);
+                }
+            }
+            s.prune_tokens.execute([now_ms])?;
+            Ok(ChangeOutcome::Pruned(events.len() as u64))
         }
     }
 }
@@ -704,7 +796,8 @@ mod tests {
         let mut statements = Prepared::new(&connection).unwrap();
         let mut members = MemberCache::default();
         let record = (crate::domain::CrmEntityType::Deal, 1);
-        let remove = |user_id| job(Change::RemoveMember { chat_id: 5, user_id, record, at_ms: 0 });
+        let remove =
+            |user_id| job(Change::RemoveMember { chat_id: 5, user_id, record, at_ms: 0, cause: Cause::default() });
         let last_recipients = || {
             let payload: String = connection
                 .query_row("SELECT payload FROM notifications ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
@@ -751,15 +844,19 @@ mod tests {
                                           (2, 'B', '', 1, 'employee', 0, 'all', 'all', 'all', 'all', 'self', 'self'); \
                  INSERT INTO lines VALUES (1, 'L'); \
                  INSERT INTO chats VALUES (5, 1, 'livechat', 1, 2, 2); \
-                 INSERT INTO chat_members VALUES (5, 1, 0, 0), (5, 2, 1, 0);",
+                 INSERT INTO chat_members VALUES (5, 1, 0, 0), (5, 2, 1, 0); \
+                 INSERT INTO apps VALUES ('app', '', 'imopenlines', 'token'); \
+                 INSERT INTO event_bindings (client_id, event, handler, user_id, connector_id, created_ms) \
+                 VALUES ('app', 'ONCRMCHATUSERDELETE', 'http://127.0.0.1/', 0, '', 0), \
+                        ('app', 'ONCRMCHATUSERADD', 'http://127.0.0.1/', 0, '', 0);",
             )
             .unwrap();
         let record = (crate::domain::CrmEntityType::Deal, 1);
         let group = [
-            job(Change::RemoveMember { chat_id: 5, user_id: 2, record, at_ms: 0 }),
+            job(Change::RemoveMember { chat_id: 5, user_id: 2, record, at_ms: 0, cause: Cause::default() }),
             // User 99 does not exist: the foreign key refuses the membership.
-            job(Change::AddMember { chat_id: 5, user_id: 99, record, at_ms: 0 }),
-            job(Change::RemoveMember { chat_id: 5, user_id: 1, record, at_ms: 0 }),
+            job(Change::AddMember { chat_id: 5, user_id: 99, record, at_ms: 0, cause: Cause::default() }),
+            job(Change::RemoveMember { chat_id: 5, user_id: 1, record, at_ms: 0, cause: Cause::default() }),
         ];
         let outcomes = commit_group(&mut Prepared::new(&connection).unwrap(), &mut MemberCache::default(), &group);
         assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, .. })), "{outcomes:?}");
@@ -768,11 +865,18 @@ mod tests {
         let (members, count, events): (i64, i64, i64) = connection
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM chat_members), (SELECT member_count FROM chats), \
-                 (SELECT COUNT(*) FROM outbox)",
+                 (SELECT COUNT(*) FROM outbox WHERE event = 'ONCRMCHATUSERDELETE')",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
+        // Two removals, two events (each with its delivery); nothing of the failed addition.
         assert_eq!((members, count, events), (0, 0, 2));
+        let (all_events, deliveries): (i64, i64) = connection
+            .query_row("SELECT (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM deliveries)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((all_events, deliveries), (2, 2));
     }
 }

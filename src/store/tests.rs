@@ -118,11 +118,11 @@ fn portal(chats: i64) -> PortalState {
 }
 
 fn remove(chat_id: i64, user_id: i64) -> Change {
-    Change::RemoveMember { chat_id, user_id, record: RECORD, at_ms: 1 }
+    Change::RemoveMember { chat_id, user_id, record: RECORD, at_ms: 1, cause: Default::default() }
 }
 
 fn add(chat_id: i64, user_id: i64) -> Change {
-    Change::AddMember { chat_id, user_id, record: RECORD, at_ms: 1 }
+    Change::AddMember { chat_id, user_id, record: RECORD, at_ms: 1, cause: Default::default() }
 }
 
 /// Runs every `(instance, change)` at once; the outcomes in the order given.
@@ -198,7 +198,16 @@ async fn message_ids_never_collide(db: TestDb) {
     let mut changes = Vec::new();
     for i in 0..40 {
         let chat = [8773, FIRST_CHAT, FIRST_CHAT + 1, FIRST_CHAT + 2][i % 4];
-        let change = Change::AddMessage { chat_id: chat, author: 12, text: format!("m{i}"), record: RECORD, at_ms: 1 };
+        let change = Change::AddMessage {
+            chat_id: chat,
+            author: 12,
+            text: format!("m{i}"),
+            record: RECORD,
+            line_id: 1,
+            connector_id: "livechat".into(),
+            at_ms: 1,
+            cause: Default::default(),
+        };
         changes.push((if i % 2 == 0 { a.clone() } else { b.clone() }, change));
     }
     let mut ids: Vec<i64> = apply_all(changes)

@@ -27,7 +27,10 @@ async fn add_rows(url: &str) -> (i64, i64) {
         author: 14,
         text: "after the move".into(),
         record: (CrmEntityType::Deal, 288),
+        line_id: 1,
+        connector_id: "livechat".into(),
         at_ms: 1_795_000_000_000,
+        cause: Default::default(),
     };
     let ChangeOutcome::MessageAdded { id } = store.apply(message).await.unwrap() else { panic!("message refused") };
     (webhook, id)
@@ -49,6 +52,7 @@ async fn a_portal_exported_from_sqlite_loads_into_postgres_unchanged() {
         user_id: 12,
         record: (CrmEntityType::Deal, 288),
         at_ms: 1_795_000_000_000,
+        cause: Default::default(),
     };
     assert_eq!(
         source.apply(removal).await.unwrap(),
@@ -59,7 +63,10 @@ async fn a_portal_exported_from_sqlite_loads_into_postgres_unchanged() {
         author: 30,
         text: "Still there?".into(),
         record: (CrmEntityType::Deal, 288),
+        line_id: 1,
+        connector_id: "livechat".into(),
         at_ms: 1_795_000_000_000,
+        cause: Default::default(),
     };
     assert_eq!(source.apply(message).await.unwrap(), ChangeOutcome::MessageAdded { id: 1003 });
     let first = source.add_webhook(12, &"a".repeat(64), &["im".to_string()], 1_795_000_000_000).await.unwrap();

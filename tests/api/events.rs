@@ -193,3 +193,322 @@ async fn events_lists_the_events_of_the_scopes() {
     assert_success(&app.call_bearer(&im_only, "events", json!({})).await, json!(global));
     assert_success(&app.call_bearer(&im_only, "events", json!({"full": 1})).await, json!(every));
 }
+
+// ---- deliveries ----
+
+/// One request a [`Sink`] received.
+#[derive(Debug, Clone)]
+struct Received {
+    content_type: String,
+    body: String,
+}
+
+impl Received {
+    /// The body's pairs, decoded.
+    fn pairs(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.body.as_bytes()).into_owned().collect()
+    }
+
+    fn field(&self, name: &str) -> Option<String> {
+        self.pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// A local event handler: records every request, answers with the statuses it is told, one per request
+/// (200 once they run out).
+#[derive(Clone)]
+struct Sink {
+    url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+}
+
+impl Sink {
+    async fn start() -> Sink {
+        Sink::on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    async fn on(listener: tokio::net::TcpListener) -> Sink {
+        let addr = listener.local_addr().unwrap();
+        let sink =
+            Sink { url: format!("http://{addr}/handler"), received: Default::default(), answers: Default::default() };
+        let state = sink.clone();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                state.received.lock().unwrap().push(Received { content_type, body });
+                let status = state.answers.lock().unwrap().pop_front().unwrap_or(200);
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        sink
+    }
+
+    fn answer(&self, statuses: &[u16]) {
+        self.answers.lock().unwrap().extend(statuses);
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` requests arrived (at most `secs` seconds) and returns them.
+    async fn wait(&self, count: usize, secs: u64) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let received = self.received();
+            if received.len() >= count || std::time::Instant::now() > deadline {
+                assert!(received.len() >= count, "{} of {count} deliveries arrived: {received:?}", received.len());
+                return received;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The removal of user 12 from chat 8773 (deal 288) through the demo webhook.
+async fn remove_operator(app: &TestApp) {
+    let resp = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})).await;
+    assert_success(&resp, json!(8773));
+}
+
+#[tokio::test]
+async fn events_a_removal_is_delivered_in_the_vendors_wire_format() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let client = app.add_oauth_app("local.wire.app", "imopenlines,im");
+    let token = app.issue_tokens(&client, 1).await["access_token"].as_str().unwrap().to_string();
+    assert_success(
+        &bind(&app, &token, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await,
+        json!(true),
+    );
+
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    remove_operator(&app).await;
+    let [delivery] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    assert_eq!(delivery.content_type, "application/x-www-form-urlencoded");
+    // PHP's http_build_query: brackets percent-encoded.
+    assert!(
+        delivery.body.starts_with("event=ONCRMCHATUSERDELETE&event_handler_id=1&data%5BCHAT_ID%5D=8773&"),
+        "{}",
+        delivery.body
+    );
+    let keys: Vec<String> = delivery.pairs().into_iter().map(|(k, _)| k).collect();
+    let expected_keys = [
+        "event",
+        "event_handler_id",
+        "data[CHAT_ID]",
+        "data[USER_ID]",
+        "data[CRM_ENTITY_TYPE]",
+        "data[CRM_ENTITY]",
+        "data[USER_COUNT]",
+        "ts",
+        "auth[access_token]",
+        "auth[expires]",
+        "auth[expires_in]",
+        "auth[scope]",
+        "auth[domain]",
+        "auth[server_endpoint]",
+        "auth[status]",
+        "auth[client_endpoint]",
+        "auth[member_id]",
+        "auth[user_id]",
+        "auth[application_token]",
+    ];
+    assert_eq!(keys, expected_keys);
+    let field = |name: &str| delivery.field(name).unwrap();
+    for (name, value) in [
+        ("data[CHAT_ID]", "8773"),
+        ("data[USER_ID]", "12"),
+        ("data[CRM_ENTITY_TYPE]", "DEAL"),
+        ("data[CRM_ENTITY]", "288"),
+        ("data[USER_COUNT]", "3"),
+        ("auth[scope]", "imopenlines,im"),
+        ("auth[domain]", "crmchat.localhost"),
+        ("auth[status]", "L"),
+        // The demo webhook's user made the change, and the binding has no auth_type.
+        ("auth[user_id]", "1"),
+    ] {
+        assert_eq!(field(name), value, "{name}");
+    }
+    assert_eq!(field("auth[application_token]"), client.application_token);
+    assert_eq!(field("auth[client_endpoint]"), format!("{}/rest/", app.http_base));
+    assert_eq!(field("auth[server_endpoint]"), format!("{}/oauth/rest/", app.http_base));
+    assert_eq!(field("auth[member_id]").len(), 32);
+    let ts: u64 = field("ts").parse().unwrap();
+    assert!(ts >= before && ts <= before + 5, "ts {ts} is when the event was produced ({before})");
+    let expires: u64 = field("auth[expires]").parse().unwrap();
+    let expires_in: u64 = field("auth[expires_in]").parse().unwrap();
+    assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+    assert!(expires.abs_diff(ts + expires_in) <= 2, "expires {expires}, ts {ts}, expires_in {expires_in}");
+
+    // The token works for calling back, as the delivery's user.
+    let back = app
+        .call_bearer(
+            &field("auth[access_token]"),
+            "imopenlines.crm.chat.getLastId",
+            json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288}),
+        )
+        .await;
+    assert_success(&back, json!(8773));
+    let profile = app.call_bearer(&field("auth[access_token]"), "profile", json!({})).await;
+    assert_eq!(profile.body["result"]["ID"], "1", "{}", profile.text);
+    // Delivered once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 1);
+}
+
+#[tokio::test]
+async fn events_only_bound_events_of_acknowledged_changes_are_delivered() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let admin = token(&app, "local.only.app", "imopenlines,im", 1).await;
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url, "auth_type": 14})).await,
+        json!(true),
+    );
+
+    // A removal nobody listens to, and a refused addition (user 13 is inactive), produce nothing.
+    remove_operator(&app).await;
+    let refused = app
+        .call("imopenlines.crm.chat.user.add", json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 13}))
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    // An addition that changes nothing (already a member) produces nothing either.
+    let add = |user: i64| {
+        app.call(
+            "imopenlines.crm.chat.user.add",
+            json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": user}),
+        )
+    };
+    assert_success(&add(14).await, json!(8773));
+    assert_success(&add(12).await, json!(8773));
+    let [delivery] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    assert_eq!(delivery.field("event").as_deref(), Some("ONCRMCHATUSERADD"));
+    assert_eq!(delivery.field("data[USER_ID]").as_deref(), Some("12"));
+    assert_eq!(delivery.field("data[USER_COUNT]").as_deref(), Some("4"));
+    // The binding's auth_type decides whose token goes with it.
+    assert_eq!(delivery.field("auth[user_id]").as_deref(), Some("14"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 1, "{:?}", sink.received());
+}
+
+#[tokio::test]
+async fn events_a_failed_delivery_is_retried_until_the_handler_answers() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    sink.answer(&[500, 503]);
+    let admin = token(&app, "local.retry.app", "imopenlines,im", 1).await;
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await,
+        json!(true),
+    );
+    let started = std::time::Instant::now();
+    remove_operator(&app).await;
+    let received = sink.wait(3, 20).await;
+    // About 1 s, then 2 s (±20 %) between the attempts; the same delivery each time.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(2300), "{:?}", started.elapsed());
+    assert!(received.iter().all(|r| r.field("data[USER_ID]").as_deref() == Some("12")));
+    assert_eq!(received[0].field("ts"), received[2].field("ts"), "ts is when the event was produced");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.received().len(), 3, "delivered once it answered 200");
+}
+
+#[tokio::test]
+async fn events_event_test_fires_onapptest_to_the_applications_handlers() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let other_sink = Sink::start().await;
+    let admin = token(&app, "local.test.app", "imopenlines,im", 1).await;
+    let other = token(&app, "local.other.app", "im", 1).await;
+    assert_success(&bind(&app, &admin, json!({"event": "ONAPPTEST", "handler": sink.url})).await, json!(true));
+    assert_success(&bind(&app, &other, json!({"event": "ONAPPTEST", "handler": other_sink.url})).await, json!(true));
+    let fired = app.call_bearer(&admin, "event.test", json!({"any": "thing", "list": [1, 2]})).await;
+    assert_success(&fired, json!(1));
+    let [delivery] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    assert_eq!(delivery.field("event").as_deref(), Some("ONAPPTEST"));
+    assert_eq!(delivery.field("data[QUERY][any]").as_deref(), Some("thing"));
+    assert_eq!(delivery.field("data[QUERY][list][1]").as_deref(), Some("2"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(other_sink.received().is_empty(), "another application's handler gets nothing");
+    let hook = app.call("event.test", json!({})).await;
+    assert_error(&hook, 403, "WRONG_AUTH_TYPE", "Current authorization type is denied for this method");
+}
+
+#[tokio::test]
+async fn events_acknowledged_events_survive_a_crash_while_the_handler_is_down() {
+    let mut app = spawn_app().await;
+    // A port nobody listens on yet: the handler is down.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let handler = format!("http://{addr}/handler");
+    let admin = token(&app, "local.crash.app", "imopenlines,im", 1).await;
+    assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": handler})).await, json!(true));
+    assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": handler})).await, json!(true));
+    let call = |method: &'static str, user: i64| {
+        app.call(method, json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": user}))
+    };
+    for _ in 0..3 {
+        assert_success(&call("imopenlines.crm.chat.user.delete", 12).await, json!(8773));
+        assert_success(&call("imopenlines.crm.chat.user.add", 12).await, json!(8773));
+    }
+    app.restart();
+    let sink = Sink::on(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
+    let received = sink.wait(6, 40).await;
+    // Up to four deliveries of a handler are in flight at once, so they may arrive in another order.
+    let mut events: Vec<(String, String)> =
+        received.iter().map(|r| (r.field("event").unwrap(), r.field("data[USER_COUNT]").unwrap())).collect();
+    events.sort();
+    let add = ("ONCRMCHATUSERADD".to_string(), "4".to_string());
+    let delete = ("ONCRMCHATUSERDELETE".to_string(), "3".to_string());
+    assert_eq!(events, [add.clone(), add.clone(), add, delete.clone(), delete.clone(), delete], "every event once");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.received().len(), 6, "none twice");
+}
+
+/// PHP's own `parse_str` reads a delivery as a PHP handler's `$_POST` would.
+#[tokio::test]
+#[ignore = "needs php-cli (apt-get install php-cli); scripts/test runs it"]
+async fn events_php_parses_a_delivery_like_a_handler_would() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let admin = token(&app, "local.php.app", "imopenlines,im", 1).await;
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await,
+        json!(true),
+    );
+    assert_success(&bind(&app, &admin, json!({"event": "ONAPPTEST", "handler": sink.url})).await, json!(true));
+    remove_operator(&app).await;
+    let text = "quotes \" & ampersands = [brackets] + plus, ünïcødé";
+    let query = json!({"text": text, "nested": {"a": [1, true]}});
+    assert_success(&app.call_bearer(&admin, "event.test", query).await, json!(1));
+    let received = sink.wait(2, 10).await;
+    let php = |body: &str| -> Value {
+        use std::io::Write;
+        let mut child = std::process::Command::new("php")
+            .args(["-r", r#"parse_str(file_get_contents("php://stdin"), $a); echo json_encode($a);"#])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("php-cli");
+        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let removal = php(&received[0].body);
+    assert_eq!(removal["event"], "ONCRMCHATUSERDELETE");
+    assert_eq!(
+        removal["data"],
+        json!({"CHAT_ID": "8773", "USER_ID": "12", "CRM_ENTITY_TYPE": "DEAL", "CRM_ENTITY": "288", "USER_COUNT": "3"})
+    );
+    assert_eq!(removal["auth"]["user_id"], "1");
+    assert_eq!(removal["auth"]["domain"], "crmchat.localhost");
+    assert!(removal["auth"]["application_token"].as_str().is_some_and(|t| !t.is_empty()));
+    let test = php(&received[1].body);
+    assert_eq!(test["event"], "ONAPPTEST");
+    assert_eq!(test["data"]["QUERY"], json!({"text": text, "nested": {"a": ["1", "1"]}}));
+}

@@ -88,6 +88,26 @@ impl SharedStore {
         rows.into_iter().map(|(id, count)| (id.parse().unwrap(), count.parse().unwrap())).collect()
     }
 
+    /// Binds a handler of the demo application to the membership events, so that changes write them: only
+    /// then is an event produced. Written straight into the database, as another process would.
+    async fn bind_membership_events(&self) {
+        use sqlx::Connection;
+        let sql = "INSERT INTO event_bindings (client_id, event, handler, user_id, connector_id, created_ms) \
+                   VALUES ('local.demo.app', 'ONCRMCHATUSERDELETE', 'http://127.0.0.1:9/', 0, '', 0), \
+                          ('local.demo.app', 'ONCRMCHATUSERADD', 'http://127.0.0.1:9/', 0, '', 0)";
+        match self.database() {
+            Some(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.expect("connecting to the test database");
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+            None => {
+                let url = format!("sqlite://{}", self.data_dir().join("crmchat.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("opening the SQLite file");
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+        }
+    }
+
     /// Rows of two text columns, read straight from the shared database.
     async fn query_pairs(&self, sql: &str) -> Vec<(String, String)> {
         use sqlx::Connection;
@@ -180,6 +200,7 @@ fn chat_events(outbox: &[(String, Value)], chat: i64) -> Vec<(String, i64, i64)>
 /// one removal, one `ONCRMCHATUSERDELETE`), nothing else changed.
 async fn removal_race(backend: Backend) {
     let pair = spawn_pair(backend, race_fixture(), &[]).await;
+    pair.store.bind_membership_events().await;
     pair.warm_up().await;
     let before = pair.store.export();
     let mut wins = (0, 0);
@@ -228,6 +249,7 @@ async fn removal_race(backend: Backend) {
 /// 12 (removal with 2, then add with 3). Both calls succeed and the result is one of the two, whole.
 async fn handover_race(backend: Backend) {
     let pair = spawn_pair(backend, race_fixture(), &[]).await;
+    pair.store.bind_membership_events().await;
     pair.warm_up().await;
     let before = pair.store.export();
     for i in 0..ROUNDS {
