@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API over HTTP and HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load or export the portal state.
     #[command(subcommand)]
     State(StateCommand),
@@ -139,7 +139,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::State(StateCommand::Load { file, storage }) => {
                 let store = store::open(&storage.database_url()).await?;
                 load_file(&store, &file).await?;
@@ -240,13 +240,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         startup,
         snapshots_dir: args.storage.data_dir.join("snapshots"),
     };
-    let state = Arc::new(
-        match &args.redis {
-            Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
-            None => AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)),
-        }
-        .with_control(control),
-    );
+    let mut state = match &args.redis {
+        Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
+        None => AppState::new(store, settings, Arc::new(crate::clock::SystemClock)),
+    };
+    state.journal = crate::journal::Journal::new(args.journal_size);
+    let state = Arc::new(state.with_control(control));
 
     if let Some(redis) = &state.redis {
         redis.probe().await;
