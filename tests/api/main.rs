@@ -9,6 +9,7 @@ mod chat_user_list;
 mod clock;
 mod concurrency;
 mod control;
+mod control_journal;
 mod credentials;
 mod doc_links;
 mod durability;
