@@ -16,10 +16,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::clock::{Clock, PortalClock};
 use crate::config::Settings;
+use crate::journal::Journal;
 use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::Code;
+use crate::rest::faults::Faults;
 use crate::rest::limits::{OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
 use crate::rest::limits_redis::RedisLimits;
 use crate::store::DynStore;
@@ -29,6 +31,10 @@ pub struct AppState {
     pub settings: Settings,
     /// The portal's clock: every reading of wall time goes through it (`/_crmchat/clock` moves it).
     pub clock: Arc<PortalClock>,
+    /// The last REST calls (`/_crmchat/requests`).
+    pub journal: Journal,
+    /// Fault rules (`/_crmchat/faults`).
+    pub faults: Faults,
     pub requests: Arc<dyn RequestLimits>,
     pub operating: Arc<dyn OperatingTimeLimits>,
     /// Set when the limits are shared through Redis (for `/healthz`).
@@ -52,6 +58,8 @@ impl AppState {
             requests: Arc::new(RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS)),
             operating: Arc::new(OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS)),
             clock,
+            journal: Journal::new(crate::journal::DEFAULT_SIZE),
+            faults: Faults::new(),
             redis: None,
             control: Default::default(),
             state_gate: Default::default(),
@@ -76,6 +84,8 @@ impl AppState {
             store,
             settings,
             clock,
+            journal: Journal::new(crate::journal::DEFAULT_SIZE),
+            faults: Faults::new(),
             requests: redis.clone(),
             operating: redis.clone(),
             redis: Some(redis),

@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// `Authorization: Bearer TOKEN`. Off without it (`--demo` turns it on with a random token).
     #[arg(long, env = "CRMCHAT_CONTROL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub control_token: Option<ControlToken>,
+    /// Entries kept in the request journal (`/_crmchat/requests`); 0 turns it off.
+    #[arg(long, env = "CRMCHAT_JOURNAL_SIZE", default_value_t = crate::journal::DEFAULT_SIZE)]
+    pub journal_size: usize,
 }
 
 /// The control API's token. Kept only as its SHA-256 digest, compared in constant time, and never shown:

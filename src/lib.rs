@@ -10,6 +10,7 @@ pub mod domain;
 pub mod events;
 pub mod fixtures;
 pub mod inspector;
+pub mod journal;
 pub mod log_throttle;
 pub mod methods;
 pub mod read_timeout;

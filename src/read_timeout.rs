@@ -9,12 +9,15 @@
 //! that hangs up), so the connection's service is wrapped in [`Tracked`], which tells the stream when requests
 //! are being processed: the clock stops then, and starts afresh once they are answered. A database stall of a
 //! minute thus never cuts a connection off without an answer; `--request-timeout` answers it instead.
+//!
+//! The requests of a connection also get a [`ResetSwitch`] as an extension: a fault rule (`connection_reset`)
+//! flips it, and the connection then fails every read and write, so it closes without sending the answer.
 
 use std::future::{Ready, ready};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,6 +53,26 @@ pub struct Activity {
     busy: AtomicUsize,
     /// Requests processed so far: when it moves, the wait for the client starts afresh.
     finished: AtomicUsize,
+    /// Set by [`ResetSwitch::reset`].
+    reset: AtomicBool,
+}
+
+/// Closes its connection without another byte once flipped.
+#[derive(Clone, Debug)]
+pub struct ResetSwitch(Arc<Activity>);
+
+impl ResetSwitch {
+    pub fn reset(&self) {
+        self.0.reset.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_reset(&self) -> bool {
+        self.0.reset.load(Ordering::Relaxed)
+    }
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by a fault rule")
 }
 
 /// A connection's service, counting the requests it is processing in the connection's [`Activity`].
@@ -59,9 +82,9 @@ pub struct Tracked<S> {
     activity: Arc<Activity>,
 }
 
-impl<S, R> tower::Service<R> for Tracked<S>
+impl<S, B> tower::Service<axum::http::Request<B>> for Tracked<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<axum::http::Request<B>>,
     S::Future: Unpin,
 {
     type Response = S::Response;
@@ -72,7 +95,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(ResetSwitch(self.activity.clone()));
         self.activity.busy.fetch_add(1, Ordering::Relaxed);
         TrackedFuture { inner: self.inner.call(request), busy: Some(BusyGuard(self.activity.clone())) }
     }
@@ -133,11 +157,18 @@ impl<S> ReadTimeout<S> {
             seen_finished: 0,
         }
     }
+
+    fn is_reset(&self) -> bool {
+        self.activity.reset.load(Ordering::Relaxed)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
@@ -183,12 +214,18 @@ impl<S> ReadTimeout<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ReadTimeout<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
         let written = Pin::new(&mut self.inner).poll_write(cx, data);
         self.answered(&written);
         written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -201,6 +238,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadTimeout<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.answered(&written);
         written
@@ -246,6 +286,20 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_reset_connection_neither_reads_nor_writes() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut stream = ReadTimeout::new(server, Duration::from_secs(30));
+        client.write_all(b"GET").await.unwrap();
+        ResetSwitch(stream.activity.clone()).reset();
+        let mut buf = [0u8; 8];
+        assert_eq!(stream.read(&mut buf).await.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(stream.write(b"HTTP/1.1").await.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        drop(stream);
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed without a byte");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_time_the_server_spends_on_a_request_is_not_the_clients() {
         use tokio::io::AsyncWriteExt;
@@ -253,14 +307,17 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64);
         let mut stream = ReadTimeout::new(server, Duration::from_secs(30));
         let mut service = Tracked {
-            inner: tower::service_fn(|answer: tokio::sync::oneshot::Receiver<()>| answer),
+            inner: tower::service_fn(|request: axum::http::Request<tokio::sync::oneshot::Receiver<()>>| {
+                assert!(request.extensions().get::<ResetSwitch>().is_some(), "each request gets the switch");
+                request.into_body()
+            }),
             activity: stream.activity.clone(),
         };
         client.write_all(b"GET").await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(stream.read(&mut buf).await.unwrap(), 3);
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let processing = service.call(answered);
+        let processing = service.call(axum::http::Request::new(answered));
         // Processing for 90 s: hyper's pending read neither fails nor is cut off.
         let waited = tokio::time::timeout(Duration::from_secs(90), stream.read(&mut buf)).await;
         assert!(waited.is_err(), "the read was still pending: {waited:?}");

@@ -163,7 +163,7 @@ pub fn batch_command(harness: &BatchHarness, data: &[u8]) {
         }
     };
     let h = harness;
-    let output = h.runtime.block_on(crmchat::rest::batch::run(&h.app, &h.caller, &h.portal, &params));
+    let output = h.runtime.block_on(crmchat::rest::batch::run(&h.app, &h.caller, &h.portal, &params, None, None));
     let result = &output.result;
     for key in ["result", "result_error", "result_total", "result_next", "result_time"] {
         assert!(result.get(key).is_some_and(|v| v.is_object() || v.is_array()), "{key} in {result}");

@@ -252,13 +252,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         startup,
         snapshots_dir: args.storage.data_dir.join("snapshots"),
     };
-    let state = Arc::new(
-        match &args.redis {
-            Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
-            None => AppState::new(store, settings, Arc::new(crate::rest::limits::SystemClock)),
-        }
-        .with_control(control),
-    );
+    let mut state = match &args.redis {
+        Some(url) => AppState::with_redis(store, settings, url).context("--redis")?,
+        None => AppState::new(store, settings, Arc::new(crate::clock::SystemClock)),
+    };
+    state.journal = crate::journal::Journal::new(args.journal_size);
+    let state = Arc::new(state.with_control(control));
 
     if let Some(redis) = &state.redis {
         redis.probe().await;

@@ -7,6 +7,9 @@
 //! clear besides the portal's state is listed in [`clear_runtime`].
 
 pub mod apps;
+pub mod clock;
+pub mod faults;
+pub mod requests;
 pub mod snapshots;
 pub mod state;
 
@@ -60,7 +63,14 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
 /// Every route of the control API, relative to `/_crmchat`. The other parts (the request journal, faults, the
 /// clock, events) merge theirs here.
 fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/", get(index)).merge(state::routes()).merge(snapshots::routes()).merge(apps::routes())
+    Router::new()
+        .route("/", get(index))
+        .merge(state::routes())
+        .merge(snapshots::routes())
+        .merge(apps::routes())
+        .merge(requests::routes())
+        .merge(faults::routes())
+        .merge(clock::routes())
 }
 
 /// Clears what the server keeps besides the portal's state, for a reset: rate-limit buckets and operating
@@ -68,6 +78,9 @@ fn routes() -> Router<Arc<AppState>> {
 pub(crate) async fn clear_runtime(app: &AppState) {
     app.requests.clear().await;
     app.operating.clear().await;
+    app.journal.clear();
+    app.faults.clear();
+    app.clock.reset();
 }
 
 /// 404 when the control API is off; 401 `{"error":"unauthorized"}` unless the request carries the token.
@@ -97,7 +110,16 @@ async fn index() -> Response {
     Json(json!({
         "service": "crmchat control API",
         "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": ["/_crmchat/state", "/_crmchat/reset", "/_crmchat/snapshots", "/_crmchat/apps/{client_id}/install"],
+        "endpoints": [
+            "/_crmchat/state",
+            "/_crmchat/reset",
+            "/_crmchat/snapshots",
+            "/_crmchat/apps/{client_id}/install",
+            "/_crmchat/requests",
+            "/_crmchat/faults",
+            "/_crmchat/errors",
+            "/_crmchat/clock",
+        ],
     }))
     .into_response()
 }

@@ -33,6 +33,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The webhook's id; `None` for an application.
+    pub fn webhook_id(&self) -> Option<i64> {
+        self.credential_id.strip_prefix("webhook:").and_then(|id| id.parse().ok())
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }

@@ -9,12 +9,23 @@ use super::auth::{self, Caller};
 use super::envelope::php_array;
 use super::error::{ApiError, Code};
 use super::registry::{self, Kind};
-use super::{AppState, invoke, params};
+use super::{AppState, Draft, invoke, params};
+use crate::clock::Start;
 use crate::domain::PortalSettings;
+use crate::journal;
 use crate::methods::args::is_empty;
 use crate::methods::{Output, Params};
+use crate::read_timeout::ResetSwitch;
 
 pub const MAX_COMMANDS: usize = 50;
+
+/// What the journal learns of one command: its method and parameters.
+#[derive(Default)]
+struct Seen {
+    method: String,
+    params: Params,
+    fault: Option<u64>,
+}
 
 /// What earlier commands produced, for `$result[...]`-style references.
 #[derive(Default)]
@@ -31,7 +42,15 @@ fn own_param<'a>(params: &'a Params, name: &str) -> Option<&'a Value> {
     params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
-pub async fn run(app: &AppState, caller: &Caller, portal: &Arc<PortalSettings>, params: &Params) -> Output {
+/// Run a batch's commands; with a journal `draft`, each command is added to it.
+pub async fn run(
+    app: &AppState,
+    caller: &Caller,
+    portal: &Arc<PortalSettings>,
+    params: &Params,
+    mut draft: Option<&mut Draft>,
+    reset: Option<&ResetSwitch>,
+) -> Output {
     // PHP truthiness: "false" is a non-empty string, so it halts.
     let halt = !is_empty(own_param(params, "halt"));
     let commands: Vec<(String, Value)> = match own_param(params, "cmd") {
@@ -41,11 +60,40 @@ pub async fn run(app: &AppState, caller: &Caller, portal: &Arc<PortalSettings>, 
     };
     let mut answers = Answers::default();
     for (index, (key, command)) in commands.into_iter().enumerate() {
+        let start = Start::now(&app.clock);
+        let mut seen = draft.is_some().then(Seen::default);
         let outcome = if index >= MAX_COMMANDS {
             Err(Code::BatchLengthExceeded.into())
         } else {
-            run_command(app, caller, portal, &command, &answers).await
+            let batch = Batch { app, caller, portal, reset };
+            run_command(&batch, &command, &answers, start, seen.as_mut()).await
         };
+        if let (Some(draft), Some(seen)) = (draft.as_deref_mut(), seen) {
+            let (status, error, result) = match &outcome {
+                _ if reset.is_some_and(ResetSwitch::is_reset) => (None, Some(super::faults::CONNECTION_RESET), None),
+                Ok((output, _)) => (Some(200), None, Some(journal::cut(&output.result))),
+                Err(err) => (Some(err.status().as_u16()), Some(err.code().as_str()), None),
+            };
+            let params = super::redacted_with(seen.params, &draft.secret);
+            draft.commands.push(journal::Call {
+                at_ms: start.unix_ms(),
+                method: seen.method,
+                // The outer call's, filled in when it is recorded.
+                transport: "",
+                http_method: String::new(),
+                auth: super::journal_auth(caller),
+                params,
+                status,
+                error,
+                result,
+                duration_ms: start.instant.elapsed().as_secs_f64() * 1000.0,
+                fault: seen.fault,
+            });
+        }
+        // The connection is gone: nothing after the command that closed it runs.
+        if reset.is_some_and(ResetSwitch::is_reset) {
+            break;
+        }
         match outcome {
             Ok((output, timing)) => {
                 answers.result.insert(key.clone(), output.result);
@@ -77,14 +125,22 @@ pub async fn run(app: &AppState, caller: &Caller, portal: &Arc<PortalSettings>, 
     .into()
 }
 
+/// What every command of a batch shares.
+struct Batch<'a> {
+    app: &'a AppState,
+    caller: &'a Caller,
+    portal: &'a Arc<PortalSettings>,
+    reset: Option<&'a ResetSwitch>,
+}
+
 async fn run_command(
-    app: &AppState,
-    caller: &Caller,
-    portal: &Arc<PortalSettings>,
+    batch: &Batch<'_>,
     command: &Value,
     answers: &Answers,
+    start: Start,
+    mut seen: Option<&mut Seen>,
 ) -> Result<(Output, super::envelope::Timing), ApiError> {
-    let start = crate::clock::Start::now(&app.clock);
+    let Batch { app, caller, portal, reset } = *batch;
     let Value::String(command) = command else {
         return Err(Code::MethodNotFound.into());
     };
@@ -92,7 +148,14 @@ async fn run_command(
     let name = path.trim_start_matches('/').to_ascii_lowercase();
     // A format suffix means nothing inside a batch: the batch's own answer decides the format.
     let name = name.strip_suffix(".json").or_else(|| name.strip_suffix(".xml")).unwrap_or(&name);
+    if let Some(seen) = seen.as_deref_mut() {
+        seen.method = name.to_string();
+    }
     let Some(method) = registry::find(name) else {
+        if let Some(seen) = seen {
+            // Parameters of a command that runs nothing, for the journal only.
+            let _ = params::parse_str_into(&mut seen.params, query, &app.settings.param_limits);
+        }
         return Err(Code::MethodNotFound.into());
     };
     if matches!(method.kind, Kind::Batch) {
@@ -103,6 +166,19 @@ async fn run_command(
     auth::strip_reserved(&mut params);
     for value in params.values_mut() {
         substitute(value, answers);
+    }
+    // The journal shows what the method got, references resolved.
+    if let Some(seen) = seen.as_deref_mut() {
+        seen.params = params.clone();
+    }
+    // A command's own scope is checked first, as for a call of its own.
+    if method.scope.is_none_or(|scope| caller.has_scope(scope))
+        && let Some(fired) = app.faults.check(&super::fault_target(method.name, caller))
+    {
+        if let Some(seen) = seen {
+            seen.fault = Some(fired.id);
+        }
+        super::apply_fault(fired, reset).await?;
     }
     invoke(app, caller, portal, method, &params, start).await
 }

@@ -15,6 +15,16 @@ pub enum Format {
     Xml,
 }
 
+impl Format {
+    /// As the journal names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Xml => "xml",
+        }
+    }
+}
+
 /// The `time` block of every success. Instants are unix seconds as floats.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {

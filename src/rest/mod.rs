@@ -4,6 +4,7 @@ pub mod auth;
 pub mod batch;
 pub mod envelope;
 pub mod error;
+pub mod faults;
 pub mod introspection;
 pub mod limits;
 pub mod limits_redis;
@@ -27,8 +28,10 @@ use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
+use crate::journal::{self, Auth, AuthType};
 use crate::log_throttle::LogThrottle;
 use crate::methods::{CallContext, Output, Params};
+use crate::read_timeout::ResetSwitch;
 
 /// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.
 #[derive(Debug, PartialEq)]
@@ -119,24 +122,70 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let start = Start::now(&app.clock);
     let (parts, body) = request.into_parts();
     let (transport, client_ip) = client_of(&app, &parts);
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     if let Some(method) = v3_method(parts.uri.path()) {
         // None of crmchat's methods exists in REST 3.0: the vendor's "not found", decided before authentication
         // as for REST 2. Only the method's name is logged: the path holds the webhook code.
         tracing::info!(method = %method, status = 404, "rest 3.0 call refused");
         let err = ApiError::v3_method_not_found(method);
+        if app.journal.is_enabled() {
+            app.journal.record(journal::Call {
+                at_ms: start.unix_ms(),
+                method: method.to_ascii_lowercase(),
+                transport: Format::Json.as_str(),
+                http_method: parts.method.as_str().to_string(),
+                auth: Auth::default(),
+                params: serde_json::Value::Object(Params::new()),
+                status: Some(err.status().as_u16()),
+                error: Some(err.code().as_str()),
+                result: None,
+                duration_ms: start.instant.elapsed().as_secs_f64() * 1000.0,
+                fault: None,
+            });
+        }
         return envelope::render(err.status(), &err.v3_body(), Format::Json);
     }
     let Some(rest_path) = parse_path(parts.uri.path()) else {
-        return render_error(&Code::MethodNotFound.into(), Format::Json);
+        // Not a REST method URL at all. Logged without the path, which may hold a webhook code.
+        let err = ApiError::from(Code::MethodNotFound);
+        tracing::info!(status = 404, error = err.code().as_str(), request_id, "request to an unknown path refused");
+        return render_error(&err, Format::Json);
     };
     let format = rest_path.format;
-    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let request = Incoming { rest_path: &rest_path, transport, client_ip, query: parts.uri.query() };
-    let result = call(&app, request, &parts.headers, body, start).await;
+    let reset = parts.extensions.get::<ResetSwitch>();
+    let request = Incoming { rest_path: &rest_path, transport, client_ip, query: parts.uri.query(), reset };
+    let mut draft = app.journal.is_enabled().then(Draft::default);
+    let result = call(&app, request, &parts.headers, body, start, draft.as_mut()).await;
     let response = match &result {
         Ok((output, timing)) => render_success(output, timing, format),
         Err(err) => render_error(err, format),
     };
+    if let Some(draft) = draft {
+        let (status, error, result) = match &result {
+            _ if reset.is_some_and(ResetSwitch::is_reset) => (None, Some(faults::CONNECTION_RESET), None),
+            Ok((output, _)) => (Some(200), None, Some(journal::cut(&output.result))),
+            Err(err) => (Some(err.status().as_u16()), Some(err.code().as_str()), None),
+        };
+        let call = journal::Call {
+            at_ms: start.unix_ms(),
+            method: rest_path.method.clone(),
+            transport: format.as_str(),
+            http_method: parts.method.as_str().to_string(),
+            auth: draft.auth,
+            params: draft.params,
+            status,
+            error,
+            result,
+            duration_ms: start.instant.elapsed().as_secs_f64() * 1000.0,
+            fault: draft.fault,
+        };
+        let mut commands = draft.commands;
+        for command in &mut commands {
+            command.transport = call.transport;
+            command.http_method.clone_from(&call.http_method);
+        }
+        app.journal.record_batch(call, commands);
+    }
     // Only the method name is logged: the path holds the webhook code and parameters may hold tokens.
     // Refused calls are logged at info; successes at debug, since formatting a line per call costs a tenth of
     // the server's throughput (`CRMCHAT_LOG=debug` shows them).
@@ -161,12 +210,58 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     response
 }
 
+/// What the journal learns of a call while it runs: who called, with what (redacted), and for a batch, its
+/// commands.
+#[derive(Default)]
+pub struct Draft {
+    auth: Auth,
+    params: serde_json::Value,
+    /// The call's webhook code or token, to be replaced wherever it appears in the commands' parameters too.
+    secret: String,
+    commands: Vec<journal::Call>,
+    fault: Option<u64>,
+}
+
+impl Draft {
+    /// Who the credentials claim to be, before they are checked.
+    fn claimed(&mut self, credentials: &auth::Credentials) {
+        self.secret = secret_of(credentials).to_string();
+        self.auth = match credentials {
+            auth::Credentials::Webhook { user_id, .. } => {
+                Auth { kind: AuthType::Webhook, user_id: user_id.parse().ok(), ..Auth::default() }
+            }
+            auth::Credentials::Token(_) => Auth { kind: AuthType::OAuth, ..Auth::default() },
+            auth::Credentials::None => Auth::default(),
+        };
+    }
+}
+
+/// The journal's `auth` of an authenticated caller.
+pub(crate) fn journal_auth(caller: &auth::Caller) -> Auth {
+    match caller.kind {
+        auth::AuthKind::Webhook => Auth {
+            kind: AuthType::Webhook,
+            user_id: Some(caller.user.id),
+            webhook_id: caller.webhook_id(),
+            client_id: None,
+        },
+        auth::AuthKind::OAuth => Auth {
+            kind: AuthType::OAuth,
+            user_id: Some(caller.user.id),
+            webhook_id: None,
+            client_id: caller.client_id.clone(),
+        },
+    }
+}
+
 /// What the protocol layer needs of a request besides its headers and body.
 struct Incoming<'a> {
     rest_path: &'a RestPath<'a>,
     transport: Transport,
     client_ip: ClientIp<'a>,
     query: Option<&'a str>,
+    /// Closes the connection unanswered (a `connection_reset` fault); absent for in-process calls.
+    reset: Option<&'a ResetSwitch>,
 }
 
 async fn call(
@@ -175,15 +270,36 @@ async fn call(
     headers: &HeaderMap,
     body: Body,
     start: Start,
+    draft: Option<&mut Draft>,
 ) -> Result<(Output, Timing), ApiError> {
     let Some(method) = registry::find(&request.rest_path.method) else {
+        // Decided before the body is read; the journal gets what the URL and headers tell.
+        if let Some(draft) = draft {
+            let mut params = Params::new();
+            let _ = params::parse_str_into(&mut params, request.query.unwrap_or(""), &app.settings.param_limits);
+            let credentials = auth::extract(request.rest_path.webhook, headers, &mut params.clone());
+            draft.claimed(&credentials);
+            draft.params = redacted(params, &credentials);
+        }
         return Err(Code::MethodNotFound.into());
     };
-    let params = read_params(app, request.query, headers, body).await?;
+    let params = match read_params(app, request.query, headers, body).await {
+        Ok(params) => params,
+        Err(err) => {
+            if let Some(draft) = draft {
+                draft.claimed(&auth::extract(request.rest_path.webhook, headers, &mut Params::new()));
+                draft.params = serde_json::Value::Object(Params::new());
+            }
+            return Err(err);
+        }
+    };
     // The request is in: from here on the time is the server's, and the client must get an answer before it
     // gives up on the call (a dropped connection leaves it not knowing whether its change applied).
-    match tokio::time::timeout(app.settings.request_timeout, process(app, &request, headers, params, method, start))
-        .await
+    match tokio::time::timeout(
+        app.settings.request_timeout,
+        process(app, &request, headers, params, method, start, draft),
+    )
+    .await
     {
         Ok(result) => result,
         Err(_) => {
@@ -211,6 +327,7 @@ async fn process(
     mut params: Params,
     method: &'static MethodDef,
     start: Start,
+    mut draft: Option<&mut Draft>,
 ) -> Result<(Output, Timing), ApiError> {
     // A reserved key, removed with the credentials; offline events need it.
     let auth_connector = match params.get("auth_connector") {
@@ -220,7 +337,13 @@ async fn process(
     // Held until the call is done, taken once its body is in (a slow client must not hold back a reset): a
     // replace of the whole state waits for it (see `AppState::state_gate`).
     let _calls = app.state_gate.read().await;
+    // The journal keeps the parameters as sent, reserved keys included (redacted).
+    let sent = draft.is_some().then(|| params.clone());
     let credentials = auth::extract(request.rest_path.webhook, headers, &mut params);
+    if let (Some(draft), Some(sent)) = (draft.as_deref_mut(), sent) {
+        draft.claimed(&credentials);
+        draft.params = redacted(sent, &credentials);
+    }
     let portal = app.store.portal().await?;
     if portal.require_https
         && request.transport == Transport::Http
@@ -230,7 +353,18 @@ async fn process(
     }
     let mut caller = auth::authenticate(&app.store, credentials, start.unix_ms()).await?;
     caller.auth_connector = auth_connector;
+    if let Some(draft) = draft.as_deref_mut() {
+        draft.auth = journal_auth(&caller);
+    }
     check_scope(&caller, method)?;
+    // Fault rules come after authentication (they may name a webhook or an application) and before the
+    // bucket, so a faulted call changes nothing, not even the request count.
+    if let Some(fired) = app.faults.check(&fault_target(method.name, &caller)) {
+        if let Some(draft) = draft.as_deref_mut() {
+            draft.fault = Some(fired.id);
+        }
+        apply_fault(fired, request.reset).await?;
+    }
     // One bucket per portal and client IP: applications on one server share it. A batch counts once.
     if let Some(plan) = Plan::for_name(&portal.plan)
         && !app.requests.admit(&format!("{}|{}", portal.domain, request.client_ip), plan).await
@@ -239,7 +373,7 @@ async fn process(
     }
     let (output, timing) = match method.kind {
         Kind::Batch => {
-            let output = batch::run(app, &caller, &portal, &params).await;
+            let output = batch::run(app, &caller, &portal, &params, draft, request.reset).await;
             let finish = std::time::Instant::now();
             // The outer batch is not charged operating time; its commands are.
             let operating = OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + 600, blocked: false };
@@ -248,6 +382,54 @@ async fn process(
         Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
     };
     Ok((output, timing))
+}
+
+/// What fault rules are matched against.
+pub(crate) fn fault_target<'a>(method: &'a str, caller: &'a auth::Caller) -> faults::Target<'a> {
+    faults::Target {
+        method,
+        webhook_id: caller.webhook_id(),
+        client_id: caller.client_id.as_deref(),
+        oauth: caller.kind == auth::AuthKind::OAuth,
+    }
+}
+
+/// Wait out a fired rule's delay, then answer as it says: `Ok` lets the call run for real.
+pub(crate) async fn apply_fault(fired: faults::Fired, reset: Option<&ResetSwitch>) -> Result<(), ApiError> {
+    if !fired.delay.is_zero() {
+        tokio::time::sleep(fired.delay).await;
+    }
+    match fired.action {
+        faults::Action::Real => Ok(()),
+        faults::Action::Error(err) => Err(err),
+        faults::Action::Reset => match reset {
+            Some(switch) => {
+                switch.reset();
+                // Never written: the connection fails its next write.
+                Err(Code::InternalServerError.into())
+            }
+            None => Err(Code::InternalServerError.into()),
+        },
+    }
+}
+
+/// Parameters for the journal: secrets replaced, the call's own webhook code and token included.
+fn redacted(params: Params, credentials: &auth::Credentials) -> serde_json::Value {
+    redacted_with(params, secret_of(credentials))
+}
+
+fn redacted_with(params: Params, secret: &str) -> serde_json::Value {
+    let mut params = serde_json::Value::Object(params);
+    journal::redact(&mut params, &[secret]);
+    journal::cut(&params)
+}
+
+fn secret_of(credentials: &auth::Credentials) -> &str {
+    match credentials {
+        auth::Credentials::Webhook { code, .. } => code,
+        auth::Credentials::Token(token) => token,
+        auth::Credentials::None => "",
+    }
 }
 
 fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError> {

@@ -10,6 +10,7 @@ mod clock;
 mod concurrency;
 mod config_file;
 mod control;
+mod control_journal;
 mod credentials;
 mod doc_links;
 mod durability;
