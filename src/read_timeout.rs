@@ -10,11 +10,10 @@
 //! are being processed: the clock stops then, and starts afresh once they are answered. A database stall of a
 //! minute thus never cuts a connection off without an answer; `--request-timeout` answers it instead.
 
-use std::future::{Ready, ready};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,34 +21,40 @@ use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-/// Wraps every accepted connection in a [`ReadTimeout`].
-#[derive(Clone, Copy, Debug)]
+use crate::connections::{Activity, Admitted, Connections};
+
+/// Admits every accepted connection under the connection limit and wraps it in a [`ReadTimeout`].
+#[derive(Clone)]
 pub struct ReadTimeoutAcceptor {
     pub limit: Duration,
+    pub connections: Arc<Connections>,
 }
+
+type Accepted<I, S> = io::Result<(ReadTimeout<I>, Tracked<S>)>;
 
 impl<I, S> Accept<I, S> for ReadTimeoutAcceptor
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Send + 'static,
 {
     type Stream = ReadTimeout<I>;
     type Service = Tracked<S>;
-    type Future = Ready<io::Result<(Self::Stream, Self::Service)>>;
+    type Future = Pin<Box<dyn Future<Output = Accepted<I, S>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        let stream = ReadTimeout::new(stream, self.limit);
-        let service = Tracked { inner: service, activity: stream.activity.clone() };
-        ready(Ok((stream, service)))
+        let (limit, connections) = (self.limit, self.connections.clone());
+        Box::pin(async move {
+            // Refused: dropping the stream closes it at once, giving its descriptor back.
+            let Some(admitted) = connections.admit().await else {
+                return Err(io::Error::other("connection limit reached"));
+            };
+            let mut stream = ReadTimeout::new(stream, limit);
+            stream.activity = admitted.activity.clone();
+            stream.admitted = Some(admitted);
+            let service = Tracked { inner: service, activity: stream.activity.clone() };
+            Ok((stream, service))
+        })
     }
-}
-
-/// What a connection's stream and the requests it carries share.
-#[derive(Debug, Default)]
-pub struct Activity {
-    /// Requests being processed (HTTP/2 carries several at once).
-    busy: AtomicUsize,
-    /// Requests processed so far: when it moves, the wait for the client starts afresh.
-    finished: AtomicUsize,
 }
 
 /// A connection's service, counting the requests it is processing in the connection's [`Activity`].
@@ -119,6 +124,8 @@ pub struct ReadTimeout<S> {
     activity: Arc<Activity>,
     /// `activity.finished` when last looked at.
     seen_finished: usize,
+    /// The connection's place under the connection limit.
+    admitted: Option<Admitted>,
 }
 
 impl<S> ReadTimeout<S> {
@@ -131,6 +138,7 @@ impl<S> ReadTimeout<S> {
             deadline: None,
             activity: Arc::default(),
             seen_finished: 0,
+            admitted: None,
         }
     }
 }
@@ -138,16 +146,24 @@ impl<S> ReadTimeout<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // Closed to make room under the connection limit: the connection reads as ended, and hyper closes it.
+        if this.activity.evict.load(Ordering::Relaxed) && this.activity.busy.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(Ok(()));
+        }
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 this.last_read = Instant::now();
                 if buf.filled().len() > filled && this.request_started.is_none() {
                     this.request_started = Some(this.last_read);
+                    this.activity.mid_request.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(result)
             }
             Poll::Pending => {
+                if this.admitted.is_some() {
+                    this.activity.reader.register(cx.waker());
+                }
                 // The server is working on a request: the time is its own, not the client's.
                 if this.activity.busy.load(Ordering::Acquire) > 0 {
                     return Poll::Pending;
@@ -156,6 +172,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
                 if finished != this.seen_finished {
                     this.seen_finished = finished;
                     this.request_started = None;
+                    this.activity.mid_request.store(false, Ordering::Relaxed);
                     this.last_read = Instant::now();
                 }
                 let due = this.request_started.unwrap_or(this.last_read) + this.limit;
@@ -175,8 +192,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
 impl<S> ReadTimeout<S> {
     /// Bytes went out: the request they answer is complete, and the next one starts with the next read.
     fn answered(&mut self, written: &Poll<io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) && self.request_started.is_some() {
             self.request_started = None;
+            self.activity.mid_request.store(false, Ordering::Relaxed);
         }
     }
 }

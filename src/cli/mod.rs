@@ -22,6 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `serve`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API over HTTP and HTTPS.
@@ -180,6 +182,23 @@ async fn load_file(store: &store::DynStore, file: &std::path::Path) -> anyhow::R
     }
 }
 
+/// `--max-connections`, kept below what the descriptor limit allows.
+fn max_connections(asked: Option<u64>) -> usize {
+    let allowed = crate::connections::default_max_connections();
+    match asked {
+        None => allowed,
+        Some(asked) if asked as usize > allowed => {
+            tracing::warn!(
+                asked,
+                allowed,
+                "--max-connections is more than the file-descriptor limit allows (ulimit -n): using {allowed}"
+            );
+            allowed
+        }
+        Some(asked) => asked as usize,
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = args.storage.database_url();
@@ -233,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         trust_forwarded_for: args.trust_forwarded_for,
         read_timeout: std::time::Duration::from_secs(args.read_timeout),
         request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        max_connections: max_connections(args.max_connections),
         ..Settings::default()
     };
     let control = crate::control::Control {

@@ -8,6 +8,7 @@ mod chat_get;
 mod chat_user_list;
 mod clock;
 mod concurrency;
+mod connections;
 mod control;
 mod credentials;
 mod doc_links;
