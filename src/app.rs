@@ -161,7 +161,7 @@ pub async fn serve(
     tls: RustlsConfig,
     shutdown: ShutdownSignal,
 ) -> anyhow::Result<()> {
-    let read_timeout = state.settings.read_timeout;
+    let (read_timeout, max_connections) = (state.settings.read_timeout, state.settings.max_connections);
     let app = router(state);
     let http_app = app.clone().layer(Extension(Transport::Http));
     let https_app = app.layer(Extension(Transport::Https));
@@ -172,8 +172,10 @@ pub async fn serve(
         tracing::info!("shutting down: finishing in-flight requests");
         signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
     });
-    let silent = ReadTimeoutAcceptor { limit: read_timeout };
-    let mut http = axum_server::from_tcp(bound.http).acceptor(silent).handle(handle.clone());
+    let connections = crate::connections::Connections::new(max_connections);
+    tracing::info!(max_connections, "accepting connections");
+    let silent = ReadTimeoutAcceptor { limit: read_timeout, connections };
+    let mut http = axum_server::from_tcp(bound.http).acceptor(silent.clone()).handle(handle.clone());
     limit_slow_clients(http.http_builder(), read_timeout);
     let mut https =
         axum_server::from_tcp(bound.https).acceptor(RustlsAcceptor::new(tls).acceptor(silent)).handle(handle);

@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// listener's address.
     #[arg(long, env = "CRMCHAT_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Client connections open at most (both listeners). Default: the file-descriptor limit (`ulimit -n`,
+    /// raised to its hard limit at start-up) less a reserve for the database, files and Redis. At the limit an
+    /// idle connection is closed to make room; a new one is refused only when none is idle.
+    #[arg(long, env = "CRMCHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Lifetime of issued OAuth access tokens.
     #[arg(long, env = "CRMCHAT_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     pub access_token_ttl: u64,
@@ -143,6 +148,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// How long the server may work on a call before answering it with an error.
     pub request_timeout: Duration,
+    /// Client connections open at most.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -154,6 +161,7 @@ impl Default for Settings {
             trust_forwarded_for: false,
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(20),
+            max_connections: 1024,
         }
     }
 }

@@ -13,11 +13,10 @@
 //! The requests of a connection also get a [`ResetSwitch`] as an extension: a fault rule (`connection_reset`)
 //! flips it, and the connection then fails every read and write, so it closes without sending the answer.
 
-use std::future::{Ready, ready};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,36 +24,40 @@ use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-/// Wraps every accepted connection in a [`ReadTimeout`].
-#[derive(Clone, Copy, Debug)]
+use crate::connections::{Activity, Admitted, Connections};
+
+/// Admits every accepted connection under the connection limit and wraps it in a [`ReadTimeout`].
+#[derive(Clone)]
 pub struct ReadTimeoutAcceptor {
     pub limit: Duration,
+    pub connections: Arc<Connections>,
 }
+
+type Accepted<I, S> = io::Result<(ReadTimeout<I>, Tracked<S>)>;
 
 impl<I, S> Accept<I, S> for ReadTimeoutAcceptor
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Send + 'static,
 {
     type Stream = ReadTimeout<I>;
     type Service = Tracked<S>;
-    type Future = Ready<io::Result<(Self::Stream, Self::Service)>>;
+    type Future = Pin<Box<dyn Future<Output = Accepted<I, S>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        let stream = ReadTimeout::new(stream, self.limit);
-        let service = Tracked { inner: service, activity: stream.activity.clone() };
-        ready(Ok((stream, service)))
+        let (limit, connections) = (self.limit, self.connections.clone());
+        Box::pin(async move {
+            // Refused: dropping the stream closes it at once, giving its descriptor back.
+            let Some(admitted) = connections.admit().await else {
+                return Err(io::Error::other("connection limit reached"));
+            };
+            let mut stream = ReadTimeout::new(stream, limit);
+            stream.activity = admitted.activity.clone();
+            stream.admitted = Some(admitted);
+            let service = Tracked { inner: service, activity: stream.activity.clone() };
+            Ok((stream, service))
+        })
     }
-}
-
-/// What a connection's stream and the requests it carries share.
-#[derive(Debug, Default)]
-pub struct Activity {
-    /// Requests being processed (HTTP/2 carries several at once).
-    busy: AtomicUsize,
-    /// Requests processed so far: when it moves, the wait for the client starts afresh.
-    finished: AtomicUsize,
-    /// Set by [`ResetSwitch::reset`].
-    reset: AtomicBool,
 }
 
 /// Closes its connection without another byte once flipped.
@@ -143,6 +146,8 @@ pub struct ReadTimeout<S> {
     activity: Arc<Activity>,
     /// `activity.finished` when last looked at.
     seen_finished: usize,
+    /// The connection's place under the connection limit.
+    admitted: Option<Admitted>,
 }
 
 impl<S> ReadTimeout<S> {
@@ -155,6 +160,7 @@ impl<S> ReadTimeout<S> {
             deadline: None,
             activity: Arc::default(),
             seen_finished: 0,
+            admitted: None,
         }
     }
 
@@ -169,16 +175,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
         if this.is_reset() {
             return Poll::Ready(Err(reset_error()));
         }
+        // Closed to make room under the connection limit: the connection reads as ended, and hyper closes it.
+        if this.activity.evict.load(Ordering::Relaxed) && this.activity.busy.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(Ok(()));
+        }
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 this.last_read = Instant::now();
                 if buf.filled().len() > filled && this.request_started.is_none() {
                     this.request_started = Some(this.last_read);
+                    this.activity.mid_request.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(result)
             }
             Poll::Pending => {
+                if this.admitted.is_some() {
+                    this.activity.reader.register(cx.waker());
+                }
                 // The server is working on a request: the time is its own, not the client's.
                 if this.activity.busy.load(Ordering::Acquire) > 0 {
                     return Poll::Pending;
@@ -187,6 +201,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
                 if finished != this.seen_finished {
                     this.seen_finished = finished;
                     this.request_started = None;
+                    this.activity.mid_request.store(false, Ordering::Relaxed);
                     this.last_read = Instant::now();
                 }
                 let due = this.request_started.unwrap_or(this.last_read) + this.limit;
@@ -206,8 +221,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadTimeout<S> {
 impl<S> ReadTimeout<S> {
     /// Bytes went out: the request they answer is complete, and the next one starts with the next read.
     fn answered(&mut self, written: &Poll<io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) && self.request_started.is_some() {
             self.request_started = None;
+            self.activity.mid_request.store(false, Ordering::Relaxed);
         }
     }
 }

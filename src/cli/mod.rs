@@ -31,13 +31,12 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Built once per process: the size of its largest variant costs nothing.
+// Parsed once per process: the size of `serve`'s arguments does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API over HTTP and HTTPS.
-    // Boxed: the other commands are a few bytes, serve's settings hundreds.
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Load or export the portal state.
     #[command(subcommand)]
     State(StateCommand),
@@ -151,7 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(*args).await,
+            Command::Serve(args) => serve(args).await,
             Command::State(StateCommand::Load { file, storage }) => {
                 let store = store::open(&storage.database_url()).await?;
                 load_file(&store, &file).await?;
@@ -189,6 +188,23 @@ async fn load_file(store: &store::DynStore, file: &std::path::Path) -> anyhow::R
             anyhow::bail!("{}: invalid portal state:\n{errors}", file.display())
         }
         Err(LoadError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `--max-connections`, kept below what the descriptor limit allows.
+fn max_connections(asked: Option<u64>) -> usize {
+    let allowed = crate::connections::default_max_connections();
+    match asked {
+        None => allowed,
+        Some(asked) if asked as usize > allowed => {
+            tracing::warn!(
+                asked,
+                allowed,
+                "--max-connections is more than the file-descriptor limit allows (ulimit -n): using {allowed}"
+            );
+            allowed
+        }
+        Some(asked) => asked as usize,
     }
 }
 
@@ -245,6 +261,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         trust_forwarded_for: args.trust_forwarded_for,
         read_timeout: std::time::Duration::from_secs(args.read_timeout),
         request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        max_connections: max_connections(args.max_connections),
         ..Settings::default()
     };
     let control = crate::control::Control {

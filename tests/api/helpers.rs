@@ -35,6 +35,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "CRMCHAT_CONTROL_TOKEN",
     "CRMCHAT_READ_TIMEOUT",
     "CRMCHAT_REQUEST_TIMEOUT",
+    "CRMCHAT_MAX_CONNECTIONS",
 ];
 
 /// The demo portal of `crmchat serve --demo`, as a state file to change per test.
@@ -339,13 +340,29 @@ pub async fn spawn_app_in(dir: TempDir, fixture: Value, env: &[(&str, &str)]) ->
 }
 
 /// Starts `crmchat serve` and waits for its `ready` line; standard error goes (appended) to `log_path`.
+/// With this key in a test app's environment the server runs under `ulimit -n VALUE` (it is not passed on).
+pub const ULIMIT_NOFILE: &str = "TEST_ULIMIT_NOFILE";
+
 fn start_server(data_dir: &Path, fixture: Option<&Path>, log_path: &Path, env: &[(String, String)]) -> Server {
-    let mut cmd = crmchat_command();
+    let mut cmd = match env.iter().find(|(k, _)| k == ULIMIT_NOFILE) {
+        Some((_, limit)) => {
+            // `ulimit` sets the soft and the hard limit: the server cannot raise it again.
+            let mut cmd = crmchat_command();
+            let program = cmd.get_program().to_owned();
+            cmd = Command::new("sh");
+            for key in SCRUBBED_ENV {
+                cmd.env_remove(key);
+            }
+            cmd.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(program);
+            cmd
+        }
+        None => crmchat_command(),
+    };
     cmd.args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]).args(storage_args(data_dir));
     if let Some(fixture) = fixture {
         cmd.arg("--fixture").arg(fixture);
     }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(env.iter().filter(|(k, _)| k != ULIMIT_NOFILE).map(|(k, v)| (k, v)));
     run_until_ready(cmd, log_path)
 }
 
@@ -551,6 +568,11 @@ impl TestApp {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
     }
 
     /// Stops the server with SIGKILL now (Drop does it too).

@@ -9,6 +9,7 @@ mod chat_user_list;
 mod clock;
 mod concurrency;
 mod config_file;
+mod connections;
 mod control;
 mod control_journal;
 mod credentials;
