@@ -8,6 +8,7 @@
 //! The stylesheet and script are compiled into the binary: nothing is fetched from elsewhere.
 
 mod actions;
+mod clock;
 mod pages;
 mod session;
 
@@ -47,6 +48,9 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(&format!("{BASE}/chats/{{id}}/remove"), post(actions::remove_member))
         .route(&format!("{BASE}/chats/{{id}}/add"), post(actions::add_member))
         .route(&format!("{BASE}/credentials"), get(pages::credentials))
+        .route(&format!("{BASE}/clock"), get(clock::page))
+        .route(&format!("{BASE}/clock/advance"), post(clock::advance))
+        .route(&format!("{BASE}/clock/real"), post(clock::real_time))
         .route(&format!("{BASE}/reset"), post(actions::reset))
         .route(&format!("{BASE}/logout"), post(logout))
         .layer(middleware::from_fn(require_login));
@@ -264,6 +268,7 @@ async fn logout(
 pub(crate) enum Nav {
     Overview,
     Records,
+    Clock,
     Credentials,
     None,
 }
@@ -271,6 +276,7 @@ pub(crate) enum Nav {
 const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "Overview", "/"),
     (Nav::Records, "Records", "/records"),
+    (Nav::Clock, "Clock", "/clock"),
     (Nav::Credentials, "Credentials", "/credentials"),
 ];
 

@@ -587,6 +587,10 @@ pub async fn credentials(State(app): State<Arc<AppState>>, Extension(login): Ext
     let fail = |e| store_failed(&login, e);
     let webhooks = app.store.list_webhooks().await.map_err(fail)?;
     let apps = app.store.list_apps().await.map_err(fail)?;
+    let mut bindings = HashMap::new();
+    for a in &apps {
+        bindings.insert(a.client_id.clone(), app.store.bindings(&a.client_id).await.map_err(fail)?);
+    }
     let mut users = HashMap::new();
     for hook in &webhooks {
         users.insert(hook.user_id, user_name(app.store.user(hook.user_id).await.map_err(fail)?.as_deref()));
@@ -617,10 +621,26 @@ pub async fn credentials(State(app): State<Arc<AppState>>, Extension(login): Ext
             p class="hint" { "Client secrets are stored only as hashes and are never shown." }
             div class="table-wrap" {
                 table {
-                    thead { tr { th scope="col" { "Client ID" } th scope="col" { "Scopes" } } }
+                    thead { tr { th scope="col" { "Client ID" } th scope="col" { "Scopes" } th scope="col" { "Event bindings" } } }
                     tbody {
                         @for a in &apps {
-                            tr { td { code { (a.client_id) } } td { (a.scopes.join(", ")) } }
+                            tr {
+                                td { code { (a.client_id) } }
+                                td { (a.scopes.join(", ")) }
+                                td {
+                                    @let bound = bindings.get(&a.client_id).map(Vec::as_slice).unwrap_or_default();
+                                    @if bound.is_empty() { "none" }
+                                    ul class="bindings" {
+                                        @for b in bound {
+                                            li {
+                                                code { (b.event) } " → "
+                                                @if b.handler.is_empty() { "offline" } @else { (b.handler) }
+                                                @if b.user_id != 0 { " (as user " (b.user_id) ")" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }

@@ -197,3 +197,30 @@ async fn inspector_pages_a_chat_of_many_members() {
     assert!(last.text.contains("Member 3499<") && !last.text.contains("Member 3497<"), "{}", last.text);
     assert!(last.text.contains("Page 26 of 26"), "{}", last.text);
 }
+
+#[tokio::test]
+async fn inspector_clock_forms_need_the_csrf_token() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let csrf = field(&page(&app, &session, &format!("{UI}/clock")).await.text, "csrf");
+    let time = |app: &TestApp| {
+        let url = app.url(&format!("{DEMO_HOOK}server.time.json"));
+        let client = app.client.clone();
+        async move {
+            let body: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            chrono::DateTime::parse_from_rfc3339(body["result"].as_str().unwrap()).unwrap().timestamp()
+        }
+    };
+    let before = time(&app).await;
+    let advance = format!("{UI}/clock/advance");
+    assert_eq!(post_page(&app, &session, &advance, "csrf=forged&seconds=86400").await.status, 403);
+    assert!(time(&app).await - before < 100);
+    assert_eq!(post_page(&app, &session, &advance, &format!("csrf={csrf}&seconds=86400")).await.status, 303);
+    let moved = time(&app).await - before;
+    assert!((86_400..86_500).contains(&moved), "moved {moved} s");
+    // Forward only: nothing else is accepted.
+    assert_eq!(post_page(&app, &session, &advance, &format!("csrf={csrf}&seconds=-5")).await.status, 303);
+    assert!(time(&app).await - before >= 86_400);
+    assert_eq!(post_page(&app, &session, &format!("{UI}/clock/real"), &format!("csrf={csrf}")).await.status, 303);
+    assert!(time(&app).await - before < 100);
+}

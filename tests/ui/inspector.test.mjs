@@ -244,6 +244,7 @@ test("every page: no console errors at 1280x800 and 390x844, a screenshot of eac
     record: "/_crmchat/ui/records/deal/288",
     chat: "/_crmchat/ui/chats/8773",
     credentials: "/_crmchat/ui/credentials",
+    clock: "/_crmchat/ui/clock",
   };
   for (const [viewportName, viewport] of Object.entries(VIEWPORTS)) {
     const page = await newPage(viewport);
@@ -292,6 +293,26 @@ test("a chat of 10,000 members opens in under a second", async () => {
   console.log(`chat of ${count + 1} members: page loads ${times.map((t) => t.toFixed(0)).join(", ")} ms`);
   assert.ok(worst < 1000, `the 10,000-member chat took ${worst.toFixed(0)} ms`);
   await shot(page, "chat-10000", "desktop");
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("Clock: advance the portal clock, then back to real time", async () => {
+  const page = await newPage();
+  await logIn(page);
+  await page.getByRole("link", { name: "Clock" }).click();
+  await page.getByRole("heading", { name: "Clock", level: 1 }).waitFor();
+  const before = (await rest("server.time", {})).body.result;
+  await page.getByLabel("Seconds").fill("3600");
+  await page.getByRole("button", { name: "Advance" }).click();
+  await page.getByRole("status", { name: "Answer" }).filter({ hasText: "advanced" }).waitFor();
+  assert.equal(await page.locator("#clock-offset").textContent(), "3600 s");
+  const after = (await rest("server.time", {})).body.result;
+  const moved = (Date.parse(after) - Date.parse(before)) / 1000;
+  assert.ok(moved >= 3599 && moved < 3700, `server.time moved ${moved} s`);
+  await page.getByRole("button", { name: "Real time" }).click();
+  await page.getByRole("status", { name: "Answer" }).filter({ hasText: "real time" }).waitFor();
+  assert.equal(await page.locator("#clock-offset").textContent(), "0 s");
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
