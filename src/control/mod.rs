@@ -6,6 +6,7 @@
 //! Each part of the API is a sub-module with a `routes()` of its own, merged in [`routes`]; what a reset must
 //! clear besides the portal's state is listed in [`clear_runtime`].
 
+pub mod apps;
 pub mod snapshots;
 pub mod state;
 
@@ -59,7 +60,7 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
 /// Every route of the control API, relative to `/_crmchat`. The other parts (the request journal, faults, the
 /// clock, events) merge theirs here.
 fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/", get(index)).merge(state::routes()).merge(snapshots::routes())
+    Router::new().route("/", get(index)).merge(state::routes()).merge(snapshots::routes()).merge(apps::routes())
 }
 
 /// Clears what the server keeps besides the portal's state, for a reset: rate-limit buckets and operating
@@ -96,7 +97,7 @@ async fn index() -> Response {
     Json(json!({
         "service": "crmchat control API",
         "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": ["/_crmchat/state", "/_crmchat/reset", "/_crmchat/snapshots"],
+        "endpoints": ["/_crmchat/state", "/_crmchat/reset", "/_crmchat/snapshots", "/_crmchat/apps/{client_id}/install"],
     }))
     .into_response()
 }

@@ -109,6 +109,15 @@ async fn authenticate_client(app: &AppState, client_id: &str, secret: &str) -> R
     Ok(record)
 }
 
+/// A token pair for `user_id` issued to `client` without a grant (the control API's app install), stored and
+/// answered as the token endpoint answers a grant.
+pub(crate) async fn issue_without_grant(app: &AppState, client: &AppRecord, user_id: i64) -> Result<Value, ApiError> {
+    let issued = new_tokens(app, client, app.clock.unix_ms());
+    let record = TokenRecord { user_id, ..issued.record.clone() };
+    app.store.add_tokens(&record).await?;
+    token_body(app, &issued, &record).await
+}
+
 struct Issued {
     access_token: String,
     refresh_token: String,

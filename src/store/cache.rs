@@ -340,6 +340,10 @@ impl Store for CachedStore {
         self.inner.add_tokens(tokens).await
     }
 
+    async fn revoke_app_tokens(&self, client_id: &str) -> StoreResult<u64> {
+        self.inner.revoke_app_tokens(client_id).await
+    }
+
     async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>> {
         self.inner.token_by_access(access_sha256).await
     }

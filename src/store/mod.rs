@@ -227,6 +227,8 @@ pub trait Store: Send + Sync + 'static {
     /// Consume a code: it is deleted whether or not it has expired, so it works at most once.
     async fn take_auth_code(&self, code_sha256: &str) -> StoreResult<Option<AuthCode>>;
     async fn add_tokens(&self, tokens: &TokenRecord) -> StoreResult<()>;
+    /// Revoke every token issued to the application (its uninstall); how many pairs went.
+    async fn revoke_app_tokens(&self, client_id: &str) -> StoreResult<u64>;
     async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>>;
     async fn token_by_refresh(&self, refresh_sha256: &str) -> StoreResult<Option<TokenRecord>>;
     /// Spends the refresh token `old_refresh_sha256` and stores `new`, atomically: `None` if it was already spent

@@ -647,6 +647,14 @@ macro_rules! shared_sql {
                     insert_tokens(self.writer(), tokens).await
                 }
 
+                async fn revoke_app_tokens(&self, client_id: &str) -> StoreResult<u64> {
+                    let done = sqlx::query("DELETE FROM oauth_tokens WHERE client_id = $1")
+                        .bind(client_id)
+                        .execute(self.writer())
+                        .await?;
+                    Ok(done.rows_affected())
+                }
+
                 async fn token_by_access(&self, access_sha256: &str) -> StoreResult<Option<TokenRecord>> {
                     let row = sqlx::query("SELECT * FROM oauth_tokens WHERE access_sha256 = $1")
                         .bind(access_sha256)

@@ -459,3 +459,86 @@ async fn control_reset_under_concurrent_rest_load() {
     assert_eq!(ctl_get(&app, "/_crmchat/state").await.text, startup);
     assert!(!app.log().contains("panicked"), "{}", app.log());
 }
+
+async fn install(app: &TestApp, client_id: &str, body: Value) -> Resp {
+    let path = format!("/_crmchat/apps/{client_id}/install");
+    app.send(ctl(app, reqwest::Method::POST, &path).json(&body)).await
+}
+
+async fn last_id_with_token(app: &TestApp, token: &str) -> Resp {
+    app.get(&format!("/rest/imopenlines.crm.chat.getLastId.json?auth={token}&CRM_ENTITY_TYPE=deal&CRM_ENTITY=288"))
+        .await
+}
+
+#[tokio::test]
+async fn control_apps_install_and_uninstall() {
+    let app = spawn_controlled(demo_fixture()).await;
+    let resp = install(&app, "local.demo.app", json!({"user_id": 12, "handler": null})).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let keys: Vec<&str> = resp.body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "refresh_token",
+            "expires_in",
+            "member_id",
+            "application_token",
+            "client_endpoint",
+            "server_endpoint"
+        ]
+    );
+    assert_eq!(resp.body["application_token"], "demo-app-token");
+    assert_eq!(resp.body["expires_in"], 3600);
+    assert_eq!(resp.body["client_endpoint"], "https://crmchat.localhost/rest/");
+    assert_eq!(resp.body["server_endpoint"], "https://crmchat.localhost/oauth/");
+    assert_eq!(resp.body["member_id"].as_str().unwrap().len(), 32);
+    let access = resp.body["access_token"].as_str().unwrap().to_string();
+    let refresh = resp.body["refresh_token"].as_str().unwrap().to_string();
+
+    // The token works as the installing user (12 may read deal 288's chat) and refreshes as any other.
+    let answer = last_id_with_token(&app, &access).await;
+    assert_success(&answer, json!(8773));
+    let body =
+        format!("grant_type=refresh_token&client_id=local.demo.app&client_secret=demo-secret&refresh_token={refresh}");
+    let refreshed = app.post_form("/oauth/token/", &body).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text);
+    assert_eq!(refreshed.body["user_id"], 12);
+
+    let bind = format!("/rest/event.bind.json?auth={access}&event=ONCRMCHATUSERDELETE&handler=http://127.0.0.1:9/hook");
+    assert_success(&app.get(&bind).await, json!(true));
+
+    let resp = app.send(ctl(&app, reqwest::Method::POST, "/_crmchat/apps/local.demo.app/uninstall")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    assert_eq!((&resp.body["ok"], &resp.body["unbound"]), (&json!(true), &json!(1)), "{}", resp.text);
+    let answer = last_id_with_token(&app, &access).await;
+    assert_eq!(answer.status, 401, "uninstalled, the token no longer works: {}", answer.text);
+    let again = refreshed.body["access_token"].as_str().unwrap();
+    assert_eq!(last_id_with_token(&app, again).await.status, 401);
+    // Installed again, it works again.
+    let resp = install(&app, "local.demo.app", json!({"user_id": 1})).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let access = resp.body["access_token"].as_str().unwrap();
+    assert_success(&last_id_with_token(&app, access).await, json!(8773));
+    assert_success(&app.get(&format!("/rest/event.get.json?auth={access}")).await, json!([]));
+}
+
+#[tokio::test]
+async fn control_apps_install_refuses_what_it_cannot_do() {
+    let app = spawn_controlled(demo_fixture()).await;
+    let cases = [
+        ("local.none.app", json!({"user_id": 1}), 404, "app_not_found"),
+        ("local.demo.app", json!({"user_id": 99}), 404, "user_not_found"),
+        ("local.demo.app", json!({"user_id": 13}), 400, "invalid_argument"),
+        ("local.demo.app", json!({"handler": null}), 400, "invalid_argument"),
+        ("local.demo.app", json!({"user_id": "1"}), 400, "invalid_argument"),
+        ("local.demo.app", json!({"user_id": 1, "handler": "http://127.0.0.1:9/"}), 400, "events_unavailable"),
+    ];
+    for (client_id, body, status, code) in cases {
+        let resp = install(&app, client_id, body.clone()).await;
+        assert_eq!((resp.status, &resp.body["error"]), (status, &json!(code)), "{body}: {}", resp.text);
+        assert!(resp.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", resp.text);
+    }
+    let resp = app.send(ctl(&app, reqwest::Method::POST, "/_crmchat/apps/local.none.app/uninstall")).await;
+    assert_eq!((resp.status, &resp.body["error"]), (404, &json!("app_not_found")), "{}", resp.text);
+}
