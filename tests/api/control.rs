@@ -391,9 +391,10 @@ pub fn big_portal(chats: i64, per_chat: i64) -> Value {
     })
 }
 
-/// A reset and a restore of a 10,000-membership portal. The goal (under 100 ms) is for an optimised build;
-/// this debug build on a shared machine gets ten times that, which still catches a reset that reads or
-/// writes row by row (seconds).
+/// A reset and a restore of a 10,000-membership portal. The goal (under 100 ms on SQLite) is for an
+/// optimised build (bench/README.md has the figures); this debug build, with the rest of the suite running
+/// beside it, gets ten times that on SQLite and thirty on PostgreSQL, which still catches a replace that
+/// reads or writes row by row (tens of seconds).
 #[tokio::test]
 async fn control_reset_and_restore_of_10000_memberships() {
     let app = spawn_controlled(big_portal(1000, 10)).await;
@@ -413,7 +414,9 @@ async fn control_reset_and_restore_of_10000_memberships() {
     assert_eq!(ctl_get(&app, "/_crmchat/state").await.text, startup);
     took.sort();
     eprintln!("reset and restore of 10,000 memberships: {took:?} ms");
-    assert!(took[took.len() / 2] < 1000, "reset and restore took {took:?} ms");
+    let postgres = std::env::var("CRMCHAT_TEST_DATABASE").is_ok_and(|url| url.starts_with("postgres"));
+    let limit = if postgres { 3000 } else { 1000 };
+    assert!(took[took.len() / 2] < limit, "reset and restore took {took:?} ms");
 }
 
 /// Resets while clients call the REST API: every call is answered (no connection error), never with a 5xx,
