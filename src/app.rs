@@ -109,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(crate::control::readyz))
+        .route("/metrics", get(crate::control::metrics::metrics))
         .merge(crate::control::router(state.clone()))
         .merge(crate::inspector::router(state.clone()))
         .route("/oauth/token/", any(rest::oauth::token))

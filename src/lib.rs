@@ -18,4 +18,5 @@ pub mod read_timeout;
 pub mod rest;
 pub mod secrets;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

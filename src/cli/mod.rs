@@ -210,6 +210,10 @@ fn max_connections(asked: Option<u64>) -> usize {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before the store opens: the SQLite writer's thread takes its histogram as it starts.
+    if let Some(metrics) = crate::telemetry::install() {
+        crate::telemetry::spawn_upkeep(metrics);
+    }
     let url = args.storage.database_url();
     let store = store::open(&url).await.with_context(|| format!("opening {}", store::redact_url(&url)))?;
     if args.demo && !store.is_initialized().await? {

@@ -9,6 +9,7 @@
 pub mod apps;
 pub mod clock;
 pub mod faults;
+pub mod metrics;
 pub mod requests;
 pub mod snapshots;
 pub mod state;

@@ -32,6 +32,7 @@ use crate::journal::{self, Auth, AuthType};
 use crate::log_throttle::LogThrottle;
 use crate::methods::{CallContext, Output, Params};
 use crate::read_timeout::ResetSwitch;
+use crate::telemetry;
 
 /// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.
 #[derive(Debug, PartialEq)]
@@ -128,6 +129,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         // as for REST 2. Only the method's name is logged: the path holds the webhook code.
         tracing::info!(method = %method, status = 404, "rest 3.0 call refused");
         let err = ApiError::v3_method_not_found(method);
+        telemetry::rest_call_refused(telemetry::UNKNOWN_METHOD, err.code().as_str(), start.instant.elapsed());
         if app.journal.is_enabled() {
             app.journal.record(journal::Call {
                 at_ms: start.unix_ms(),
@@ -148,6 +150,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let Some(rest_path) = parse_path(parts.uri.path()) else {
         // Not a REST method URL at all. Logged without the path, which may hold a webhook code.
         let err = ApiError::from(Code::MethodNotFound);
+        telemetry::rest_call_refused(telemetry::UNKNOWN_METHOD, err.code().as_str(), start.instant.elapsed());
         tracing::info!(status = 404, error = err.code().as_str(), request_id, "request to an unknown path refused");
         return render_error(&err, Format::Json);
     };
@@ -155,7 +158,10 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let reset = parts.extensions.get::<ResetSwitch>();
     let request = Incoming { rest_path: &rest_path, transport, client_ip, query: parts.uri.query(), reset };
     let mut draft = app.journal.is_enabled().then(Draft::default);
-    let result = call(&app, request, &parts.headers, body, start, draft.as_mut()).await;
+    let method = registry::position(&rest_path.method);
+    let result =
+        call(&app, request, method.map(|i| &registry::METHODS[i]), &parts.headers, body, start, draft.as_mut()).await;
+    count_call(method, &result, reset, start.instant.elapsed());
     let response = match &result {
         Ok((output, timing)) => render_success(output, timing, format),
         Err(err) => render_error(err, format),
@@ -208,6 +214,33 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         ),
     }
     response
+}
+
+/// The handles of each method's successful calls, by its place in the registry.
+static METHOD_METRICS: std::sync::OnceLock<Vec<telemetry::MethodHandles>> = std::sync::OnceLock::new();
+
+/// Count a call in the metrics: `method` is its place in the registry (`None`: no such method).
+fn count_call(
+    method: Option<usize>,
+    result: &Result<(Output, Timing), ApiError>,
+    reset: Option<&ResetSwitch>,
+    elapsed: std::time::Duration,
+) {
+    let name = method.map_or(telemetry::UNKNOWN_METHOD, |i| registry::METHODS[i].name);
+    match result {
+        _ if reset.is_some_and(ResetSwitch::is_reset) => {
+            telemetry::rest_call_refused(name, faults::CONNECTION_RESET, elapsed)
+        }
+        Ok(_) => match method {
+            Some(i) => {
+                let handles = METHOD_METRICS
+                    .get_or_init(|| registry::METHODS.iter().map(|m| telemetry::MethodHandles::new(m.name)).collect());
+                handles[i].succeeded(elapsed);
+            }
+            None => telemetry::rest_call_refused(name, telemetry::OK, elapsed),
+        },
+        Err(err) => telemetry::rest_call_refused(name, err.code().as_str(), elapsed),
+    }
 }
 
 /// What the journal learns of a call while it runs: who called, with what (redacted), and for a batch, its
@@ -267,12 +300,13 @@ struct Incoming<'a> {
 async fn call(
     app: &AppState,
     request: Incoming<'_>,
+    method: Option<&'static MethodDef>,
     headers: &HeaderMap,
     body: Body,
     start: Start,
     draft: Option<&mut Draft>,
 ) -> Result<(Output, Timing), ApiError> {
-    let Some(method) = registry::find(&request.rest_path.method) else {
+    let Some(method) = method else {
         // Decided before the body is read; the journal gets what the URL and headers tell.
         if let Some(draft) = draft {
             let mut params = Params::new();
@@ -369,6 +403,7 @@ async fn process(
     if let Some(plan) = Plan::for_name(&portal.plan)
         && !app.requests.admit(&format!("{}|{}", portal.domain, request.client_ip), plan).await
     {
+        telemetry::rate_limit_refusal(telemetry::Limit::Requests);
         return Err(Code::QueryLimitExceeded.into());
     }
     let (output, timing) = match method.kind {
@@ -455,6 +490,7 @@ pub(crate) async fn invoke(
     let operating_key = format!("{}|{}", caller.credential_id, method.name);
     let before = app.operating.status(&operating_key).await;
     if before.blocked {
+        telemetry::rate_limit_refusal(telemetry::Limit::OperatingTime);
         return Err(Code::OperationTimeLimit.into());
     }
     let ctx = CallContext {

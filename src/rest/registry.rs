@@ -45,7 +45,12 @@ pub static METHODS: &[MethodDef] = &[
 ];
 
 pub fn find(name: &str) -> Option<&'static MethodDef> {
-    METHODS.iter().find(|m| m.name == name)
+    position(name).map(|i| &METHODS[i])
+}
+
+/// Where `name` is in [`METHODS`] (per-method tables are indexed by it).
+pub fn position(name: &str) -> Option<usize> {
+    METHODS.iter().position(|m| m.name == name)
 }
 
 /// Every scope some method belongs to, sorted.

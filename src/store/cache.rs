@@ -292,6 +292,10 @@ impl Store for CachedStore {
         self.inner.revision().await
     }
 
+    fn pool_use(&self) -> Vec<crate::telemetry::PoolUse> {
+        self.inner.pool_use()
+    }
+
     async fn add_webhook(&self, user_id: i64, code_sha256: &str, scopes: &[String], at_ms: i64) -> StoreResult<i64> {
         let id = self.inner.add_webhook(user_id, code_sha256, scopes, at_ms).await?;
         self.reload_now().await?;

@@ -312,6 +312,8 @@ pub trait Store: Send + Sync + 'static {
     /// A counter moved by every change of settings, credentials, users, records, lines, chats or sessions —
     /// what the in-memory read model holds — by this process or another.
     async fn revision(&self) -> StoreResult<i64>;
+    /// The database pools' connections now (for `/metrics`).
+    fn pool_use(&self) -> Vec<crate::telemetry::PoolUse>;
     /// True once the portal row exists (a state was loaded).
     async fn is_initialized(&self) -> StoreResult<bool>;
 

@@ -512,6 +512,20 @@ macro_rules! shared_sql {
                     Ok(sqlx::query_scalar("SELECT value FROM revision WHERE id = 1").fetch_one(self.reader()).await?)
                 }
 
+                fn pool_use(&self) -> Vec<$crate::telemetry::PoolUse> {
+                    let usage = |pool_name, pool: &sqlx::Pool<$db>| $crate::telemetry::PoolUse {
+                        pool: pool_name,
+                        open: pool.size(),
+                        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                        max: pool.options().get_max_connections(),
+                    };
+                    if std::ptr::eq(self.reader(), self.writer()) {
+                        vec![usage("main", self.reader())]
+                    } else {
+                        vec![usage("readers", self.reader()), usage("writer", self.writer())]
+                    }
+                }
+
                 async fn counts(&self) -> StoreResult<Counts> {
                     let row = sqlx::query(
                         "SELECT (SELECT COUNT(*) FROM users) AS users, (SELECT COUNT(*) FROM crm_records) AS records, \

@@ -231,6 +231,7 @@ fn run(
         }
     };
     let mut members = MemberCache::default();
+    let group_sizes = crate::telemetry::group_commit_histogram();
     // The first change of the next group, when it was already waiting as the last group was committed.
     let mut waiting: Option<Job> = None;
     loop {
@@ -248,6 +249,7 @@ fn run(
                 Err(_) => break,
             }
         }
+        group_sizes.record(group.len() as f64);
         let outcomes = commit_group(&mut statements, &mut members, &group);
         let committed: Committed = group.into_iter().map(|job| job.reply).zip(outcomes).collect();
         // With changes already waiting, the syncer syncs this group while the writer applies them. Otherwise

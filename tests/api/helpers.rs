@@ -96,6 +96,11 @@ pub fn storage_args(data_dir: &Path) -> Vec<String> {
 
 // ---- the database under test ----
 
+/// True when the suite runs on PostgreSQL (`CRMCHAT_TEST_DATABASE` names one).
+pub fn testing_postgres() -> bool {
+    std::env::var("CRMCHAT_TEST_DATABASE").is_ok_and(|url| is_postgres(&url))
+}
+
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// In a data directory: the URL of its PostgreSQL database.
 const DATABASE_MARKER: &str = "test-database-url";

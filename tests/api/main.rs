@@ -24,6 +24,7 @@ mod hostile;
 mod inspector;
 mod introspection;
 mod message_add;
+mod metrics;
 mod oauth;
 mod operating_time;
 mod power_loss;
