@@ -150,6 +150,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Client connections open at most.
     pub max_connections: usize,
+    /// `--public-url`: the address clients and handlers reach this server at, when it differs from the one a
+    /// request came to (a proxy in front). Without a trailing slash.
+    pub public_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -162,6 +165,7 @@ impl Default for Settings {
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(20),
             max_connections: 1024,
+            public_url: None,
         }
     }
 }

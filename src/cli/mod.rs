@@ -266,6 +266,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         read_timeout: std::time::Duration::from_secs(args.read_timeout),
         request_timeout: std::time::Duration::from_secs(args.request_timeout),
         max_connections: max_connections(args.max_connections),
+        public_url: args.public_url.as_deref().map(|url| url.trim_end_matches('/').to_string()),
         ..Settings::default()
     };
     let control = crate::control::Control {

@@ -140,17 +140,21 @@ fn new_tokens(app: &AppState, client: &AppRecord, now_ms: i64) -> Issued {
     Issued { access_token, refresh_token, record }
 }
 
+/// The answer of a grant. Its endpoints name the portal's domain over HTTPS, as the vendor's name the portal;
+/// `--public-url` replaces that with the address clients reach this server at, so that an SDK which follows
+/// `client_endpoint` after a refresh (b24pysdk does) keeps reaching it.
 async fn token_body(app: &AppState, issued: &Issued, record: &TokenRecord) -> Result<Value, ApiError> {
     let portal = app.store.portal().await?;
+    let base = app.settings.public_url.clone().unwrap_or_else(|| format!("https://{}", portal.domain));
     Ok(json!({
         "access_token": issued.access_token,
         "expires": record.access_expires_ms / 1000,
         "expires_in": app.settings.access_token_ttl_secs,
         "scope": record.scopes.join(","),
         "domain": portal.domain,
-        "server_endpoint": format!("https://{}/oauth/", portal.domain),
+        "server_endpoint": format!("{base}/oauth/rest/"),
         "status": "L",
-        "client_endpoint": format!("https://{}/rest/", portal.domain),
+        "client_endpoint": format!("{base}/rest/"),
         "member_id": member_id(&portal.domain),
         "user_id": record.user_id,
         "refresh_token": issued.refresh_token,

@@ -490,7 +490,7 @@ async fn control_apps_install_and_uninstall() {
     assert_eq!(resp.body["application_token"], "demo-app-token");
     assert_eq!(resp.body["expires_in"], 3600);
     assert_eq!(resp.body["client_endpoint"], "https://crmchat.localhost/rest/");
-    assert_eq!(resp.body["server_endpoint"], "https://crmchat.localhost/oauth/");
+    assert_eq!(resp.body["server_endpoint"], "https://crmchat.localhost/oauth/rest/");
     assert_eq!(resp.body["member_id"].as_str().unwrap().len(), 32);
     let access = resp.body["access_token"].as_str().unwrap().to_string();
     let refresh = resp.body["refresh_token"].as_str().unwrap().to_string();

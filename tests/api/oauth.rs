@@ -530,3 +530,19 @@ async fn authorization_codes_expire_after_30_seconds() {
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_oauth_error(&code_grant(&app, &client, &code).await, "invalid_grant");
 }
+
+/// Behind `--public-url`, the endpoints of a token answer (a grant and a refresh) name the address clients reach
+/// this server at instead of the portal's domain: an SDK that follows `client_endpoint` after a refresh then keeps
+/// calling this server.
+#[tokio::test]
+async fn token_answers_name_the_public_url_when_one_is_set() {
+    let app = spawn_app_with_args(demo_fixture(), &["--public-url", "https://127.0.0.1:9443/"]).await;
+    let client = app.add_oauth_app("local.public.app", "imopenlines,im");
+    let tokens = app.issue_tokens(&client, 12).await;
+    assert_eq!(tokens["client_endpoint"], "https://127.0.0.1:9443/rest/", "{tokens}");
+    assert_eq!(tokens["server_endpoint"], "https://127.0.0.1:9443/oauth/rest/", "{tokens}");
+    let refreshed = refresh_with(&app, &client, &tokens).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text);
+    assert_eq!(refreshed.body["client_endpoint"], "https://127.0.0.1:9443/rest/", "{}", refreshed.text);
+    assert_eq!(refreshed.body["domain"], DOMAIN, "the portal's domain stays its own: {}", refreshed.text);
+}
