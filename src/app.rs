@@ -114,6 +114,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::inspector::router(state.clone()))
         .route("/oauth/token/", any(rest::oauth::token))
         .route("/oauth/token", any(rest::oauth::token))
+        // The OAuth server of `server_endpoint` (`…/oauth/rest/`): clients find it by taking `/rest/` off, as the
+        // vendor's `https://oauth.bitrix.info/rest/` names `https://oauth.bitrix.info`, and post to its
+        // `/oauth/token/` (the JS SDK's token refresh does).
+        .route("/oauth/oauth/token/", any(rest::oauth::token))
+        .route("/oauth/oauth/token", any(rest::oauth::token))
         // Every other path goes to the REST handler, which parses `/rest/...` itself and answers anything
         // else with the vendor's 404. A `/rest/{*path}` route would make the router copy the path into a
         // parameter nobody reads, on every call.

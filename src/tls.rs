@@ -31,9 +31,18 @@ pub fn ensure_certificate(
     if !domain.is_empty() && !names.iter().any(|n| n == domain) {
         names.push(domain.to_string());
     }
-    let certified = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
-    std::fs::write(&cert_path, certified.cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
-    write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
+    let mut params = rcgen::CertificateParams::new(names).context("naming the self-signed certificate")?;
+    // A name of its own per certificate: a client that trusts two crmchat certificates at once (two servers in
+    // one test run) looks a self-signed issuer up by its name, and with rcgen's fixed default name it would
+    // check the second server's certificate against the first one's key and refuse it.
+    let mut name = rcgen::DistinguishedName::new();
+    let serial = crate::secrets::random_alphanumeric(12);
+    name.push(rcgen::DnType::CommonName, format!("crmchat {domain} {serial}"));
+    params.distinguished_name = name;
+    let key_pair = rcgen::KeyPair::generate().context("generating a key pair")?;
+    let cert = params.self_signed(&key_pair).context("generating a self-signed certificate")?;
+    std::fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    write_private(&key_path, key_pair.serialize_pem().as_bytes())?;
     Ok(CertPaths { cert: cert_path, key: key_path, generated: true })
 }
 

@@ -43,6 +43,21 @@ pub struct RestPath<'a> {
     pub format: Format,
 }
 
+/// `path` with each run of slashes made one, as the vendor's web server does (nginx's `merge_slashes`): its JS
+/// SDK joins `client_endpoint` (`https://portal/rest/`) and `/{method}` into `/rest//{method}`.
+pub fn merge_slashes(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains("//") {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(merged)
+}
+
 pub fn parse_path(path: &str) -> Option<RestPath<'_>> {
     let rest = path.strip_prefix("/rest/")?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -124,7 +139,8 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let (transport, client_ip) = client_of(&app, &parts);
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Some(method) = v3_method(parts.uri.path()) {
+    let path = merge_slashes(parts.uri.path());
+    if let Some(method) = v3_method(&path) {
         // None of crmchat's methods exists in REST 3.0: the vendor's "not found", decided before authentication
         // as for REST 2. Only the method's name is logged: the path holds the webhook code.
         tracing::info!(method = %method, status = 404, "rest 3.0 call refused");
@@ -147,7 +163,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         }
         return envelope::render(err.status(), &err.v3_body(), Format::Json);
     }
-    let Some(rest_path) = parse_path(parts.uri.path()) else {
+    let Some(rest_path) = parse_path(&path) else {
         // Not a REST method URL at all. Logged without the path, which may hold a webhook code.
         let err = ApiError::from(Code::MethodNotFound);
         telemetry::rest_call_refused(telemetry::UNKNOWN_METHOD, err.code().as_str(), start.instant.elapsed());
@@ -608,6 +624,13 @@ mod tests {
         assert_eq!(v3_method("/rest/api/1/secretcode/"), Some(""), "never the webhook code");
         assert_eq!(v3_method("/rest/1/code/server.time"), None);
         assert_eq!(v3_method("/rest/api"), None, "REST 2's method `api`");
+    }
+
+    #[test]
+    fn runs_of_slashes_count_as_one() {
+        assert_eq!(merge_slashes("/rest//imopenlines.crm.chat.get"), "/rest/imopenlines.crm.chat.get");
+        assert_eq!(merge_slashes("//rest/1//code///m.json"), "/rest/1/code/m.json");
+        assert!(matches!(merge_slashes("/rest/1/code/m"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -545,4 +545,19 @@ async fn token_answers_name_the_public_url_when_one_is_set() {
     assert_eq!(refreshed.status, 200, "{}", refreshed.text);
     assert_eq!(refreshed.body["client_endpoint"], "https://127.0.0.1:9443/rest/", "{}", refreshed.text);
     assert_eq!(refreshed.body["domain"], DOMAIN, "the portal's domain stays its own: {}", refreshed.text);
+
+    // The OAuth server is `server_endpoint` without `/rest/`, as clients derive it from the vendor's
+    // `https://oauth.bitrix.info/rest/`; its token endpoint is `/oauth/token/` under that.
+    let server = tokens["server_endpoint"].as_str().unwrap().replace("/rest/", "");
+    let path = format!("{}/oauth/token/", server.trim_start_matches("https://127.0.0.1:9443"));
+    let body = form(&[
+        ("grant_type", "refresh_token"),
+        ("client_id", &client.client_id),
+        ("client_secret", &client.secret),
+        ("refresh_token", refreshed.body["refresh_token"].as_str().unwrap()),
+    ]);
+    let again = app.post_form(&path, &body).await;
+    assert_eq!(again.status, 200, "{path}: {}", again.text);
+    assert_eq!(again.body["user_id"], 12, "{}", again.text);
+    assert_profile(&app.call_bearer(&access(&again.body), "profile", json!({})).await, 12);
 }

@@ -266,3 +266,20 @@ async fn healthz() {
     let resp = app.send(client.get(format!("{}/healthz", app.https_base))).await;
     assert_eq!(resp.status, 200, "{}", resp.text);
 }
+
+/// Runs of slashes count as one, as on the vendor's web server: the JS SDK's OAuth client joins
+/// `client_endpoint` (`…/rest/`) and `/{method}` into `/rest//{method}`, and webhook URLs pasted with a slash too
+/// many still work.
+#[tokio::test]
+async fn doubled_slashes_in_method_urls_count_as_one() {
+    let app = spawn_app().await;
+    let client = app.add_oauth_app("local.slashes.app", "imopenlines,im");
+    let tokens = app.issue_tokens(&client, 12).await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let resp = app.get(&format!("/rest//profile.json?auth={token}")).await;
+    assert_eq!((resp.status, &resp.body["result"]["ID"]), (200, &json!("12")), "{}", resp.text);
+    let hook = hook(1, "demowebhookcode1");
+    let doubled = hook.replacen("/rest/", "/rest//", 1).replace("demowebhookcode1/", "demowebhookcode1//");
+    let resp = app.post_form(&format!("{doubled}imopenlines.crm.chat.user.delete.json"), FORM).await;
+    assert_removed(&resp, 8773);
+}

@@ -6,6 +6,7 @@ import { once } from 'node:events'
 import fs from 'node:fs'
 import https from 'node:https'
 import os from 'node:os'
+import net from 'node:net'
 import path from 'node:path'
 import readline from 'node:readline'
 import { randomBytes } from 'node:crypto'
@@ -202,15 +203,41 @@ process.once('exit', () => { for (const server of running) server.kill() })
  * `trustCa` (the default) Node's global HTTPS agent trusts `caCert` too (the system's certificates stay
  * trusted), which is what `@bitrix24/b24jssdk` and other `https`/axios clients use; `stop()` undoes it.
  */
-export async function startCrmchat ({ fixture, binary, args = [], startupTimeoutMs = 30_000, trustCa = true } = {}) {
+export async function startCrmchat (options = {}) {
+  // The HTTPS port is chosen here, so that the server can be told its public address (`--public-url`): the
+  // token answers' `client_endpoint`, which the SDK follows after a refresh, then points at this server. A port
+  // taken by someone else between choosing and binding it is chosen again.
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort()
+    try {
+      return await startOnce(options, port)
+    } catch (e) {
+      if (attempt >= 3 || !String(e.message).includes(`binding 127.0.0.1:${port}`)) throw e
+    }
+  }
+}
+
+function freePort () {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function startOnce ({ fixture, binary, args = [], startupTimeoutMs = 30_000, trustCa = true } = {}, httpsPort) {
   const bin = findBinary(binary)
   const fixturePath = fixture ? path.resolve(fixture instanceof URL ? fixture.pathname : fixture) : null
   if (fixturePath && !fs.existsSync(fixturePath)) throw new Error(`the portal file ${fixturePath} does not exist`)
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'crmchat-node-'))
   const logPath = path.join(dataDir, 'server.log')
   const token = randomBytes(24).toString('base64url')
-  const serveArgs = ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0', '--data-dir', dataDir,
-    '--control-token', token, ...(fixturePath ? ['--fixture', fixturePath] : ['--demo']), ...args]
+  // `--control-token=…` as one argument: a token may begin with '-'.
+  const serveArgs = ['serve', '--http', '127.0.0.1:0', '--https', `127.0.0.1:${httpsPort}`,
+    '--public-url', `https://127.0.0.1:${httpsPort}`, '--data-dir', dataDir, `--control-token=${token}`, ...(fixturePath ? ['--fixture', fixturePath] : ['--demo']), ...args]
   const wrapper = deathSignalWrapper()
   const [command, ...commandArgs] = wrapper ? [...wrapper, bin, ...serveArgs] : [bin, ...serveArgs]
   const env = { ...process.env }

@@ -9,6 +9,7 @@ import queue
 import secrets
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +34,12 @@ _OWN_SETTINGS = (
     "CRMCHAT_DEMO",
     "CRMCHAT_CONTROL_TOKEN",
 )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class CrmchatStartError(RuntimeError):
@@ -118,14 +125,29 @@ class CrmchatServer:
     def start(self) -> "CrmchatServer":
         if self.process is not None:
             return self
+        # The HTTPS port is chosen here, so that the server can be told its public address (--public-url): the
+        # token answers' client_endpoint then points at this server. A port someone else took between choosing
+        # and binding it is chosen again.
+        for attempt in range(1, 4):
+            port = _free_port()
+            try:
+                return self._start_on(port)
+            except CrmchatStartError as e:
+                if attempt == 3 or f"binding 127.0.0.1:{port}" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_on(self, https_port: int) -> "CrmchatServer":
         binary = find_binary(self.binary)
         if self.fixture is not None and not self.fixture.is_file():
             raise CrmchatStartError(f"the portal file {self.fixture} does not exist")
         self.data_dir = Path(tempfile.mkdtemp(prefix="crmchat-pytest-"))
         self.log_path = self.data_dir / "server.log"
         token = secrets.token_urlsafe(24)
-        command = [binary, "serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"]
-        command += ["--data-dir", str(self.data_dir), "--control-token", token]
+        command = [binary, "serve", "--http", "127.0.0.1:0", "--https", f"127.0.0.1:{https_port}"]
+        command += ["--public-url", f"https://127.0.0.1:{https_port}"]
+        # One argument: a token may begin with "-".
+        command += ["--data-dir", str(self.data_dir), f"--control-token={token}"]
         command += ["--fixture", str(self.fixture)] if self.fixture else ["--demo"]
         command += self.extra_args
         env = {k: v for k, v in os.environ.items() if k not in _OWN_SETTINGS}
