@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::{AppCommand, WebhookCommand};
+use crate::events::{HandlerUrlError, check_handler, lifecycle};
 use crate::rest::oauth::new_secret;
 use crate::rest::registry::all_scopes;
 use crate::secrets::{random_alphanumeric, sha256_hex};
@@ -33,6 +34,20 @@ fn check_scopes(scopes: &[String]) -> anyhow::Result<Vec<String>> {
         bail!("at least one scope is required (known: {})", known.join(", "));
     }
     Ok(out)
+}
+
+/// The active administrator with the lowest id.
+async fn first_admin(store: &DynStore) -> anyhow::Result<i64> {
+    let state = store.export_structure().await?;
+    for def in &state.users {
+        if let Some(user) = store.user(def.id).await?
+            && user.active
+            && user.admin
+        {
+            return Ok(user.id);
+        }
+    }
+    bail!("the portal has no active administrator to install the application; name one with --user")
 }
 
 async fn require_user(store: &DynStore, user: i64) -> anyhow::Result<()> {
@@ -75,12 +90,30 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
     match command {
-        AppCommand::Add { client_id, scope, storage } => {
+        AppCommand::Add { client_id, scope, handler, user, storage } => {
             let scopes = check_scopes(&scope)?;
             if client_id.trim().is_empty() {
                 bail!("the client id must not be empty");
             }
+            if let Some(handler) = &handler {
+                check_handler(handler).map_err(|e| match e {
+                    HandlerUrlError::WrongUrl => {
+                        anyhow::anyhow!("--handler {handler:?}: its host needs a dot after the first character")
+                    }
+                    HandlerUrlError::UnsupportedProtocol => {
+                        anyhow::anyhow!("--handler {handler:?}: only http and https are supported")
+                    }
+                })?;
+            }
             let store = store::open(&storage.database_url()).await?;
+            let installer = match (&handler, user) {
+                (None, _) => None,
+                (Some(_), Some(user)) => {
+                    require_user(&store, user).await?;
+                    Some(user)
+                }
+                (Some(_), None) => Some(first_admin(&store).await?),
+            };
             let secret = new_secret();
             let application_token = new_secret();
             let record = AppRecord {
@@ -96,6 +129,10 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
             println!("client_secret: {secret}");
             println!("application_token: {application_token}");
             eprintln!("The client secret is shown only now; crmchat keeps only its hash.");
+            if let (Some(handler), Some(user)) = (&handler, installer) {
+                lifecycle::installed(&store, &client_id, user, Some(handler), now_ms()).await?;
+                eprintln!("Installed by user {user}: ONAPPINSTALL is queued; a running crmchat serve delivers it.");
+            }
         }
         AppCommand::List { storage } => {
             let store = store::open(&storage.database_url()).await?;
@@ -103,8 +140,13 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
                 println!("{}  {}", app.client_id, app.scopes.join(","));
             }
         }
-        AppCommand::Remove { client_id, storage } => {
+        AppCommand::Remove { client_id, clean, storage } => {
             let store = store::open(&storage.database_url()).await?;
+            if store.app(&client_id).await?.is_none() {
+                bail!("no application {client_id:?}");
+            }
+            // Queued while the application still exists: the deliveries carry its application token.
+            lifecycle::uninstalling(&store, &client_id, clean, now_ms()).await?;
             if !store.remove_app(&client_id).await? {
                 bail!("no application {client_id:?}");
             }

@@ -83,12 +83,19 @@ pub enum WebhookCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
-    /// Register an application; prints its client secret and application token once.
+    /// Register an application; prints its client secret and application token once. With `--handler`, the
+    /// application is also installed: the handler is bound to ONAPPINSTALL, which a running server delivers.
     Add {
         #[arg(long)]
         client_id: String,
         #[arg(long, value_delimiter = ',', required = true)]
         scope: Vec<String>,
+        /// The application's ONAPPINSTALL handler (an http or https URL whose host has a dot, like 127.0.0.1).
+        #[arg(long)]
+        handler: Option<String>,
+        /// The user who installs it, whose tokens ONAPPINSTALL carries (default: the first active admin).
+        #[arg(long, requires = "handler")]
+        user: Option<i64>,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -97,10 +104,13 @@ pub enum AppCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
-    /// Remove an application and every token issued to it.
+    /// Remove an application and every token issued to it; its ONAPPUNINSTALL handlers are told first.
     Remove {
         #[arg(long)]
         client_id: String,
+        /// ONAPPUNINSTALL says CLEAN=1: the application is to remove its data too.
+        #[arg(long)]
+        clean: bool,
         #[command(flatten)]
         storage: StorageArgs,
     },

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{ControlError, Json};
 use crate::app::AppState;
-use crate::store::BindingFilter;
+use crate::events::{HandlerUrlError, check_handler, lifecycle};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -45,14 +45,15 @@ async fn install(
             format!("expected {{\"user_id\": N, \"handler\": URL or null}}: {e}"),
         )
     })?;
-    if request.handler.is_some() {
-        // Binding ONAPPINSTALL is only half of it: the event must also be delivered, and this build has no
-        // delivery of events yet.
-        return Err(ControlError::bad_request(
-            "events_unavailable",
-            "a handler needs event delivery (ONAPPINSTALL), which this build of crmchat does not have yet; \
-             install with \"handler\": null",
-        ));
+    if let Some(handler) = &request.handler {
+        // The checks of `event.bind`: a handler the vendor would refuse is refused here too.
+        check_handler(handler).map_err(|e| {
+            let why = match e {
+                HandlerUrlError::WrongUrl => "its host needs a dot after the first character (localhost does not do)",
+                HandlerUrlError::UnsupportedProtocol => "only http and https are supported",
+            };
+            ControlError::bad_request("invalid_argument", format!("handler {handler:?} is refused: {why}"))
+        })?;
     }
     let Some(record) = app.store.app(&client_id).await? else {
         return Err(app_not_found(&client_id));
@@ -74,6 +75,8 @@ async fn install(
     let tokens = crate::rest::oauth::issue_without_grant(&app, &record, request.user_id)
         .await
         .map_err(|e| ControlError::new(e.status(), "internal_error", format!("issuing the tokens: {:?}", e.code())))?;
+    lifecycle::installed(&app.store, &client_id, request.user_id, request.handler.as_deref(), app.clock.unix_ms())
+        .await?;
     Ok(Json(json!({
         "access_token": tokens["access_token"],
         "refresh_token": tokens["refresh_token"],
@@ -86,27 +89,33 @@ async fn install(
     .into_response())
 }
 
-/// The application's tokens stop working and its event bindings go; the application stays registered, so it
-/// can be installed again.
-async fn uninstall(State(app): State<Arc<AppState>>, Path(client_id): Path<String>) -> Result<Response, ControlError> {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Uninstall {
+    /// `CLEAN` of `ONAPPUNINSTALL`: the application is to remove its data too.
+    #[serde(default)]
+    clean: bool,
+}
+
+/// `ONAPPUNINSTALL` is queued for the application's handlers, then its bindings go and its tokens stop
+/// working; the application stays registered, so it can be installed again.
+async fn uninstall(
+    State(app): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ControlError> {
+    let request: Uninstall = if body.iter().all(u8::is_ascii_whitespace) {
+        Uninstall::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ControlError::bad_request("invalid_argument", format!("expected {{\"clean\": true or false}}: {e}"))
+        })?
+    };
     if app.store.app(&client_id).await?.is_none() {
         return Err(app_not_found(&client_id));
     }
     let _calls = app.state_gate.read().await;
-    let mut unbound = 0;
-    let mut seen = std::collections::HashSet::new();
-    for binding in app.store.bindings(&client_id).await? {
-        if seen.insert((binding.event.clone(), binding.handler.clone())) {
-            let filter = BindingFilter {
-                client_id: client_id.clone(),
-                event: binding.event,
-                handler: binding.handler,
-                user_id: None,
-                connector_id: None,
-            };
-            unbound += app.store.remove_bindings(&filter).await?;
-        }
-    }
+    let unbound = lifecycle::uninstalling(&app.store, &client_id, request.clean, app.clock.unix_ms()).await?;
     let revoked = app.store.revoke_app_tokens(&client_id).await?;
     Ok(Json(json!({"ok": true, "unbound": unbound, "revoked_tokens": revoked})).into_response())
 }

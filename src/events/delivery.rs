@@ -45,6 +45,8 @@ const MAX_IN_FLIGHT: usize = 2048;
 const TOKEN_REUSE_MS: i64 = 10_000;
 /// Events whose deliveries carry a refresh token too (the vendor's list).
 const WITH_REFRESH_TOKEN: &[&str] = &["ONAPPINSTALL", "ONAPPUPDATE", "ONOFFLINEEVENT"];
+/// Events delivered without any token: the application's access is gone when they are sent.
+const WITHOUT_TOKENS: &[&str] = &["ONAPPUNINSTALL"];
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -180,6 +182,7 @@ impl Worker {
         let ChangeOutcome::Leased(leased) = self.store.apply(change).await? else {
             return Ok(0);
         };
+        let until_ms = now + lease.as_millis() as i64;
         let leased: HashSet<i64> = leased.into_iter().collect();
         let mut started = 0;
         for delivery in chosen.into_iter().filter(|d| leased.contains(&d.id)) {
@@ -196,7 +199,7 @@ impl Worker {
             let done = done.clone();
             tokio::spawn(async move {
                 let handler = delivery.handler.clone();
-                let outcome = worker.send(delivery).await;
+                let outcome = worker.send(delivery, until_ms).await;
                 let _ = done.send((handler, outcome));
             });
         }
@@ -248,8 +251,8 @@ impl Worker {
         tokens.retain(|_, t| t.expires_ms > now);
     }
 
-    /// One attempt: the POST and its outcome.
-    async fn send(&self, delivery: PendingDelivery) -> DeliveryOutcome {
+    /// One attempt: the POST and its outcome, to be recorded only while the lease `lease_until_ms` holds.
+    async fn send(&self, delivery: PendingDelivery, lease_until_ms: i64) -> DeliveryOutcome {
         let attempt = delivery.attempts + 1;
         let at_ms = self.clock.unix_ms();
         let started = Instant::now();
@@ -272,7 +275,7 @@ impl Worker {
             // The handler URL may hold a secret of the application's: only the event and the outcome.
             tracing::info!(event = %delivery.event, delivery = delivery.id, attempt, ?status, error = error.as_deref(), "delivery failed");
         }
-        DeliveryOutcome { id: delivery.id, attempt, at_ms, status, error, duration_ms, next }
+        DeliveryOutcome { id: delivery.id, lease_until_ms, attempt, at_ms, status, error, duration_ms, next }
     }
 
     /// POSTs the delivery; the HTTP status, or why there was none.
@@ -314,6 +317,7 @@ impl Worker {
         let mut auth = Map::new();
         let app = match d.user_id {
             0 => None,
+            _ if WITHOUT_TOKENS.contains(&d.event.as_str()) => None,
             _ => self.store.app(&d.client_id).await?,
         };
         if let Some(app) = app {

@@ -1,6 +1,7 @@
 //! Events: what crmchat can post to the handlers applications bind, and (in `delivery`) the posting.
 
 pub mod delivery;
+pub mod lifecycle;
 pub mod wire;
 
 /// An event crmchat produces, as `event.bind` and `events` know it.

@@ -192,7 +192,7 @@ pub enum Change {
         now_ms: i64,
         until_ms: i64,
     },
-    /// The outcomes of delivery attempts.
+    /// The outcomes of delivery attempts (each only while its lease holds, see [`DeliveryOutcome`]).
     RecordDeliveries(Vec<DeliveryOutcome>),
     /// Delete up to `limit` finished deliveries that were finished before `before_ms` or are more than
     /// `keep` finished ones, with the events left without a delivery, and expired tokens.
@@ -253,6 +253,10 @@ pub struct PendingDelivery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryOutcome {
     pub id: i64,
+    /// The lease the attempt was made under. The outcome is recorded only if the delivery still holds it: a
+    /// delivery removed meanwhile (a reset), or taken over by another instance after the lease expired, is
+    /// left alone.
+    pub lease_until_ms: i64,
     /// 1 for the first attempt.
     pub attempt: i64,
     pub at_ms: i64,

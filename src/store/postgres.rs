@@ -135,6 +135,22 @@ impl Backend for PgStore {
             }
             Change::RecordDeliveries(outcomes) => {
                 for o in outcomes {
+                    let next_ms = match o.next {
+                        NextStep::RetryAt(at) => at,
+                        _ => o.at_ms,
+                    };
+                    let finished = sqlx::query(sql::FINISH_ATTEMPT)
+                        .bind(o.next.state())
+                        .bind(o.attempt)
+                        .bind(next_ms)
+                        .bind(o.at_ms)
+                        .bind(o.id)
+                        .bind(o.lease_until_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    if finished.rows_affected() == 0 {
+                        continue;
+                    }
                     sqlx::query(sql::INSERT_ATTEMPT)
                         .bind(o.id)
                         .bind(o.attempt)
@@ -142,18 +158,6 @@ impl Backend for PgStore {
                         .bind(o.status)
                         .bind(&o.error)
                         .bind(o.duration_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    let next_ms = match o.next {
-                        NextStep::RetryAt(at) => at,
-                        _ => o.at_ms,
-                    };
-                    sqlx::query(sql::FINISH_ATTEMPT)
-                        .bind(o.next.state())
-                        .bind(o.attempt)
-                        .bind(next_ms)
-                        .bind(o.at_ms)
-                        .bind(o.id)
                         .execute(&mut *tx)
                         .await?;
                 }

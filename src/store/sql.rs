@@ -188,8 +188,10 @@ pub(crate) mod statements {
          WHERE id = $2 AND state = 'pending' AND lease_until_ms <= $3";
     pub const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status, error, \
          duration_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING";
+    /// The attempt's outcome, if the delivery still holds the attempt's lease `$6`; then its attempt row is
+    /// written.
     pub const FINISH_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_ms = $3, \
-         lease_until_ms = 0, updated_ms = $4 WHERE id = $5";
+         lease_until_ms = 0, updated_ms = $4 WHERE id = $5 AND lease_until_ms = $6";
     /// Finished deliveries past the retention: finished before `$1`, or beyond the newest `$2`; `$3` at most.
     pub const PRUNE_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
          WHERE state <> 'pending' AND (updated_ms < $1 OR id <= COALESCE((SELECT id FROM deliveries \

@@ -589,12 +589,15 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
         }
         Change::RecordDeliveries(outcomes) => {
             for o in outcomes {
-                s.insert_attempt.execute(params![o.id, o.attempt, o.at_ms, o.status, o.error, o.duration_ms])?;
                 let next_ms = match o.next {
                     NextStep::RetryAt(at) => at,
                     _ => o.at_ms,
                 };
-                s.finish_attempt.execute(params![o.next.state(), o.attempt, next_ms, o.at_ms, o.id])?;
+                let state = o.next.state();
+                // Gone (a reset) or taken over: nothing to record.
+                if s.finish_attempt.execute(params![state, o.attempt, next_ms, o.at_ms, o.id, o.lease_until_ms])? == 1 {
+                    s.insert_attempt.execute(params![o.id, o.attempt, o.at_ms, o.status, o.error, o.duration_ms])?;
+                }
             }
             Ok(ChangeOutcome::Recorded)
         }

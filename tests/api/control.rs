@@ -531,7 +531,9 @@ async fn control_apps_install_refuses_what_it_cannot_do() {
         ("local.demo.app", json!({"user_id": 13}), 400, "invalid_argument"),
         ("local.demo.app", json!({"handler": null}), 400, "invalid_argument"),
         ("local.demo.app", json!({"user_id": "1"}), 400, "invalid_argument"),
-        ("local.demo.app", json!({"user_id": 1, "handler": "http://127.0.0.1:9/"}), 400, "events_unavailable"),
+        // A handler event.bind would refuse.
+        ("local.demo.app", json!({"user_id": 1, "handler": "http://localhost:9/"}), 400, "invalid_argument"),
+        ("local.demo.app", json!({"user_id": 1, "handler": "ftp://files.example.com/"}), 400, "invalid_argument"),
     ];
     for (client_id, body, status, code) in cases {
         let resp = install(&app, client_id, body.clone()).await;

@@ -221,6 +221,8 @@ struct Sink {
     url: String,
     received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    /// False: requests are recorded, then held without an answer until it turns true.
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Sink {
@@ -230,20 +232,35 @@ impl Sink {
 
     async fn on(listener: tokio::net::TcpListener) -> Sink {
         let addr = listener.local_addr().unwrap();
-        let sink =
-            Sink { url: format!("http://{addr}/handler"), received: Default::default(), answers: Default::default() };
+        let sink = Sink {
+            url: format!("http://{addr}/handler"),
+            received: Default::default(),
+            answers: Default::default(),
+            open: std::sync::Arc::new(tokio::sync::watch::Sender::new(true)),
+        };
         let state = sink.clone();
         let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
             let state = state.clone();
             async move {
                 let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 state.received.lock().unwrap().push(Received { content_type, body });
+                let mut open = state.open.subscribe();
+                let _ = open.wait_for(|open| *open).await;
                 let status = state.answers.lock().unwrap().pop_front().unwrap_or(200);
                 axum::http::StatusCode::from_u16(status).unwrap()
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         sink
+    }
+
+    /// Holds every request without an answer until [`Sink::release`].
+    fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
     }
 
     fn answer(&self, statuses: &[u16]) {
@@ -511,4 +528,179 @@ async fn events_php_parses_a_delivery_like_a_handler_would() {
     let test = php(&received[1].body);
     assert_eq!(test["event"], "ONAPPTEST");
     assert_eq!(test["data"]["QUERY"], json!({"text": text, "nested": {"a": ["1", "1"]}}));
+}
+
+// ---- installing and removing applications ----
+
+const CONTROL_TOKEN: &str = "control-token-for-event-tests";
+
+async fn spawn_controlled() -> TestApp {
+    crate::helpers::spawn_app_with_args(crate::helpers::demo_fixture(), &["--control-token", CONTROL_TOKEN]).await
+}
+
+async fn control(app: &TestApp, path: &str, body: Value) -> crate::helpers::Resp {
+    app.send(app.client.post(app.url(path)).bearer_auth(CONTROL_TOKEN).json(&body)).await
+}
+
+/// The keys of a delivery without tokens (`ONAPPUNINSTALL`, outgoing webhooks).
+const TOKENLESS_AUTH: [&str; 5] =
+    ["auth[domain]", "auth[client_endpoint]", "auth[server_endpoint]", "auth[member_id]", "auth[application_token]"];
+
+#[tokio::test]
+async fn events_install_delivers_onappinstall_and_uninstall_onappuninstall() {
+    let app = spawn_controlled().await;
+    let sink = Sink::start().await;
+    let installed =
+        control(&app, "/_crmchat/apps/local.demo.app/install", json!({"user_id": 1, "handler": sink.url})).await;
+    assert_eq!(installed.status, 200, "{}", installed.text);
+    let [delivery] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    let field = |d: &Received, name: &str| d.field(name).unwrap_or_else(|| panic!("{name} in {}", d.body));
+    assert_eq!(field(&delivery, "event"), "ONAPPINSTALL");
+    for (name, value) in [
+        ("data[VERSION]", "1"),
+        ("data[ACTIVE]", "Y"),
+        ("data[INSTALLED]", "Y"),
+        ("data[LANGUAGE_ID]", "en"),
+        ("auth[user_id]", "1"),
+        ("auth[domain]", "crmchat.localhost"),
+        ("auth[application_token]", "demo-app-token"),
+    ] {
+        assert_eq!(field(&delivery, name), value, "{name}");
+    }
+    assert_eq!(installed.body["application_token"], "demo-app-token");
+    // ONAPPINSTALL carries a refresh token, and both tokens work.
+    let refresh = field(&delivery, "auth[refresh_token]");
+    let refreshed = app
+        .post_form(
+            "/oauth/token/",
+            &format!(
+                "grant_type=refresh_token&client_id=local.demo.app&client_secret=demo-secret&refresh_token={refresh}"
+            ),
+        )
+        .await;
+    assert_eq!((refreshed.status, &refreshed.body["user_id"]), (200, &json!(1)), "{}", refreshed.text);
+    let access = field(&delivery, "auth[access_token]");
+    assert_success(
+        &app.call_bearer(&access, "event.bind", json!({"event": "ONAPPUNINSTALL", "handler": sink.url})).await,
+        json!(true),
+    );
+    let bound = app.call_bearer(&access, "event.get", json!({})).await;
+    assert_eq!(bound.body["result"].as_array().map(Vec::len), Some(2), "{}", bound.text);
+
+    let uninstalled = control(&app, "/_crmchat/apps/local.demo.app/uninstall", json!({"clean": true})).await;
+    assert_eq!(uninstalled.status, 200, "{}", uninstalled.text);
+    assert_eq!(uninstalled.body["unbound"], 2, "{}", uninstalled.text);
+    let received = sink.wait(2, 10).await;
+    let removal = &received[1];
+    let keys: Vec<String> = removal.pairs().into_iter().map(|(k, _)| k).collect();
+    let mut expected = vec!["event", "event_handler_id", "data[LANGUAGE_ID]", "data[CLEAN]", "ts"];
+    expected.extend(TOKENLESS_AUTH);
+    assert_eq!(keys, expected, "no tokens: the application's access is gone");
+    assert_eq!(field(removal, "event"), "ONAPPUNINSTALL");
+    assert_eq!(field(removal, "data[CLEAN]"), "1");
+    assert_eq!(field(removal, "auth[application_token]"), "demo-app-token");
+    assert_eq!(app.call_bearer(&access, "event.get", json!({})).await.status, 401, "the tokens were revoked");
+
+    // Installed again without a handler: the bindings are gone, nothing more is delivered.
+    let again = control(&app, "/_crmchat/apps/local.demo.app/install", json!({"user_id": 1})).await;
+    let token = again.body["access_token"].as_str().unwrap();
+    assert_success(&app.call_bearer(token, "event.get", json!({})).await, json!([]));
+    let bad = control(&app, "/_crmchat/apps/local.demo.app/uninstall", json!({"clean": "yes"})).await;
+    assert_eq!((bad.status, &bad.body["error"]), (400, &json!("invalid_argument")), "{}", bad.text);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 2, "{:?}", sink.received());
+}
+
+#[tokio::test]
+async fn events_cli_app_add_with_a_handler_and_app_remove_deliver_the_lifecycle_events() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let refused = app.cli(&[
+        "app",
+        "add",
+        "--client-id",
+        "local.cli.app",
+        "--scope",
+        "im",
+        "--handler",
+        "http://localhost:3000/",
+    ]);
+    assert!(!refused.ok && refused.stderr.contains("dot"), "{}", refused.stderr);
+    assert!(app.cli_ok(&["app", "list"]).lines().all(|l| !l.starts_with("local.cli.app")), "nothing was added");
+
+    let out = app.cli_ok(&[
+        "app",
+        "add",
+        "--client-id",
+        "local.cli.app",
+        "--scope",
+        "imopenlines,im",
+        "--handler",
+        &sink.url,
+    ]);
+    let application_token = crate::helpers::printed_field(&out, "application_token");
+    let [install] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    assert_eq!(install.field("event").as_deref(), Some("ONAPPINSTALL"));
+    // Without --user, the first active administrator installs it.
+    assert_eq!(install.field("auth[user_id]").as_deref(), Some("1"));
+    assert_eq!(install.field("auth[scope]").as_deref(), Some("imopenlines,im"));
+    assert!(install.field("auth[refresh_token]").is_some_and(|t| !t.is_empty()), "{}", install.body);
+    let access = install.field("auth[access_token]").unwrap();
+    assert_success(
+        &app.call_bearer(&access, "event.bind", json!({"event": "ONAPPUNINSTALL", "handler": sink.url})).await,
+        json!(true),
+    );
+
+    let with_user = app.cli(&[
+        "app",
+        "add",
+        "--client-id",
+        "local.cli2.app",
+        "--scope",
+        "im",
+        "--handler",
+        &sink.url,
+        "--user",
+        "99",
+    ]);
+    assert!(!with_user.ok && with_user.stderr.contains("99"), "{}", with_user.stderr);
+
+    app.cli_ok(&["app", "remove", "--client-id", "local.cli.app"]);
+    let received = sink.wait(2, 10).await;
+    let removal = &received[1];
+    assert_eq!(removal.field("event").as_deref(), Some("ONAPPUNINSTALL"));
+    assert_eq!(removal.field("data[CLEAN]").as_deref(), Some("0"));
+    assert_eq!(removal.field("auth[application_token]"), Some(application_token));
+    assert!(removal.field("auth[access_token]").is_none(), "{}", removal.body);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 2, "{:?}", sink.received());
+}
+
+/// A reset that removes a delivery while its handler still holds it: the late outcome is dropped, and the
+/// deliveries after the reset go on, retries included.
+#[tokio::test]
+async fn events_a_reset_during_a_delivery_leaves_the_worker_working() {
+    let app = spawn_controlled().await;
+    let sink = Sink::start().await;
+    sink.hold();
+    let installed =
+        control(&app, "/_crmchat/apps/local.demo.app/install", json!({"user_id": 1, "handler": sink.url})).await;
+    assert_eq!(installed.status, 200, "{}", installed.text);
+    sink.wait(1, 10).await;
+    let reset = control(&app, "/_crmchat/reset", json!({})).await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    sink.release();
+
+    // After the reset: a delivery that fails once must be retried, which needs its first outcome recorded.
+    let installed = control(&app, "/_crmchat/apps/local.demo.app/install", json!({"user_id": 1})).await;
+    let token = installed.body["access_token"].as_str().unwrap();
+    assert_success(&bind(&app, token, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await, json!(true));
+    sink.answer(&[500]);
+    remove_operator(&app).await;
+    let received = sink.wait(3, 20).await;
+    assert!(received[1..].iter().all(|r| r.field("event").as_deref() == Some("ONCRMCHATUSERDELETE")), "{received:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 3, "delivered once it answered 200: {:?}", sink.received());
+    let log = app.log();
+    assert!(!log.contains("recording delivery outcomes failed"), "{log}");
 }
