@@ -10,6 +10,7 @@
 mod actions;
 mod clock;
 mod pages;
+mod requests;
 mod session;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(&format!("{BASE}/chats/{{id}}/remove"), post(actions::remove_member))
         .route(&format!("{BASE}/chats/{{id}}/add"), post(actions::add_member))
         .route(&format!("{BASE}/credentials"), get(pages::credentials))
+        .route(&format!("{BASE}/requests"), get(requests::page))
+        .route(&format!("{BASE}/requests/live"), get(requests::live))
         .route(&format!("{BASE}/clock"), get(clock::page))
         .route(&format!("{BASE}/clock/advance"), post(clock::advance))
         .route(&format!("{BASE}/clock/real"), post(clock::real_time))
@@ -268,6 +271,7 @@ async fn logout(
 pub(crate) enum Nav {
     Overview,
     Records,
+    Requests,
     Clock,
     Credentials,
     None,
@@ -276,6 +280,7 @@ pub(crate) enum Nav {
 const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "Overview", "/"),
     (Nav::Records, "Records", "/records"),
+    (Nav::Requests, "Requests", "/requests"),
     (Nav::Clock, "Clock", "/clock"),
     (Nav::Credentials, "Credentials", "/credentials"),
 ];

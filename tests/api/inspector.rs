@@ -224,3 +224,111 @@ async fn inspector_clock_forms_need_the_csrf_token() {
     assert_eq!(post_page(&app, &session, &format!("{UI}/clock/real"), &format!("csrf={csrf}")).await.status, 303);
     assert!(time(&app).await - before < 100);
 }
+
+#[tokio::test]
+async fn inspector_requests_filter_page_and_hide_secrets() {
+    // No request limit: 62 calls in a row.
+    let app = spawn_inspected(demo_with(|f| f["portal"]["plan"] = json!("unlimited"))).await;
+    let session = login(&app).await;
+    let removed = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})).await;
+    assert_eq!(removed.status, 200, "{}", removed.text);
+    let again = app
+        .delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12, "client_secret": "sekrit-123"}))
+        .await;
+    assert_eq!(again.status, 400, "{}", again.text);
+    let code = again.body["error"].as_str().unwrap().to_string();
+    for _ in 0..60 {
+        assert_eq!(app.call("server.time", json!({})).await.status, 200);
+    }
+    let requests = format!("{UI}/requests");
+
+    let newest = page(&app, &session, &requests).await;
+    assert_eq!(newest.status, 200, "{}", newest.text);
+    assert!(newest.text.contains("<span id=\"journal-total\">62</span>"), "{}", newest.text);
+    // 50 a page, newest first: the 62nd call on top, the 13th last; the 12 older behind the Older link.
+    assert_eq!(newest.text.matches("<li class=\"req ").count(), 50);
+    assert!(newest.text.contains("data-id=\"62\"") && newest.text.contains("data-id=\"13\""));
+    assert!(!newest.text.contains("data-id=\"12\""), "{}", newest.text);
+    assert!(newest.text.find("data-id=\"62\"") < newest.text.find("data-id=\"61\""));
+    assert!(newest.text.contains("data-stream=\"/_crmchat/ui/requests/live?"), "the newest page is live");
+    let older = page(&app, &session, &format!("{requests}?method=&status=&error=&before=13")).await;
+    assert_eq!(older.text.matches("<li class=\"req ").count(), 12);
+    assert!(older.text.contains("data-id=\"1\"") && !older.text.contains("data-id=\"13\""));
+    assert!(older.text.contains("&amp;after=12\" rel=\"prev\">Newer"), "{}", older.text);
+    assert!(!older.text.contains("data-stream="), "an older page is not live");
+
+    // Filters: by status, by error code, by method (any case); each keeps the matching calls only.
+    let failed = page(&app, &session, &format!("{requests}?status=400")).await;
+    assert!(failed.text.contains("<span id=\"journal-total\">1</span> matching"), "{}", failed.text);
+    assert!(failed.text.contains(&format!("<span class=\"req-error\">{code}</span>")), "{}", failed.text);
+    // The row opens to the parameters, the secret replaced, and the answer.
+    assert!(failed.text.contains("&quot;client_secret&quot;: &quot;***&quot;"), "{}", failed.text);
+    assert!(!failed.text.contains("sekrit-123"), "{}", failed.text);
+    assert!(failed.text.contains(&format!("HTTP 400, error <code>{code}</code>")), "{}", failed.text);
+    let by_error = page(&app, &session, &format!("{requests}?error={code}")).await;
+    assert!(by_error.text.contains("<span id=\"journal-total\">1</span>"), "{}", by_error.text);
+    let by_method = page(&app, &session, &format!("{requests}?method=IMOPENLINES.CRM.CHAT.USER.DELETE")).await;
+    assert!(by_method.text.contains("<span id=\"journal-total\">2</span>"), "{}", by_method.text);
+    let none = page(&app, &session, &format!("{requests}?method=no.such.method")).await;
+    assert!(none.text.contains("<span id=\"journal-total\">0</span>") && none.text.contains("No call yet"));
+    let bad = page(&app, &session, &format!("{requests}?status=abc")).await;
+    assert_eq!(bad.status, 200);
+    assert!(bad.text.contains("is not an HTTP status"), "{}", bad.text);
+    // Without a session there is nothing to see.
+    assert_eq!(app.get(&requests).await.status, 303);
+    assert_eq!(app.get(&format!("{requests}/live")).await.status, 303);
+}
+
+#[tokio::test]
+async fn inspector_requests_live_stream_sends_new_calls() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let before = page(&app, &session, &format!("{UI}/requests")).await;
+    assert!(before.text.contains("since_id=0"), "{}", before.text);
+    let open = |query: &str| {
+        let request = app.client.get(app.url(&format!("{UI}/requests/live?{query}"))).header("cookie", &session);
+        async move { request.send().await.unwrap() }
+    };
+    let mut all = open("since_id=0").await;
+    let mut failures = open("since_id=0&status=400").await;
+    assert_eq!(all.status(), 200);
+    assert!(all.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    app.call("server.time", json!({})).await;
+    let refused = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 99999})).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+
+    /// What a stream has sent until `wanted` is in it (a stream that never sends it fails the test).
+    async fn read_until(stream: &mut reqwest::Response, wanted: &str) -> String {
+        let mut text = String::new();
+        while !text.contains(wanted) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), stream.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no {wanted:?} in the stream: {text}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("the stream ended without {wanted:?}: {text}"));
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    }
+    let text = read_until(&mut all, "event: total").await;
+    let text = if text.contains("id: 2\n") { text } else { text + &read_until(&mut all, "id: 2\n").await };
+    assert!(text.contains("retry: 500"), "{text}");
+    assert!(text.contains("event: request\nid: 1\ndata: <li class=\"req ok\" data-id=\"1\">"), "{text}");
+    assert!(text.contains("<code class=\"req-method\">server.time</code>"), "{text}");
+    assert!(text.contains("<li class=\"req failed\" data-id=\"2\">"), "{text}");
+    let text = read_until(&mut failures, "event: total").await;
+    assert!(text.contains("data-id=\"2\"") && !text.contains("data-id=\"1\""), "only the failed call: {text}");
+    assert!(text.contains("event: total\ndata: 1\n"), "{text}");
+
+    // A browser that reconnects says which row it got last, and the stream continues after it.
+    let mut resumed = app
+        .client
+        .get(app.url(&format!("{UI}/requests/live?since_id=0")))
+        .header("cookie", &session)
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    let text = read_until(&mut resumed, "event: total").await;
+    assert!(text.contains("data-id=\"2\"") && !text.contains("data-id=\"1\""), "{text}");
+}
