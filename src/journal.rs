@@ -518,7 +518,11 @@ mod tests {
     fn windows_page_through_the_matching_entries_newest_first() {
         let journal = Journal::new(100);
         for i in 1..=25 {
-            journal.record(call(if i % 5 == 0 { "nope" } else { "server.time" }, if i % 5 == 0 { 404 } else { 200 }, Some(1)));
+            journal.record(call(
+                if i % 5 == 0 { "nope" } else { "server.time" },
+                if i % 5 == 0 { 404 } else { 200 },
+                Some(1),
+            ));
         }
         let ids = |w: &Window| w.entries.iter().map(|e| e["id"].as_u64().unwrap()).collect::<Vec<_>>();
         let all = Filter::default();

@@ -65,7 +65,8 @@ fn filter_of(query: &RequestsQuery) -> (Filter, Option<String>) {
 
 /// The filters as a query string (`method=…&status=…&error=…`), for links that keep them.
 fn filter_query(query: &RequestsQuery) -> String {
-    let encode = |v: &str| percent_encoding::utf8_percent_encode(v.trim(), percent_encoding::NON_ALPHANUMERIC).to_string();
+    let encode =
+        |v: &str| percent_encoding::utf8_percent_encode(v.trim(), percent_encoding::NON_ALPHANUMERIC).to_string();
     format!("method={}&status={}&error={}", encode(&query.method), encode(&query.status), encode(&query.error))
 }
 
@@ -96,18 +97,24 @@ pub async fn page(
             p class="flash error" role="alert" { "The journal is off (" code { "--journal-size 0" } "): no call is recorded." }
         }
         form method="get" action={(BASE) "/requests"} class="search" role="search" aria-label="Filter requests" {
-            label for="req-method" { "Method" }
-            input id="req-method" type="search" name="method" value=(query.method.trim()) list="known-methods"
-                placeholder="imopenlines.crm.chat.user.delete" autocomplete="off";
+            span class="field" {
+                label for="req-method" { "Method" }
+                input id="req-method" type="search" name="method" value=(query.method.trim()) list="known-methods"
+                    placeholder="server.time" autocomplete="off";
+            }
             datalist id="known-methods" {
                 @for method in crate::rest::registry::METHODS { option value=(method.name) {} }
             }
-            label for="req-status" { "Status" }
-            input id="req-status" type="text" name="status" value=(query.status.trim()) inputmode="numeric"
-                placeholder="400" size="5" autocomplete="off";
-            label for="req-error" { "Error code" }
-            input id="req-error" type="search" name="error" value=(query.error.trim()) list="known-errors"
-                placeholder="USER_NOT_FOUND" autocomplete="off";
+            span class="field" {
+                label for="req-status" { "Status" }
+                input id="req-status" type="text" name="status" value=(query.status.trim()) inputmode="numeric"
+                    placeholder="400" size="5" autocomplete="off";
+            }
+            span class="field" {
+                label for="req-error" { "Error code" }
+                input id="req-error" type="search" name="error" value=(query.error.trim()) list="known-errors"
+                    placeholder=(Code::UserNotFound.as_str()) autocomplete="off";
+            }
             datalist id="known-errors" {
                 @for code in Code::ALL { option value=(code.as_str()) {} }
             }
@@ -116,8 +123,8 @@ pub async fn page(
         }
         @if let Some(problem) = problem { p class="flash error" role="alert" { (problem) } }
         p class="hint" {
-            span id="journal-total" { (window.total) } @if filtered { " matching" } " of the last "
-            (app.journal.len()) " calls (the journal keeps " (app.journal.capacity()) "), newest first. "
+            span id="journal-total" { (window.total) } @if filtered { " matching" } " calls, newest first (the journal keeps the last "
+            (app.journal.capacity()) "). "
             @if live {
                 span id="live-state" role="status" { "New calls appear here as they arrive." }
             }
@@ -178,7 +185,12 @@ pub fn entry_row(entry: &Value) -> Markup {
                 summary {
                     span class="req-id" { "#" (id) }
                     " " time datetime=(at) { (clock) }
-                    " " code class="req-method" { (text("method")) }
+                    " " span class="req-method" {
+                        code { (text("method")) }
+                        @if let Some(batch) = entry.get("batch_id").and_then(Value::as_u64) {
+                            " " span class="badge muted" { "in batch #" (batch) }
+                        }
+                    }
                     " " span class="req-status" {
                         @match status { Some(s) => { (s) }, None => { "closed" } }
                     }

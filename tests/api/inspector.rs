@@ -314,7 +314,7 @@ async fn inspector_requests_live_stream_sends_new_calls() {
     let text = if text.contains("id: 2\n") { text } else { text + &read_until(&mut all, "id: 2\n").await };
     assert!(text.contains("retry: 500"), "{text}");
     assert!(text.contains("event: request\nid: 1\ndata: <li class=\"req ok\" data-id=\"1\">"), "{text}");
-    assert!(text.contains("<code class=\"req-method\">server.time</code>"), "{text}");
+    assert!(text.contains("<span class=\"req-method\"><code>server.time</code>"), "{text}");
     assert!(text.contains("<li class=\"req failed\" data-id=\"2\">"), "{text}");
     let text = read_until(&mut failures, "event: total").await;
     assert!(text.contains("data-id=\"2\"") && !text.contains("data-id=\"1\""), "only the failed call: {text}");
