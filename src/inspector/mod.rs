@@ -8,7 +8,7 @@
 //! The stylesheet and script are compiled into the binary: nothing is fetched from elsewhere.
 
 mod actions;
-mod clock;
+mod faults;
 mod pages;
 mod requests;
 mod session;
@@ -51,9 +51,12 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(&format!("{BASE}/credentials"), get(pages::credentials))
         .route(&format!("{BASE}/requests"), get(requests::page))
         .route(&format!("{BASE}/requests/live"), get(requests::live))
-        .route(&format!("{BASE}/clock"), get(clock::page))
-        .route(&format!("{BASE}/clock/advance"), post(clock::advance))
-        .route(&format!("{BASE}/clock/real"), post(clock::real_time))
+        .route(&format!("{BASE}/faults"), get(faults::page).post(faults::add))
+        .route(&format!("{BASE}/faults/{{id}}/delete"), post(faults::delete))
+        // The clock had a page of its own before it joined the faults.
+        .route(&format!("{BASE}/clock"), get(|| async { Redirect::permanent(&format!("{BASE}/faults")) }))
+        .route(&format!("{BASE}/clock/advance"), post(faults::advance))
+        .route(&format!("{BASE}/clock/real"), post(faults::real_time))
         .route(&format!("{BASE}/reset"), post(actions::reset))
         .route(&format!("{BASE}/logout"), post(logout))
         .layer(middleware::from_fn(require_login));
@@ -272,7 +275,7 @@ pub(crate) enum Nav {
     Overview,
     Records,
     Requests,
-    Clock,
+    Faults,
     Credentials,
     None,
 }
@@ -281,7 +284,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "Overview", "/"),
     (Nav::Records, "Records", "/records"),
     (Nav::Requests, "Requests", "/requests"),
-    (Nav::Clock, "Clock", "/clock"),
+    (Nav::Faults, "Faults and clock", "/faults"),
     (Nav::Credentials, "Credentials", "/credentials"),
 ];
 

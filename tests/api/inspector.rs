@@ -202,7 +202,10 @@ async fn inspector_pages_a_chat_of_many_members() {
 async fn inspector_clock_forms_need_the_csrf_token() {
     let app = spawn_inspected(demo_fixture()).await;
     let session = login(&app).await;
-    let csrf = field(&page(&app, &session, &format!("{UI}/clock")).await.text, "csrf");
+    // The clock's old page leads to the page it joined.
+    let old = page(&app, &session, &format!("{UI}/clock")).await;
+    assert_eq!((old.status, old.header("location")), (308, Some("/_crmchat/ui/faults")));
+    let csrf = field(&page(&app, &session, &format!("{UI}/faults")).await.text, "csrf");
     let time = |app: &TestApp| {
         let url = app.url(&format!("{DEMO_HOOK}server.time.json"));
         let client = app.client.clone();
@@ -331,4 +334,63 @@ async fn inspector_requests_live_stream_sends_new_calls() {
         .unwrap();
     let text = read_until(&mut resumed, "event: total").await;
     assert!(text.contains("data-id=\"2\"") && !text.contains("data-id=\"1\""), "{text}");
+}
+
+#[tokio::test]
+async fn inspector_fault_rules_are_added_and_deleted_by_form() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let faults = format!("{UI}/faults");
+    let csrf = field(&page(&app, &session, &faults).await.text, "csrf");
+    let rule = |csrf: &str, error: &str, times: &str| {
+        format!(
+            "csrf={csrf}&method=imopenlines.crm.chat.user.delete&error={error}&http_status=&delay_ms=0&times={times}\
+             &probability=1&webhook_id=&client_id="
+        )
+    };
+    let delete = json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12});
+
+    // Refused forms add nothing: a forged one, an unknown code, a count that is not a number.
+    assert_eq!(post_page(&app, &session, &faults, &rule("forged", "ACCESS_DENIED", "")).await.status, 403);
+    for (form, refusal) in [
+        (rule(&csrf, "NO_SUCH_CODE", ""), "Refused: unknown_error_code"),
+        (rule(&csrf, "ACCESS_DENIED", "twice"), "Refused: invalid_fault"),
+        (rule(&csrf, "ACCESS_DENIED", "0"), "times must be at least 1"),
+    ] {
+        let resp = post_page(&app, &session, &faults, &form).await;
+        assert_eq!((resp.status, resp.header("location")), (303, Some("/_crmchat/ui/faults")));
+        let shown = page(&app, &session, &faults).await;
+        assert!(shown.text.contains(refusal), "{refusal}: {}", shown.text);
+    }
+    assert!(page(&app, &session, &faults).await.text.contains("No fault rule"));
+    let control = |path: &str| {
+        let request = app.client.get(app.url(path)).bearer_auth(TOKEN);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(control("/_crmchat/faults").await, json!([]));
+
+    // Added: the control API lists it, the page shows it, and the call fails with it, changing nothing.
+    assert_eq!(post_page(&app, &session, &faults, &rule(&csrf, "ACCESS_DENIED", "")).await.status, 303);
+    let listed = control("/_crmchat/faults").await;
+    assert_eq!(listed[0]["method"], "imopenlines.crm.chat.user.delete");
+    assert_eq!(listed[0]["error"], "ACCESS_DENIED");
+    let id = listed[0]["id"].as_u64().unwrap();
+    let shown = page(&app, &session, &faults).await;
+    assert!(shown.text.contains(&format!("Fault rule {id} added")), "{}", shown.text);
+    assert!(shown.text.contains(&format!("<tr data-rule=\"{id}\">")), "{}", shown.text);
+    let failed = app.delete(delete.clone()).await;
+    assert_eq!((failed.status, failed.body["error"].as_str()), (403, Some("ACCESS_DENIED")), "{}", failed.text);
+    assert_eq!(members(&app.export(), 8773), vec![12, 14, 20, 30]);
+
+    // Deleted: gone from the list, and the call gets its real answer.
+    let remove = format!("{faults}/{id}/delete");
+    assert_eq!(post_page(&app, &session, &remove, "csrf=forged").await.status, 403);
+    assert_eq!(control("/_crmchat/faults").await.as_array().unwrap().len(), 1);
+    assert_eq!(post_page(&app, &session, &remove, &format!("csrf={csrf}")).await.status, 303);
+    assert!(page(&app, &session, &faults).await.text.contains(&format!("Fault rule {id} deleted")));
+    assert_eq!(control("/_crmchat/faults").await, json!([]));
+    assert_eq!(app.delete(delete).await.status, 200);
+    // Deleting it again says so.
+    post_page(&app, &session, &remove, &format!("csrf={csrf}")).await;
+    assert!(page(&app, &session, &faults).await.text.contains(&format!("No fault rule {id}")));
 }

@@ -244,12 +244,15 @@ test("every page: no console errors at 1280x800 and 390x844, a screenshot of eac
     record: "/_crmchat/ui/records/deal/288",
     chat: "/_crmchat/ui/chats/8773",
     credentials: "/_crmchat/ui/credentials",
-    clock: "/_crmchat/ui/clock",
+    faults: "/_crmchat/ui/faults",
     requests: "/_crmchat/ui/requests",
   };
   // Something on the Requests page, an error among it.
   await rest("server.time", {});
   await rest("imopenlines.crm.chat.user.delete", { CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 99999 });
+  // Something on Faults and clock.
+  await control("POST", "/faults", { method: "imopenlines.crm.chat.user.add", error: "ACCESS_DENIED", times: 3 });
+  await control("POST", "/faults", { method: "*", http_status: 502, delay_ms: 250, probability: 0.5, webhook_id: 1 });
   for (const [viewportName, viewport] of Object.entries(VIEWPORTS)) {
     const page = await newPage(viewport);
     await logIn(page);
@@ -301,22 +304,74 @@ test("a chat of 10,000 members opens in under a second", async () => {
   await page.context().close();
 });
 
-test("Clock: advance the portal clock, then back to real time", async () => {
+test("Faults and clock: a rule added in the form fails a REST call until Delete; the clock advances; reset restores the counts", async () => {
   const page = await newPage();
   await logIn(page);
-  await page.getByRole("link", { name: "Clock" }).click();
-  await page.getByRole("heading", { name: "Clock", level: 1 }).waitFor();
+  await page.getByRole("link", { name: "Faults and clock" }).click();
+  await page.getByRole("heading", { name: "Faults and clock", level: 1 }).waitFor();
+  const removal = { CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 12 };
+
+  await page.getByLabel("Method").fill("imopenlines.crm.chat.user.delete");
+  await page.getByLabel("Error code").selectOption("QUERY_LIMIT_EXCEEDED");
+  await page.getByLabel("Times").fill("5");
+  await page.getByRole("button", { name: "Add rule" }).click();
+  const answer = page.getByRole("status", { name: "Answer" });
+  await answer.filter({ hasText: /Fault rule \d+ added/ }).waitFor();
+  const rule = page.getByRole("row").filter({ hasText: "QUERY_LIMIT_EXCEEDED" });
+  assert.match(await rule.textContent(), /imopenlines\.crm\.chat\.user\.delete/);
+  const failed = await rest("imopenlines.crm.chat.user.delete", removal);
+  assert.equal(failed.status, 503);
+  assert.equal(failed.body.error, "QUERY_LIMIT_EXCEEDED");
+  assert.deepEqual((await rest("im.chat.user.list", { CHAT_ID: 8773 })).body.result, [12, 14, 20, 30], "the faulted call changed nothing");
+  await page.reload();
+  assert.equal(await rule.getByRole("cell").nth(4).textContent(), "4", "one of its five times used");
+  await rule.getByRole("button", { name: "Delete" }).click();
+  await answer.filter({ hasText: /Fault rule \d+ deleted/ }).waitFor();
+  assert.equal(await page.getByRole("row").filter({ hasText: "QUERY_LIMIT_EXCEEDED" }).count(), 0);
+  assert.deepEqual(await control("GET", "/faults"), []);
+  assert.equal((await rest("imopenlines.crm.chat.user.delete", removal)).status, 200, "the real answer again");
+
+  // The clock: forward by an hour, then back to real time.
   const before = (await rest("server.time", {})).body.result;
   await page.getByLabel("Seconds").fill("3600");
   await page.getByRole("button", { name: "Advance" }).click();
-  await page.getByRole("status", { name: "Answer" }).filter({ hasText: "advanced" }).waitFor();
+  await answer.filter({ hasText: "advanced" }).waitFor();
   assert.equal(await page.locator("#clock-offset").textContent(), "3600 s");
   const after = (await rest("server.time", {})).body.result;
   const moved = (Date.parse(after) - Date.parse(before)) / 1000;
   assert.ok(moved >= 3599 && moved < 3700, `server.time moved ${moved} s`);
   await page.getByRole("button", { name: "Real time" }).click();
-  await page.getByRole("status", { name: "Answer" }).filter({ hasText: "real time" }).waitFor();
+  await answer.filter({ hasText: "real time" }).waitFor();
   assert.equal(await page.locator("#clock-offset").textContent(), "0 s");
+
+  // A rule and an advanced clock again, then Reset on the Overview: the fixture's counts, no rule, real time.
+  await page.getByLabel("Error code").selectOption("ACCESS_DENIED");
+  await page.getByRole("button", { name: "Add rule" }).click();
+  await answer.filter({ hasText: /added/ }).waitFor();
+  await page.getByLabel("Seconds").fill("60");
+  await page.getByRole("button", { name: "Advance" }).click();
+  await answer.filter({ hasText: "advanced" }).waitFor();
+  await shot(page, "faults-rules", "desktop");
+  await page.getByRole("link", { name: "Overview" }).click();
+  assert.equal(await page.locator('dd[data-count="memberships"]').textContent(), "9");
+  page.acceptConfirm = true;
+  await page.getByRole("button", { name: "Reset" }).click();
+  await answer.filter({ hasText: "start-up state" }).waitFor();
+  assert.equal(await page.locator('dd[data-count="memberships"]').textContent(), "10");
+  assert.deepEqual(await control("GET", "/faults"), []);
+  assert.equal((await control("GET", "/clock")).offset_s, 0);
+  await page.getByRole("link", { name: "Faults and clock" }).click();
+  await page.getByText("No fault rule").waitFor();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("the old Clock page leads to Faults and clock", async () => {
+  const page = await newPage();
+  await logIn(page);
+  await page.goto(`${base}/_crmchat/ui/clock`);
+  await page.getByRole("heading", { name: "Faults and clock", level: 1 }).waitFor();
+  assert.match(page.url(), /\/_crmchat\/ui\/faults$/);
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
