@@ -179,7 +179,6 @@ fn add_form(login: &Login) -> Markup {
 /// The add form as sent: every field text, empty meaning "not given".
 #[derive(Deserialize)]
 pub struct RuleForm {
-    csrf: String,
     #[serde(default)]
     method: String,
     #[serde(default)]
@@ -226,9 +225,6 @@ pub async fn add(
     Extension(login): Extension<Login>,
     Form(form): Form<RuleForm>,
 ) -> Response {
-    if let Err(refused) = login.check_csrf(&form.csrf) {
-        return refused;
-    }
     let flash = match rule_spec(&form)
         .map_err(|message| ("invalid_fault", message))
         .and_then(|spec| app.faults.add(spec).map_err(|refused| (refused.code, refused.message)))
@@ -247,20 +243,11 @@ fn rule_summary(app: &AppState, id: u64) -> String {
     rule.map(|r| serde_json::to_string_pretty(&r).unwrap_or_default()).unwrap_or_default()
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: String,
-}
-
 pub async fn delete(
     State(app): State<Arc<AppState>>,
     Extension(login): Extension<Login>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = login.check_csrf(&form.csrf) {
-        return refused;
-    }
     let removed = id.parse::<u64>().is_ok_and(|id| app.faults.remove(id));
     login.set_flash(if removed {
         Flash {
@@ -277,7 +264,6 @@ pub async fn delete(
 
 #[derive(Deserialize)]
 pub struct AdvanceForm {
-    csrf: String,
     seconds: String,
 }
 
@@ -286,9 +272,6 @@ pub async fn advance(
     Extension(login): Extension<Login>,
     Form(form): Form<AdvanceForm>,
 ) -> Response {
-    if let Err(refused) = login.check_csrf(&form.csrf) {
-        return refused;
-    }
     // Forward only, as `POST /_crmchat/clock {"advance_s"}`.
     let flash = match form.seconds.trim().parse::<u64>() {
         Ok(seconds) if seconds > 0 => {
@@ -309,14 +292,7 @@ pub async fn advance(
     back()
 }
 
-pub async fn real_time(
-    State(app): State<Arc<AppState>>,
-    Extension(login): Extension<Login>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Err(refused) = login.check_csrf(&form.csrf) {
-        return refused;
-    }
+pub async fn real_time(State(app): State<Arc<AppState>>, Extension(login): Extension<Login>) -> Response {
     app.clock.reset();
     login.set_flash(Flash {
         title: "Back to real time".into(),

@@ -394,3 +394,33 @@ async fn inspector_fault_rules_are_added_and_deleted_by_form() {
     post_page(&app, &session, &remove, &format!("csrf={csrf}")).await;
     assert!(page(&app, &session, &faults).await.text.contains(&format!("No fault rule {id}")));
 }
+
+#[tokio::test]
+async fn inspector_every_form_refuses_a_forged_csrf_token() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let forms = [
+        ("chats/8773/remove", "as=1&record=deal%3A288&user_id=12"),
+        ("chats/8773/add", "as=1&record=deal%3A288&user_id=40"),
+        ("reset", ""),
+        ("faults", "method=*&error=ACCESS_DENIED"),
+        ("faults/1/delete", ""),
+        ("clock/advance", "seconds=86400"),
+        ("clock/real", ""),
+        ("logout", ""),
+    ];
+    for (path, fields) in forms {
+        for csrf in ["", "csrf=forged&"] {
+            let resp = post_page(&app, &session, &format!("{UI}/{path}"), &format!("{csrf}{fields}")).await;
+            assert_eq!(resp.status, 403, "{path} with {csrf:?}: {}", resp.text);
+            assert!(resp.text.contains("CSRF token"), "{path}: {}", resp.text);
+        }
+    }
+    // Nothing happened: the members, no rule, the clock, and the session still open.
+    assert_eq!(members(&app.export(), 8773), vec![12, 14, 20, 30]);
+    let faults = app.client.get(app.url("/_crmchat/faults")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(faults.json::<Value>().await.unwrap(), json!([]));
+    let clock = app.client.get(app.url("/_crmchat/clock")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(clock.json::<Value>().await.unwrap()["offset_s"], 0.0);
+    assert_eq!(page(&app, &session, &format!("{UI}/")).await.status, 200);
+}
