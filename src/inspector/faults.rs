@@ -34,7 +34,8 @@ pub async fn page(State(app): State<Arc<AppState>>, Extension(login): Extension<
         (flash_box(flash))
         section aria-labelledby="faults-h" {
             h2 id="faults-h" { "Fault rules" }
-            p class="hint" { "A matching REST call gets the rule's answer instead of the real one, exactly as crmchat sends that error for real, and changes nothing. Rules are tried in id order; the first that matches wins." }
+            p class="hint" { "A matching REST call gets the rule's answer instead of the real one, exactly as crmchat sends that error for real, and changes nothing. Rules are tried in id order; the first that matches wins. An HTTP status without an error code sends that status with the "
+                code { (Code::InternalServerError.as_str()) } " body; a delay alone slows the real answer." }
             @if rules.is_empty() {
                 p id="no-rules" { "No fault rule: every call gets its real answer." }
             } @else {
@@ -141,7 +142,7 @@ fn add_form(login: &Login) -> Markup {
                 span class="field" {
                     label for="fault-error" { "Error code" }
                     select id="fault-error" name="error" {
-                        option value="" { "none (real answer, or the status)" }
+                        option value="" { "none (the real answer)" }
                         option value=(CONNECTION_RESET) { (CONNECTION_RESET) ": close without an answer" }
                         @for code in Code::ALL { option value=(code.as_str()) { (code.as_str()) } }
                     }
