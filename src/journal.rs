@@ -220,7 +220,11 @@ impl Journal {
         }
         let newest = ring.last_id;
         drop(ring);
-        self.newest.send_replace(newest);
+        // Nobody watching (nearly always): no write to the channel on the REST path. A watcher that subscribes
+        // later reads the journal itself before it waits.
+        if self.newest.receiver_count() > 0 {
+            self.newest.send_replace(newest);
+        }
     }
 
     /// Changes whenever an entry is stored (its value: the newest id).
