@@ -45,6 +45,9 @@ pub struct AppState {
     /// holds it for writing, so a call never sees part of the old state and part of the new one. Fair: a
     /// waiting replace holds back calls that arrive after it.
     pub state_gate: tokio::sync::RwLock<()>,
+    /// Turns true when the server begins to shut down: answers that would stream on (the inspector's live
+    /// pages) end then, so the graceful shutdown does not wait for them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
             redis: None,
             control: Default::default(),
             state_gate: Default::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -91,6 +95,7 @@ impl AppState {
             redis: Some(redis),
             control: Default::default(),
             state_gate: Default::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         })
     }
 }
@@ -168,6 +173,7 @@ pub async fn serve(
     shutdown: ShutdownSignal,
 ) -> anyhow::Result<()> {
     let (read_timeout, max_connections) = (state.settings.read_timeout, state.settings.max_connections);
+    let stopping = state.stopping.clone();
     let app = router(state);
     let http_app = app.clone().layer(Extension(Transport::Http));
     let https_app = app.layer(Extension(Transport::Https));
@@ -176,6 +182,7 @@ pub async fn serve(
     tokio::spawn(async move {
         shutdown.received().await;
         tracing::info!("shutting down: finishing in-flight requests");
+        stopping.send_replace(true);
         signal_handle.graceful_shutdown(Some(Duration::from_secs(30)));
     });
     let connections = crate::connections::Connections::new(max_connections);

@@ -156,11 +156,37 @@ struct Ring {
 pub struct Journal {
     capacity: usize,
     ring: Mutex<Ring>,
+    /// The id of the newest entry, for watchers (the inspector's live Requests page) to wake on.
+    newest: tokio::sync::watch::Sender<u64>,
+}
+
+/// Where a page of the journal starts, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest entries.
+    Newest,
+    /// The newest entries older than this id.
+    Before(u64),
+    /// The oldest entries newer than this id.
+    After(u64),
+}
+
+/// A page of the entries that match a filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// How many entries match in all.
+    pub total: usize,
+    /// The page, newest first, shaped as `GET /_crmchat/requests` answers them.
+    pub entries: Vec<Value>,
+    /// The cursor of the next older page (`Cursor::Before`), if there is one.
+    pub older: Option<u64>,
+    /// The cursor of the next newer page (`Cursor::After`), if there is one.
+    pub newer: Option<u64>,
 }
 
 impl Journal {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, ring: Mutex::new(Ring::default()) }
+        Self { capacity, ring: Mutex::new(Ring::default()), newest: tokio::sync::watch::channel(0).0 }
     }
 
     /// Off with `--journal-size 0`: the protocol layer then prepares nothing for it.
@@ -192,6 +218,65 @@ impl Journal {
             let id = ring.last_id;
             ring.push(Entry { id, call: command, batch_id: Some(batch_id) }, self.capacity);
         }
+        let newest = ring.last_id;
+        drop(ring);
+        // Nobody watching (nearly always): no write to the channel on the REST path. A watcher that subscribes
+        // later reads the journal itself before it waits.
+        if self.newest.receiver_count() > 0 {
+            self.newest.send_replace(newest);
+        }
+    }
+
+    /// Changes whenever an entry is stored (its value: the newest id).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.newest.subscribe()
+    }
+
+    /// A page of at most `limit` entries matching `filter` (its `since_id` and `limit` aside), newest first.
+    pub fn window(&self, filter: &Filter, cursor: Cursor, limit: usize) -> Window {
+        let filter = Filter { since_id: None, ..filter.clone() };
+        let ring = self.lock();
+        let matching: Vec<&Entry> = ring.entries.iter().filter(|e| filter.matches(e)).collect();
+        let (start, end) = match cursor {
+            Cursor::Newest => (matching.len().saturating_sub(limit), matching.len()),
+            Cursor::Before(id) => {
+                let end = matching.partition_point(|e| e.id < id);
+                (end.saturating_sub(limit), end)
+            }
+            Cursor::After(id) => {
+                let start = matching.partition_point(|e| e.id <= id);
+                (start, (start + limit).min(matching.len()))
+            }
+        };
+        let page = &matching[start..end];
+        Window {
+            total: matching.len(),
+            entries: page.iter().rev().map(|e| e.to_json()).collect(),
+            older: (start > 0).then(|| page.first().map(|e| e.id)).flatten(),
+            newer: (end < matching.len()).then(|| page.last().map(|e| e.id)).flatten(),
+        }
+    }
+
+    /// The entries newer than `after_id` that match `filter` (at most the newest `limit` of them, oldest
+    /// first), and the newest id of the journal (to continue from). Looks only at the entries after `after_id`,
+    /// so a watcher costs little however long the journal is.
+    pub fn after(&self, filter: &Filter, after_id: u64, limit: usize) -> (Vec<Value>, u64) {
+        let ring = self.lock();
+        let start = ring.entries.partition_point(|e| e.id <= after_id);
+        let newer: Vec<&Entry> = ring.entries.range(start..).filter(|e| filter.matches(e)).collect();
+        let shown = &newer[newer.len().saturating_sub(limit)..];
+        (shown.iter().map(|e| e.to_json()).collect(), ring.last_id)
+    }
+
+    /// How many entries match `filter` (its `since_id` and `limit` aside).
+    pub fn count(&self, filter: &Filter) -> usize {
+        let filter = Filter { since_id: None, ..filter.clone() };
+        self.lock().entries.iter().filter(|e| filter.matches(e)).count()
+    }
+
+    /// The id of the newest entry ever stored (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
     }
 
     /// `{"total", "requests"}`: how many entries match, and up to `limit` of them, oldest first. With
@@ -431,6 +516,51 @@ mod tests {
         assert_eq!(all["requests"][0]["at"], "2026-11-30T00:53:20.123Z");
         let newest = q(Filter { limit: Some(2), ..Default::default() });
         assert_eq!(newest["requests"][0]["id"], 3);
+    }
+
+    #[test]
+    fn windows_page_through_the_matching_entries_newest_first() {
+        let journal = Journal::new(100);
+        for i in 1..=25 {
+            journal.record(call(
+                if i % 5 == 0 { "nope" } else { "server.time" },
+                if i % 5 == 0 { 404 } else { 200 },
+                Some(1),
+            ));
+        }
+        let ids = |w: &Window| w.entries.iter().map(|e| e["id"].as_u64().unwrap()).collect::<Vec<_>>();
+        let all = Filter::default();
+        let newest = journal.window(&all, Cursor::Newest, 10);
+        assert_eq!((newest.total, ids(&newest)), (25, (16..=25).rev().collect::<Vec<_>>()));
+        assert_eq!((newest.older, newest.newer), (Some(16), None));
+        let older = journal.window(&all, Cursor::Before(16), 10);
+        assert_eq!(ids(&older), (6..=15).rev().collect::<Vec<_>>());
+        let oldest = journal.window(&all, Cursor::Before(6), 10);
+        assert_eq!((ids(&oldest), oldest.older, oldest.newer), (vec![5, 4, 3, 2, 1], None, Some(5)));
+        let back = journal.window(&all, Cursor::After(5), 10);
+        assert_eq!((ids(&back), back.newer), ((6..=15).rev().collect::<Vec<_>>(), Some(15)));
+        let failed = Filter { status: Some(404), ..Default::default() };
+        let page = journal.window(&failed, Cursor::Newest, 2);
+        assert_eq!((page.total, ids(&page), page.older), (5, vec![25, 20], Some(20)));
+        assert_eq!(ids(&journal.window(&failed, Cursor::Before(20), 2)), vec![15, 10]);
+
+        let (after, last) = journal.after(&failed, 12, 10);
+        assert_eq!(after.iter().map(|e| e["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![15, 20, 25]);
+        assert_eq!(last, 25);
+        let (after, _) = journal.after(&all, 20, 2);
+        assert_eq!(after.iter().map(|e| e["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![24, 25]);
+        assert!(journal.after(&all, 25, 10).0.is_empty());
+        assert_eq!((journal.count(&all), journal.count(&failed)), (25, 5));
+    }
+
+    #[tokio::test]
+    async fn watchers_wake_when_an_entry_is_stored() {
+        let journal = Journal::new(10);
+        let mut newest = journal.subscribe();
+        journal.record(call("server.time", 200, None));
+        newest.changed().await.unwrap();
+        assert_eq!(*newest.borrow_and_update(), 1);
+        assert_eq!(journal.last_id(), 1);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! The stylesheet and script are compiled into the binary: nothing is fetched from elsewhere.
 
 mod actions;
-mod clock;
+mod faults;
 mod pages;
+mod requests;
 mod session;
 
 use std::sync::Arc;
@@ -48,11 +49,18 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(&format!("{BASE}/chats/{{id}}/remove"), post(actions::remove_member))
         .route(&format!("{BASE}/chats/{{id}}/add"), post(actions::add_member))
         .route(&format!("{BASE}/credentials"), get(pages::credentials))
-        .route(&format!("{BASE}/clock"), get(clock::page))
-        .route(&format!("{BASE}/clock/advance"), post(clock::advance))
-        .route(&format!("{BASE}/clock/real"), post(clock::real_time))
+        .route(&format!("{BASE}/requests"), get(requests::page))
+        .route(&format!("{BASE}/requests/live"), get(requests::live))
+        .route(&format!("{BASE}/faults"), get(faults::page).post(faults::add))
+        .route(&format!("{BASE}/faults/{{id}}/delete"), post(faults::delete))
+        // The clock had a page of its own before it joined the faults.
+        .route(&format!("{BASE}/clock"), get(|| async { Redirect::permanent(&format!("{BASE}/faults")) }))
+        .route(&format!("{BASE}/clock/advance"), post(faults::advance))
+        .route(&format!("{BASE}/clock/real"), post(faults::real_time))
         .route(&format!("{BASE}/reset"), post(actions::reset))
         .route(&format!("{BASE}/logout"), post(logout))
+        // Inside the login check: a POST is checked against the session it belongs to.
+        .layer(middleware::from_fn(require_csrf))
         .layer(middleware::from_fn(require_login));
     Router::new()
         .route(BASE, get(|| async { Redirect::to(&format!("{BASE}/")) }))
@@ -244,19 +252,48 @@ async fn login(
     response
 }
 
+/// The largest form a page sends (the fault rule's is the longest, well under this).
+const FORM_LIMIT: usize = 64 * 1024;
+
 #[derive(Deserialize)]
-struct CsrfForm {
+struct CsrfField {
     csrf: String,
+}
+
+/// Every POST of a logged-in page carries the session's CSRF token in its `csrf` field, or changes nothing: a
+/// page of another site cannot know the token. Checked here once for every form, so no handler can forget it;
+/// the handlers' forms then simply leave the field out.
+async fn require_csrf(request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let Some(login) = request.extensions().get::<Login>().cloned() else {
+        return (StatusCode::FORBIDDEN, "no session\n").into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large\n").into_response();
+    };
+    // The field as the handler's `Form` would read it: the same content type, the same parser.
+    let mut probe = Request::new(axum::body::Body::from(bytes.clone()));
+    *probe.method_mut() = axum::http::Method::POST;
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        probe.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    let candidate = match <Form<CsrfField> as axum::extract::FromRequest<()>>::from_request(probe, &()).await {
+        Ok(Form(field)) => field.csrf,
+        Err(_) => String::new(),
+    };
+    if let Err(refused) = login.check_csrf(&candidate) {
+        return refused;
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 async fn logout(
     axum::Extension(sessions): axum::Extension<Arc<Sessions>>,
     axum::Extension(login): axum::Extension<Login>,
-    Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = login.check_csrf(&form.csrf) {
-        return refused;
-    }
     sessions.remove(&login);
     let mut response = Redirect::to(&format!("{BASE}/login")).into_response();
     response.headers_mut().insert(header::SET_COOKIE, set_cookie(COOKIE, "", "/_crmchat/", Some(0), false));
@@ -268,7 +305,8 @@ async fn logout(
 pub(crate) enum Nav {
     Overview,
     Records,
-    Clock,
+    Requests,
+    Faults,
     Credentials,
     None,
 }
@@ -276,7 +314,8 @@ pub(crate) enum Nav {
 const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "Overview", "/"),
     (Nav::Records, "Records", "/records"),
-    (Nav::Clock, "Clock", "/clock"),
+    (Nav::Requests, "Requests", "/requests"),
+    (Nav::Faults, "Faults and clock", "/faults"),
     (Nav::Credentials, "Credentials", "/credentials"),
 ];
 

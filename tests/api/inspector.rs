@@ -202,7 +202,10 @@ async fn inspector_pages_a_chat_of_many_members() {
 async fn inspector_clock_forms_need_the_csrf_token() {
     let app = spawn_inspected(demo_fixture()).await;
     let session = login(&app).await;
-    let csrf = field(&page(&app, &session, &format!("{UI}/clock")).await.text, "csrf");
+    // The clock's old page leads to the page it joined.
+    let old = page(&app, &session, &format!("{UI}/clock")).await;
+    assert_eq!((old.status, old.header("location")), (308, Some("/_crmchat/ui/faults")));
+    let csrf = field(&page(&app, &session, &format!("{UI}/faults")).await.text, "csrf");
     let time = |app: &TestApp| {
         let url = app.url(&format!("{DEMO_HOOK}server.time.json"));
         let client = app.client.clone();
@@ -223,4 +226,201 @@ async fn inspector_clock_forms_need_the_csrf_token() {
     assert!(time(&app).await - before >= 86_400);
     assert_eq!(post_page(&app, &session, &format!("{UI}/clock/real"), &format!("csrf={csrf}")).await.status, 303);
     assert!(time(&app).await - before < 100);
+}
+
+#[tokio::test]
+async fn inspector_requests_filter_page_and_hide_secrets() {
+    // No request limit: 62 calls in a row.
+    let app = spawn_inspected(demo_with(|f| f["portal"]["plan"] = json!("unlimited"))).await;
+    let session = login(&app).await;
+    let removed = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})).await;
+    assert_eq!(removed.status, 200, "{}", removed.text);
+    let again = app
+        .delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12, "client_secret": "sekrit-123"}))
+        .await;
+    assert_eq!(again.status, 400, "{}", again.text);
+    let code = again.body["error"].as_str().unwrap().to_string();
+    for _ in 0..60 {
+        assert_eq!(app.call("server.time", json!({})).await.status, 200);
+    }
+    let requests = format!("{UI}/requests");
+
+    let newest = page(&app, &session, &requests).await;
+    assert_eq!(newest.status, 200, "{}", newest.text);
+    assert!(newest.text.contains("<span id=\"journal-total\">62</span>"), "{}", newest.text);
+    // 50 a page, newest first: the 62nd call on top, the 13th last; the 12 older behind the Older link.
+    assert_eq!(newest.text.matches("<li class=\"req ").count(), 50);
+    assert!(newest.text.contains("data-id=\"62\"") && newest.text.contains("data-id=\"13\""));
+    assert!(!newest.text.contains("data-id=\"12\""), "{}", newest.text);
+    assert!(newest.text.find("data-id=\"62\"") < newest.text.find("data-id=\"61\""));
+    assert!(newest.text.contains("data-stream=\"/_crmchat/ui/requests/live?"), "the newest page is live");
+    let older = page(&app, &session, &format!("{requests}?method=&status=&error=&before=13")).await;
+    assert_eq!(older.text.matches("<li class=\"req ").count(), 12);
+    assert!(older.text.contains("data-id=\"1\"") && !older.text.contains("data-id=\"13\""));
+    assert!(older.text.contains("&amp;after=12\" rel=\"prev\">Newer"), "{}", older.text);
+    assert!(!older.text.contains("data-stream="), "an older page is not live");
+
+    // Filters: by status, by error code, by method (any case); each keeps the matching calls only.
+    let failed = page(&app, &session, &format!("{requests}?status=400")).await;
+    assert!(failed.text.contains("<span id=\"journal-total\">1</span> matching"), "{}", failed.text);
+    assert!(failed.text.contains(&format!("<span class=\"req-error\">{code}</span>")), "{}", failed.text);
+    // The row opens to the parameters, the secret replaced, and the answer.
+    assert!(failed.text.contains("&quot;client_secret&quot;: &quot;***&quot;"), "{}", failed.text);
+    assert!(!failed.text.contains("sekrit-123"), "{}", failed.text);
+    assert!(failed.text.contains(&format!("HTTP 400, error <code>{code}</code>")), "{}", failed.text);
+    let by_error = page(&app, &session, &format!("{requests}?error={code}")).await;
+    assert!(by_error.text.contains("<span id=\"journal-total\">1</span>"), "{}", by_error.text);
+    let by_method = page(&app, &session, &format!("{requests}?method=IMOPENLINES.CRM.CHAT.USER.DELETE")).await;
+    assert!(by_method.text.contains("<span id=\"journal-total\">2</span>"), "{}", by_method.text);
+    let none = page(&app, &session, &format!("{requests}?method=no.such.method")).await;
+    assert!(none.text.contains("<span id=\"journal-total\">0</span>") && none.text.contains("No call yet"));
+    let bad = page(&app, &session, &format!("{requests}?status=abc")).await;
+    assert_eq!(bad.status, 200);
+    assert!(bad.text.contains("is not an HTTP status"), "{}", bad.text);
+    // Without a session there is nothing to see.
+    assert_eq!(app.get(&requests).await.status, 303);
+    assert_eq!(app.get(&format!("{requests}/live")).await.status, 303);
+}
+
+#[tokio::test]
+async fn inspector_requests_live_stream_sends_new_calls() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let before = page(&app, &session, &format!("{UI}/requests")).await;
+    assert!(before.text.contains("since_id=0"), "{}", before.text);
+    let open = |query: &str| {
+        let request = app.client.get(app.url(&format!("{UI}/requests/live?{query}"))).header("cookie", &session);
+        async move { request.send().await.unwrap() }
+    };
+    let mut all = open("since_id=0").await;
+    let mut failures = open("since_id=0&status=400").await;
+    assert_eq!(all.status(), 200);
+    assert!(all.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    app.call("server.time", json!({})).await;
+    let refused = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 99999})).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+
+    /// What a stream has sent until `wanted` is in it (a stream that never sends it fails the test).
+    async fn read_until(stream: &mut reqwest::Response, wanted: &str) -> String {
+        let mut text = String::new();
+        while !text.contains(wanted) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), stream.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no {wanted:?} in the stream: {text}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("the stream ended without {wanted:?}: {text}"));
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    }
+    let text = read_until(&mut all, "event: total").await;
+    let text = if text.contains("id: 2\n") { text } else { text + &read_until(&mut all, "id: 2\n").await };
+    assert!(text.contains("retry: 500"), "{text}");
+    assert!(text.contains("event: request\nid: 1\ndata: <li class=\"req ok\" data-id=\"1\">"), "{text}");
+    assert!(text.contains("<span class=\"req-method\"><code>server.time</code>"), "{text}");
+    assert!(text.contains("<li class=\"req failed\" data-id=\"2\">"), "{text}");
+    let text = read_until(&mut failures, "event: total").await;
+    assert!(text.contains("data-id=\"2\"") && !text.contains("data-id=\"1\""), "only the failed call: {text}");
+    assert!(text.contains("event: total\ndata: 1\n"), "{text}");
+
+    // A browser that reconnects says which row it got last, and the stream continues after it.
+    let mut resumed = app
+        .client
+        .get(app.url(&format!("{UI}/requests/live?since_id=0")))
+        .header("cookie", &session)
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    let text = read_until(&mut resumed, "event: total").await;
+    assert!(text.contains("data-id=\"2\"") && !text.contains("data-id=\"1\""), "{text}");
+}
+
+#[tokio::test]
+async fn inspector_fault_rules_are_added_and_deleted_by_form() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let faults = format!("{UI}/faults");
+    let csrf = field(&page(&app, &session, &faults).await.text, "csrf");
+    let rule = |csrf: &str, error: &str, times: &str| {
+        format!(
+            "csrf={csrf}&method=imopenlines.crm.chat.user.delete&error={error}&http_status=&delay_ms=0&times={times}\
+             &probability=1&webhook_id=&client_id="
+        )
+    };
+    let delete = json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12});
+
+    // Refused forms add nothing: a forged one, an unknown code, a count that is not a number.
+    assert_eq!(post_page(&app, &session, &faults, &rule("forged", "ACCESS_DENIED", "")).await.status, 403);
+    for (form, refusal) in [
+        (rule(&csrf, "NO_SUCH_CODE", ""), "Refused: unknown_error_code"),
+        (rule(&csrf, "ACCESS_DENIED", "twice"), "Refused: invalid_fault"),
+        (rule(&csrf, "ACCESS_DENIED", "0"), "times must be at least 1"),
+    ] {
+        let resp = post_page(&app, &session, &faults, &form).await;
+        assert_eq!((resp.status, resp.header("location")), (303, Some("/_crmchat/ui/faults")));
+        let shown = page(&app, &session, &faults).await;
+        assert!(shown.text.contains(refusal), "{refusal}: {}", shown.text);
+    }
+    assert!(page(&app, &session, &faults).await.text.contains("No fault rule"));
+    let control = |path: &str| {
+        let request = app.client.get(app.url(path)).bearer_auth(TOKEN);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(control("/_crmchat/faults").await, json!([]));
+
+    // Added: the control API lists it, the page shows it, and the call fails with it, changing nothing.
+    assert_eq!(post_page(&app, &session, &faults, &rule(&csrf, "ACCESS_DENIED", "")).await.status, 303);
+    let listed = control("/_crmchat/faults").await;
+    assert_eq!(listed[0]["method"], "imopenlines.crm.chat.user.delete");
+    assert_eq!(listed[0]["error"], "ACCESS_DENIED");
+    let id = listed[0]["id"].as_u64().unwrap();
+    let shown = page(&app, &session, &faults).await;
+    assert!(shown.text.contains(&format!("Fault rule {id} added")), "{}", shown.text);
+    assert!(shown.text.contains(&format!("<tr data-rule=\"{id}\">")), "{}", shown.text);
+    let failed = app.delete(delete.clone()).await;
+    assert_eq!((failed.status, failed.body["error"].as_str()), (403, Some("ACCESS_DENIED")), "{}", failed.text);
+    assert_eq!(members(&app.export(), 8773), vec![12, 14, 20, 30]);
+
+    // Deleted: gone from the list, and the call gets its real answer.
+    let remove = format!("{faults}/{id}/delete");
+    assert_eq!(post_page(&app, &session, &remove, "csrf=forged").await.status, 403);
+    assert_eq!(control("/_crmchat/faults").await.as_array().unwrap().len(), 1);
+    assert_eq!(post_page(&app, &session, &remove, &format!("csrf={csrf}")).await.status, 303);
+    assert!(page(&app, &session, &faults).await.text.contains(&format!("Fault rule {id} deleted")));
+    assert_eq!(control("/_crmchat/faults").await, json!([]));
+    assert_eq!(app.delete(delete).await.status, 200);
+    // Deleting it again says so.
+    post_page(&app, &session, &remove, &format!("csrf={csrf}")).await;
+    assert!(page(&app, &session, &faults).await.text.contains(&format!("No fault rule {id}")));
+}
+
+#[tokio::test]
+async fn inspector_every_form_refuses_a_forged_csrf_token() {
+    let app = spawn_inspected(demo_fixture()).await;
+    let session = login(&app).await;
+    let forms = [
+        ("chats/8773/remove", "as=1&record=deal%3A288&user_id=12"),
+        ("chats/8773/add", "as=1&record=deal%3A288&user_id=40"),
+        ("reset", ""),
+        ("faults", "method=*&error=ACCESS_DENIED"),
+        ("faults/1/delete", ""),
+        ("clock/advance", "seconds=86400"),
+        ("clock/real", ""),
+        ("logout", ""),
+    ];
+    for (path, fields) in forms {
+        for csrf in ["", "csrf=forged&"] {
+            let resp = post_page(&app, &session, &format!("{UI}/{path}"), &format!("{csrf}{fields}")).await;
+            assert_eq!(resp.status, 403, "{path} with {csrf:?}: {}", resp.text);
+            assert!(resp.text.contains("CSRF token"), "{path}: {}", resp.text);
+        }
+    }
+    // Nothing happened: the members, no rule, the clock, and the session still open.
+    assert_eq!(members(&app.export(), 8773), vec![12, 14, 20, 30]);
+    let faults = app.client.get(app.url("/_crmchat/faults")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(faults.json::<Value>().await.unwrap(), json!([]));
+    let clock = app.client.get(app.url("/_crmchat/clock")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(clock.json::<Value>().await.unwrap()["offset_s"], 0.0);
+    assert_eq!(page(&app, &session, &format!("{UI}/")).await.status, 200);
 }

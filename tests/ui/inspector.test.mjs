@@ -244,8 +244,15 @@ test("every page: no console errors at 1280x800 and 390x844, a screenshot of eac
     record: "/_crmchat/ui/records/deal/288",
     chat: "/_crmchat/ui/chats/8773",
     credentials: "/_crmchat/ui/credentials",
-    clock: "/_crmchat/ui/clock",
+    faults: "/_crmchat/ui/faults",
+    requests: "/_crmchat/ui/requests",
   };
+  // Something on the Requests page, an error among it.
+  await rest("server.time", {});
+  await rest("imopenlines.crm.chat.user.delete", { CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 99999 });
+  // Something on Faults and clock.
+  await control("POST", "/faults", { method: "imopenlines.crm.chat.user.add", error: "ACCESS_DENIED", times: 3 });
+  await control("POST", "/faults", { method: "*", http_status: 502, delay_ms: 250, probability: 0.5, webhook_id: 1 });
   for (const [viewportName, viewport] of Object.entries(VIEWPORTS)) {
     const page = await newPage(viewport);
     await logIn(page);
@@ -297,22 +304,145 @@ test("a chat of 10,000 members opens in under a second", async () => {
   await page.context().close();
 });
 
-test("Clock: advance the portal clock, then back to real time", async () => {
+test("Faults and clock: a rule added in the form fails a REST call until Delete; the clock advances; reset restores the counts", async () => {
   const page = await newPage();
   await logIn(page);
-  await page.getByRole("link", { name: "Clock" }).click();
-  await page.getByRole("heading", { name: "Clock", level: 1 }).waitFor();
+  await page.getByRole("link", { name: "Faults and clock" }).click();
+  await page.getByRole("heading", { name: "Faults and clock", level: 1 }).waitFor();
+  const removal = { CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 12 };
+
+  await page.getByLabel("Method").fill("imopenlines.crm.chat.user.delete");
+  await page.getByLabel("Error code").selectOption("QUERY_LIMIT_EXCEEDED");
+  await page.getByLabel("Times").fill("5");
+  await page.getByRole("button", { name: "Add rule" }).click();
+  const answer = page.getByRole("status", { name: "Answer" });
+  await answer.filter({ hasText: /Fault rule \d+ added/ }).waitFor();
+  const rule = page.getByRole("row").filter({ hasText: "QUERY_LIMIT_EXCEEDED" });
+  assert.match(await rule.textContent(), /imopenlines\.crm\.chat\.user\.delete/);
+  const failed = await rest("imopenlines.crm.chat.user.delete", removal);
+  assert.equal(failed.status, 503);
+  assert.equal(failed.body.error, "QUERY_LIMIT_EXCEEDED");
+  assert.deepEqual((await rest("im.chat.user.list", { CHAT_ID: 8773 })).body.result, [12, 14, 20, 30], "the faulted call changed nothing");
+  await page.reload();
+  assert.equal(await rule.getByRole("cell").nth(4).textContent(), "4", "one of its five times used");
+  await rule.getByRole("button", { name: "Delete" }).click();
+  await answer.filter({ hasText: /Fault rule \d+ deleted/ }).waitFor();
+  assert.equal(await page.getByRole("row").filter({ hasText: "QUERY_LIMIT_EXCEEDED" }).count(), 0);
+  assert.deepEqual(await control("GET", "/faults"), []);
+  assert.equal((await rest("imopenlines.crm.chat.user.delete", removal)).status, 200, "the real answer again");
+
+  // The clock: forward by an hour, then back to real time.
   const before = (await rest("server.time", {})).body.result;
   await page.getByLabel("Seconds").fill("3600");
   await page.getByRole("button", { name: "Advance" }).click();
-  await page.getByRole("status", { name: "Answer" }).filter({ hasText: "advanced" }).waitFor();
+  await answer.filter({ hasText: "advanced" }).waitFor();
   assert.equal(await page.locator("#clock-offset").textContent(), "3600 s");
   const after = (await rest("server.time", {})).body.result;
   const moved = (Date.parse(after) - Date.parse(before)) / 1000;
   assert.ok(moved >= 3599 && moved < 3700, `server.time moved ${moved} s`);
   await page.getByRole("button", { name: "Real time" }).click();
-  await page.getByRole("status", { name: "Answer" }).filter({ hasText: "real time" }).waitFor();
+  await answer.filter({ hasText: "real time" }).waitFor();
   assert.equal(await page.locator("#clock-offset").textContent(), "0 s");
+
+  // A rule and an advanced clock again, then Reset on the Overview: the fixture's counts, no rule, real time.
+  await page.getByLabel("Error code").selectOption("ACCESS_DENIED");
+  await page.getByRole("button", { name: "Add rule" }).click();
+  await answer.filter({ hasText: /added/ }).waitFor();
+  await page.getByLabel("Seconds").fill("60");
+  await page.getByRole("button", { name: "Advance" }).click();
+  await answer.filter({ hasText: "advanced" }).waitFor();
+  await shot(page, "faults-rules", "desktop");
+  await page.getByRole("link", { name: "Overview" }).click();
+  assert.equal(await page.locator('dd[data-count="memberships"]').textContent(), "9");
+  page.acceptConfirm = true;
+  await page.getByRole("button", { name: "Reset" }).click();
+  await answer.filter({ hasText: "start-up state" }).waitFor();
+  assert.equal(await page.locator('dd[data-count="memberships"]').textContent(), "10");
+  assert.deepEqual(await control("GET", "/faults"), []);
+  assert.equal((await control("GET", "/clock")).offset_s, 0);
+  await page.getByRole("link", { name: "Faults and clock" }).click();
+  await page.getByText("No fault rule").waitFor();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("the old Clock page leads to Faults and clock", async () => {
+  const page = await newPage();
+  await logIn(page);
+  await page.goto(`${base}/_crmchat/ui/clock`);
+  await page.getByRole("heading", { name: "Faults and clock", level: 1 }).waitFor();
+  assert.match(page.url(), /\/_crmchat\/ui\/faults$/);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("Requests: a call made outside the browser appears without a reload, and opens to its parameters and answer", async () => {
+  const page = await newPage();
+  await logIn(page);
+  await page.getByRole("link", { name: "Requests" }).click();
+  await page.getByRole("heading", { name: "Requests", level: 1 }).waitFor();
+  const calls = page.getByRole("list", { name: "Calls, newest first" });
+  // Marks this document: a reload would lose the mark.
+  await page.evaluate(() => { window.notReloaded = true; });
+  const answer = await rest("imopenlines.crm.chat.user.delete", {
+    CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 99999, client_secret: "sekrit-123",
+  });
+  assert.equal(answer.status, 400);
+  const row = calls.getByRole("listitem").filter({ hasText: "imopenlines.crm.chat.user.delete" });
+  await row.waitFor();
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "the row came without a reload");
+  assert.match(await row.textContent(), new RegExp(`400.*${answer.body.error}`));
+  // Opened by keyboard: the summary takes the focus and Enter opens it.
+  await row.locator("summary").focus();
+  await page.keyboard.press("Enter");
+  const detail = row.locator(".req-detail");
+  await detail.waitFor();
+  const text = await detail.textContent();
+  assert.match(text, /"client_secret": "\*\*\*"/);
+  assert.ok(!text.includes("sekrit-123"), text);
+  assert.match(text, new RegExp(`HTTP 400, error ${answer.body.error}`));
+
+  // Filtered by status: only failures, and a successful call made now does not show up.
+  await page.getByLabel("Status").fill("400");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.waitForURL(/status=400/);
+  await page.evaluate(() => { window.notReloaded = true; });
+  await rest("server.time", {});
+  await rest("imopenlines.crm.chat.user.delete", { CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 99998 });
+  await calls.getByRole("listitem").filter({ hasText: "99998" }).waitFor({ state: "attached" });
+  assert.equal(await calls.getByRole("listitem").filter({ hasText: "server.time" }).count(), 0);
+  assert.equal(await page.locator("#journal-total").textContent(), "2");
+  assert.equal(await page.evaluate(() => window.notReloaded), true);
+  await shot(page, "requests-live", "desktop");
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("Requests: a journal of 10,000 entries opens a page at a time", async () => {
+  await control("POST", "/state", { portal: { plan: "unlimited" } });
+  // 196 batches of 50 commands: 51 entries each (the batch and its commands), 9,996 in all, then 4 more.
+  const cmd = Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`c${i}`, "server.time"]));
+  for (let i = 0; i < 196; i++) assert.equal((await rest("batch", { cmd })).status, 200);
+  for (let i = 0; i < 4; i++) await rest("server.time", {});
+  const journal = await control("GET", "/requests?limit=1");
+  assert.equal(journal.total, 10_000);
+  const page = await newPage();
+  await logIn(page);
+  const url = `${base}/_crmchat/ui/requests`;
+  const times = [];
+  for (const query of ["", "?method=server.time", "?before=5000"]) {
+    const started = performance.now();
+    await page.goto(url + query, { waitUntil: "load" });
+    times.push(performance.now() - started);
+  }
+  assert.equal(await page.locator("ol.journal > li").count(), 50);
+  console.log(`journal of 10,000 entries: page loads ${times.map((t) => t.toFixed(0)).join(", ")} ms (newest, filtered, older)`);
+  await page.getByRole("link", { name: "Older" }).click();
+  await page.waitForURL(/before=4950/);
+  assert.equal(await page.locator("ol.journal > li").first().getAttribute("data-id"), "4949");
+  await page.getByRole("link", { name: "Newer" }).click();
+  assert.equal(await page.locator("ol.journal > li").first().getAttribute("data-id"), "4999");
+  await shot(page, "requests-10000", "desktop");
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });

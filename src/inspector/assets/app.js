@@ -1,5 +1,5 @@
 // crmchat inspector: the little the pages need from script. Everything works without it except the
-// demo's one-click login and the confirmation before a reset.
+// demo's one-click login, the confirmation before a reset and the live updates.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -35,6 +35,42 @@ document.addEventListener("DOMContentLoaded", () => {
       } catch {
         button.textContent = "Select and copy";
       }
+    });
+  }
+
+  // A live list (the newest page of Requests): rows rendered by the server arrive as server-sent events and go
+  // on top; the list keeps its page size, and the Older link follows the rows that roll off the end.
+  const live = document.querySelector("ol[data-stream]");
+  if (live && window.EventSource) {
+    const keep = Number(live.dataset.keep) || 50;
+    const total = document.getElementById("journal-total");
+    const older = document.getElementById("older-link");
+    const state = document.getElementById("live-state");
+    const source = new EventSource(live.dataset.stream);
+    source.addEventListener("request", (event) => {
+      const template = document.createElement("template");
+      template.innerHTML = event.data;
+      const row = template.content.firstElementChild;
+      // The page and the stream may both hold a call made while the page was being read.
+      if (!row || live.querySelector(`li[data-id="${row.dataset.id}"]`)) return;
+      live.prepend(row);
+      document.getElementById("journal-empty")?.remove();
+      let dropped = false;
+      while (live.children.length > keep) {
+        live.lastElementChild.remove();
+        dropped = true;
+      }
+      if (dropped && older) {
+        older.href = older.dataset.base + live.lastElementChild.dataset.id;
+        older.hidden = false;
+      }
+    });
+    source.addEventListener("total", (event) => {
+      if (total) total.textContent = event.data;
+    });
+    // A stream ends now and then and the browser reconnects by itself; only a refused one is for good.
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED && state) state.textContent = "Live updates stopped: reload the page.";
     });
   }
 });
