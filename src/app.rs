@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::journal::Journal;
 use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
+use crate::rest::body_budget::BodyBudget;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::Code;
 use crate::rest::faults::Faults;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// holds it for writing, so a call never sees part of the old state and part of the new one. Fair: a
     /// waiting replace holds back calls that arrive after it.
     pub state_gate: tokio::sync::RwLock<()>,
+    /// The room for request bodies being read and the calls they carry (`--max-buffered-bytes`).
+    pub body_budget: BodyBudget,
 }
 
 impl AppState {
@@ -54,7 +57,6 @@ impl AppState {
         let clock = Arc::new(PortalClock::over(base));
         Self {
             store,
-            settings,
             requests: Arc::new(RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS)),
             operating: Arc::new(OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS)),
             clock,
@@ -63,6 +65,8 @@ impl AppState {
             redis: None,
             control: Default::default(),
             state_gate: Default::default(),
+            body_budget: BodyBudget::new(settings.max_buffered_bytes),
+            settings,
         }
     }
 
@@ -82,6 +86,7 @@ impl AppState {
         )?);
         Ok(Self {
             store,
+            body_budget: BodyBudget::new(settings.max_buffered_bytes),
             settings,
             clock,
             journal: Journal::new(crate::journal::DEFAULT_SIZE),
@@ -194,7 +199,14 @@ fn limit_slow_clients(
     limit: Duration,
 ) {
     builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(limit);
+    // Hyper grows a connection's read buffer to about 400 KiB while a body streams in fast: over hundreds of
+    // uploads that is more than the bodies themselves (`--max-buffered-bytes`). Its cap is also the longest
+    // request head accepted, 64 KiB here (longer ones are answered 431).
+    builder.http1().max_buf_size(READ_BUFFER_BYTES);
 }
+
+/// The most an HTTP/1 connection buffers of what it reads, beyond the body it keeps.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// SIGINT and SIGTERM, listened to from the moment this is made: made before the server says `ready`, so a
 /// signal that follows at once still shuts it down gracefully instead of killing it.
