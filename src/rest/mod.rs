@@ -471,16 +471,17 @@ pub(crate) async fn invoke(
     };
     // Durations come from the monotonic clock: moving the portal clock must not charge or refund time.
     let method_start = std::time::Instant::now();
-    let result = handler(&ctx, params).await;
+    let (result, running) = limits::executed(handler(&ctx, params)).await;
     let finish = std::time::Instant::now();
-    let duration = finish.saturating_duration_since(method_start);
-    // Failed calls consume operating time too: the work was done. A call too short to be charged leaves the
+    // Calls the caller made fail consume operating time too: the work was done. A call not charged leaves the
     // standing as it was, so it is not asked for again.
-    let operating = if duration >= limits::MIN_COUNTED {
-        app.operating.record(&operating_key, duration).await;
-        app.operating.status(&operating_key).await
-    } else {
-        before
+    let server_fault = result.as_ref().is_err_and(|err| err.status().is_server_error());
+    let operating = match limits::charge(running, server_fault) {
+        Some(charged) => {
+            app.operating.record(&operating_key, charged).await;
+            app.operating.status(&operating_key).await
+        }
+        None => before,
     };
     let output = result?;
     Ok((output, timing(&start, method_start, finish, &operating)))
