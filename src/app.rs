@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::journal::Journal;
 use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
+use crate::rest::body_budget::BodyBudget;
 use crate::rest::envelope::{Format, render_error};
 use crate::rest::error::Code;
 use crate::rest::faults::Faults;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// Turns true when the server begins to shut down: answers that would stream on (the inspector's live
     /// pages) end then, so the graceful shutdown does not wait for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The room for request bodies being read and the calls they carry (`--max-buffered-bytes`).
+    pub body_budget: BodyBudget,
 }
 
 impl AppState {
@@ -57,7 +60,6 @@ impl AppState {
         let clock = Arc::new(PortalClock::over(base));
         Self {
             store,
-            settings,
             requests: Arc::new(RequestLimiter::new(clock.clone(), LIMITER_MAX_KEYS)),
             operating: Arc::new(OperatingTime::new(clock.clone(), LIMITER_MAX_KEYS)),
             clock,
@@ -67,6 +69,8 @@ impl AppState {
             control: Default::default(),
             state_gate: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            body_budget: BodyBudget::new(settings.max_buffered_bytes),
+            settings,
         }
     }
 
@@ -86,6 +90,7 @@ impl AppState {
         )?);
         Ok(Self {
             store,
+            body_budget: BodyBudget::new(settings.max_buffered_bytes),
             settings,
             clock,
             journal: Journal::new(crate::journal::DEFAULT_SIZE),
@@ -207,7 +212,14 @@ fn limit_slow_clients(
     limit: Duration,
 ) {
     builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_timeout(limit);
+    // Hyper grows a connection's read buffer to about 400 KiB while a body streams in fast: over hundreds of
+    // uploads that is more than the bodies themselves (`--max-buffered-bytes`). Its cap is also the longest
+    // request head accepted, 64 KiB here (longer ones are answered 431).
+    builder.http1().max_buf_size(READ_BUFFER_BYTES);
 }
+
+/// The most an HTTP/1 connection buffers of what it reads, beyond the body it keeps.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// SIGINT and SIGTERM, listened to from the moment this is made: made before the server says `ready`, so a
 /// signal that follows at once still shuts it down gracefully instead of killing it.

@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CRMCHAT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all requests together (at least `--max-body-bytes`). A body
+    /// that finds no room is read to its end and answered 503 `QUERY_LIMIT_EXCEEDED`, for the client to retry.
+    #[arg(long, env = "CRMCHAT_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
     /// Share the rate limits of several instances through this Redis (e.g. `redis://127.0.0.1:6379`).
     #[arg(long, env = "CRMCHAT_REDIS")]
     pub redis: Option<String>,
@@ -141,6 +145,8 @@ impl std::str::FromStr for ControlToken {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all requests together.
+    pub max_buffered_bytes: usize,
     pub param_limits: crate::rest::params::Limits,
     pub access_token_ttl_secs: u64,
     pub trust_forwarded_for: bool,
@@ -159,6 +165,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
             param_limits: Default::default(),
             access_token_ttl_secs: 3600,
             trust_forwarded_for: false,

@@ -405,13 +405,34 @@ pub fn cut(value: &Value) -> Value {
     if json_size_within(value, CUT_BYTES) {
         return value.clone();
     }
-    let mut text = serde_json::to_string(value).unwrap_or_default();
-    let mut end = CUT_BYTES.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    // Written only up to the cut: the whole text of a 1 MiB parameter would be made for 4 KiB of it, and a
+    // truncated String keeps its capacity, so each entry held the whole size for as long as it was kept.
+    let mut text = FirstBytes(Vec::with_capacity(CUT_BYTES));
+    let _ = serde_json::to_writer(&mut text, value);
+    let mut text = text.0;
+    while std::str::from_utf8(&text).is_err() {
+        text.pop();
     }
-    text.truncate(end);
-    Value::String(text)
+    Value::String(String::from_utf8(text).unwrap_or_default())
+}
+
+/// Keeps the first [`CUT_BYTES`] bytes written to it, then fails, which stops the writing.
+struct FirstBytes(Vec<u8>);
+
+impl std::io::Write for FirstBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = CUT_BYTES - self.0.len();
+        if room == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let taken = buf.len().min(room);
+        self.0.extend_from_slice(&buf[..taken]);
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Is the JSON text of `value` at most `budget` bytes? Walks the value and stops as soon as the budget is spent,
@@ -592,6 +613,8 @@ mod tests {
         let big = json!(vec!["é".repeat(100); 100]);
         let Value::String(text) = cut(&big) else { panic!("a cut value is text") };
         assert!(text.len() <= CUT_BYTES && text.len() > CUT_BYTES - 4 && text.starts_with("[\"é"));
+        assert_eq!(text.as_bytes(), &serde_json::to_vec(&big).unwrap()[..text.len()], "the start of the text");
+        assert!(text.capacity() <= CUT_BYTES, "no more kept than the cut ({})", text.capacity());
         // The estimate never lets a value through that is longer than the budget.
         for n in [0, 10, 100, 1000, 2000, 4000, 5000] {
             let v = json!({"k": "\"".repeat(n)});

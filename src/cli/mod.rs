@@ -220,6 +220,13 @@ fn max_connections(asked: Option<u64>) -> usize {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Checked before anything is opened: a budget smaller than one body would refuse every largest body.
+    anyhow::ensure!(
+        args.max_buffered_bytes >= args.max_body_bytes,
+        "--max-buffered-bytes ({}) must be at least --max-body-bytes ({})",
+        args.max_buffered_bytes,
+        args.max_body_bytes
+    );
     // Before the store opens: the SQLite writer's thread takes its histogram as it starts.
     if let Some(metrics) = crate::telemetry::install() {
         crate::telemetry::spawn_upkeep(metrics);
@@ -271,6 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (http, https) = (bound.http.local_addr()?, bound.https.local_addr()?);
     let settings = Settings {
         max_body_bytes: args.max_body_bytes,
+        max_buffered_bytes: args.max_buffered_bytes,
         access_token_ttl_secs: args.access_token_ttl,
         trust_forwarded_for: args.trust_forwarded_for,
         read_timeout: std::time::Duration::from_secs(args.read_timeout),

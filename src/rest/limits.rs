@@ -387,6 +387,33 @@ impl OperatingTimeLimits for OperatingTime {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// What a call is charged
+
+/// Runs `method` and measures the time it spent running on the server's threads. Time it waited — for a
+/// database connection, a lock, SQLite's busy timeout, the database's answer, the writer's next group — is
+/// not counted: a method waits there only when the server is queueing or stalled, and a stalled database must
+/// not block its callers for the ten minutes of the window once it is healthy again. (A query's own time on the
+/// database is not counted either: PostgreSQL cannot tell it apart from a wait for `LOCK TABLE`.)
+pub async fn executed<F: Future>(method: F) -> (F::Output, Duration) {
+    let mut method = std::pin::pin!(method);
+    let mut running = Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
+        let began = std::time::Instant::now();
+        let poll = method.as_mut().poll(cx);
+        running += began.elapsed();
+        poll
+    })
+    .await;
+    (output, running)
+}
+
+/// The operating time a call is charged: what it executed, unless that is under [`MIN_COUNTED`] or the call
+/// failed on the server's side (a 500: the work was the server's fault, not the caller's).
+pub fn charge(executed: Duration, server_fault: bool) -> Option<Duration> {
+    (!server_fault && executed >= MIN_COUNTED).then_some(executed)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Bounded map
 
 /// A map of per-key state with periodic pruning and a hard cap.
@@ -436,6 +463,21 @@ impl<V> Tracked<V> {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    #[tokio::test]
+    async fn waits_are_not_executed_time() {
+        let ((), running) = executed(tokio::time::sleep(Duration::from_millis(300))).await;
+        assert!(running < Duration::from_millis(300), "sleeping is waiting: {running:?}");
+        let ((), running) = executed(async { std::thread::sleep(Duration::from_millis(150)) }).await;
+        assert!(running >= Duration::from_millis(150), "blocking in the method is running: {running:?}");
+    }
+
+    #[test]
+    fn server_faults_and_short_calls_are_not_charged() {
+        assert_eq!(charge(Duration::from_millis(99), false), None);
+        assert_eq!(charge(Duration::from_millis(100), false), Some(Duration::from_millis(100)));
+        assert_eq!(charge(Duration::from_secs(5), true), None);
+    }
 
     /// 1_700_000_040 is a whole minute (28_333_334 × 60).
     const T0: u64 = 1_700_000_040;

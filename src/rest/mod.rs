@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod body_budget;
 pub mod envelope;
 pub mod error;
 pub mod faults;
@@ -21,6 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
+use self::body_budget::{BodyBudget, Share};
 use self::envelope::{Format, Timing, render_error, render_success};
 use self::error::{ApiError, Code, Variant};
 use self::limits::{OperatingStatus, Plan};
@@ -333,8 +335,8 @@ async fn call(
         }
         return Err(Code::MethodNotFound.into());
     };
-    let params = match read_params(app, request.query, headers, body).await {
-        Ok(params) => params,
+    let (params, _body_share) = match read_params(app, request.query, headers, body).await {
+        Ok(read) => read,
         Err(err) => {
             if let Some(draft) = draft {
                 draft.claimed(&auth::extract(request.rest_path.webhook, headers, &mut Params::new()));
@@ -521,16 +523,17 @@ pub(crate) async fn invoke(
     };
     // Durations come from the monotonic clock: moving the portal clock must not charge or refund time.
     let method_start = std::time::Instant::now();
-    let result = handler(&ctx, params).await;
+    let (result, running) = limits::executed(handler(&ctx, params)).await;
     let finish = std::time::Instant::now();
-    let duration = finish.saturating_duration_since(method_start);
-    // Failed calls consume operating time too: the work was done. A call too short to be charged leaves the
+    // Calls the caller made fail consume operating time too: the work was done. A call not charged leaves the
     // standing as it was, so it is not asked for again.
-    let operating = if duration >= limits::MIN_COUNTED {
-        app.operating.record(&operating_key, duration).await;
-        app.operating.status(&operating_key).await
-    } else {
-        before
+    let server_fault = result.as_ref().is_err_and(|err| err.status().is_server_error());
+    let operating = match limits::charge(running, server_fault) {
+        Some(charged) => {
+            app.operating.record(&operating_key, charged).await;
+            app.operating.status(&operating_key).await
+        }
+        None => before,
     };
     let output = result?;
     Ok((output, timing(&start, method_start, finish, &operating)))
@@ -552,33 +555,97 @@ fn timing(
     }
 }
 
-/// The whole body, refused past `max_bytes` (413) or when it trickles in slower than the read timeout.
+/// The whole body, refused past `max_bytes` (413), when it trickles in slower than the read timeout (408), or
+/// when the budget of all bodies has no room for it (503), with the share of the budget it holds.
 pub(crate) async fn read_body(
     body: Body,
     max_bytes: usize,
     read_timeout: std::time::Duration,
-) -> Result<bytes::Bytes, ApiError> {
+    budget: &BodyBudget,
+) -> Result<(Vec<u8>, Share), ApiError> {
     // A declared length far over the limit is refused at once, without waiting for the body. A body just
     // over it is read up to the limit first: answering mid-upload makes most clients fail on a broken pipe
     // before they read the 413.
-    if axum::body::HttpBody::size_hint(&body).lower() > 8 * max_bytes as u64 {
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    if declared > 8 * max_bytes as u64 {
         return Err(Code::RequestTooLarge.into());
     }
     // Most bodies came in with the headers: a first poll collects them without arming a timer.
-    let mut collect = std::pin::pin!(axum::body::to_bytes(body, max_bytes));
+    let mut collect = std::pin::pin!(collect_body(body, declared, max_bytes, budget));
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
-    let collected = match first {
-        std::task::Poll::Ready(result) => Ok(result),
-        std::task::Poll::Pending => tokio::time::timeout(read_timeout, collect).await,
-    };
-    match collected {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(err)) if is_length_limit(&err) => Err(Code::RequestTooLarge.into()),
-        Ok(Err(err)) if is_timeout(&err) => Err(Code::RequestTimeout.into()),
-        Ok(Err(_)) => Err(Variant::MalformedBody.into()),
-        Err(_) => Err(Code::RequestTimeout.into()),
+    match first {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => {
+            tokio::time::timeout(read_timeout, collect).await.unwrap_or(Err(Code::RequestTimeout.into()))
+        }
     }
 }
+
+/// Reads `body` into one buffer, each chunk copied in and dropped at once: collecting the chunks and joining
+/// them at the end cost twice the body, and each chunk kept the whole read buffer it was cut from alive. The
+/// buffer grows by doubling as bytes arrive, up to the declared length, and each step takes its room from
+/// `budget` first, so a client that declares a large body and sends it slowly holds only about what it sent.
+/// Without room the part read is let go and the rest of the body read and dropped, so the client is past
+/// sending when it gets its 503.
+async fn collect_body(
+    mut body: Body,
+    declared: u64,
+    max_bytes: usize,
+    budget: &BodyBudget,
+) -> Result<(Vec<u8>, Share), ApiError> {
+    use http_body_util::BodyExt as _;
+    // A body that comes without its length may be as long as the limit.
+    let longest = match usize::try_from(declared) {
+        Ok(0) | Err(_) => max_bytes,
+        Ok(declared) => declared.min(max_bytes),
+    };
+    let mut share = budget.share();
+    let mut buffer = Vec::new();
+    let mut refused = false;
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| match is_timeout(&err) {
+            true => ApiError::from(Code::RequestTimeout),
+            false => ApiError::from(Variant::MalformedBody),
+        })?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        received = received.saturating_add(chunk.len());
+        if received > max_bytes {
+            return Err(Code::RequestTooLarge.into());
+        }
+        if refused {
+            continue;
+        }
+        if received > buffer.capacity() {
+            let size = received.max(buffer.capacity() * 2).max(FIRST_BUFFER_BYTES).min(longest.max(received));
+            if !share.grow_to(size) {
+                refused = true;
+                // Given back at once: others may finish with the room.
+                (buffer, share) = (Vec::new(), budget.share());
+                continue;
+            }
+            buffer.reserve_exact(size - buffer.len());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    if refused {
+        if let Some(held_back) = BUDGET_LOG.allow() {
+            tracing::warn!(
+                available_bytes = budget.available(),
+                similar_lines_held_back = held_back,
+                "request bodies fill --max-buffered-bytes: a body was answered 503"
+            );
+        }
+        return Err(Code::QueryLimitExceeded.into());
+    }
+    Ok((buffer, share))
+}
+
+/// The first room taken for a body longer than this; a shorter one gets room for its declared length at once.
+const FIRST_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Bodies refused for want of room in the budget, told at most every 10 s.
+static BUDGET_LOG: LogThrottle = LogThrottle::new(std::time::Duration::from_secs(10));
 
 /// Does `err` or one of its causes satisfy `test`?
 fn caused_by(err: &axum::Error, test: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
@@ -592,21 +659,26 @@ fn caused_by(err: &axum::Error, test: impl Fn(&(dyn std::error::Error + 'static)
     false
 }
 
-fn is_length_limit(err: &axum::Error) -> bool {
-    caused_by(err, |e| e.is::<http_body_util::LengthLimitError>())
-}
-
 /// The connection's read timeout (`crate::read_timeout`) fired while the body was awaited.
 fn is_timeout(err: &axum::Error) -> bool {
     caused_by(err, |e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut))
 }
 
-async fn read_params(app: &AppState, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Params, ApiError> {
-    let bytes = read_body(body, app.settings.max_body_bytes, app.settings.read_timeout).await?;
+/// The parameters of query and body, with the share of the body budget the body took: held until the call is
+/// answered, since the parameters are as big as the body was.
+async fn read_params(
+    app: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Params, Share), ApiError> {
+    let (bytes, share) =
+        read_body(body, app.settings.max_body_bytes, app.settings.read_timeout, &app.body_budget).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    params::parse_request(query, content_type, &bytes, &app.settings.param_limits)
+    let params = params::parse_request(query, content_type, &bytes, &app.settings.param_limits)
         .await
-        .map_err(ApiError::unreadable_params)
+        .map_err(ApiError::unreadable_params)?;
+    Ok((params, share))
 }
 
 #[cfg(test)]

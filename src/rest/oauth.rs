@@ -39,7 +39,8 @@ pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Respon
 
 async fn grant(app: &AppState, request: Request) -> Result<Value, ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = super::read_body(body, app.settings.max_body_bytes, app.settings.read_timeout).await?;
+    let (bytes, _body_share) =
+        super::read_body(body, app.settings.max_body_bytes, app.settings.read_timeout, &app.body_budget).await?;
     // Tokens refer to users and applications that a replace of the state removes: see `AppState::state_gate`.
     let _calls = app.state_gate.read().await;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());

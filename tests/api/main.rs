@@ -4,6 +4,7 @@ mod helpers;
 
 mod backend_move;
 mod batch;
+mod body_budget;
 mod chat_get;
 mod chat_user_list;
 mod clock;

@@ -50,3 +50,24 @@ async fn a_call_stalled_past_the_request_timeout_gets_the_error_envelope() {
     assert!(again.status == 200 || again.status == 400, "after the stall: {} {}", again.status, again.text);
     assert!(app.log().contains("timed out"), "the timeout is logged:\n{}", app.log());
 }
+
+/// Operating time charges what the method executed (issue 18). Before, a call charged its whole wall time, the
+/// wait for the lock included: after a stall of a few minutes, every caller of the method was refused 429
+/// `OPERATION_TIME_LIMIT` for up to ten minutes once the database was healthy again. Here a call waits 3 s on
+/// the lock; it answered `operating` 3.0 before (so some 160 such calls in ten minutes blocked the webhook),
+/// and must answer 0 now.
+#[tokio::test]
+async fn a_stall_is_not_charged_as_operating_time() {
+    let app = spawn_app_with_env(demo_fixture(), &[]).await;
+    let stall = DbStall::hold(&app.data_dir).await;
+    let call = {
+        let (client, url) = (app.client.clone(), app.url(&app.method_path(crate::helpers::METHOD)));
+        tokio::spawn(async move { client.post(url).json(&removal()).send().await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stall.release().await;
+    let response = call.await.unwrap().expect("the stalled call is answered");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["time"]["processing"].as_f64().unwrap() >= 2.5, "the call did wait for the lock: {body}");
+    assert_eq!(body["time"]["operating"], 0.0, "the wait is not charged: {body}");
+}
