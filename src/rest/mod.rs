@@ -179,16 +179,23 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let method = registry::position(&rest_path.method);
     let result =
         call(&app, request, method.map(|i| &registry::METHODS[i]), &parts.headers, body, start, draft.as_mut()).await;
-    count_call(method, &result, reset, start.instant.elapsed());
+    // Closed without an answer by a fault rule: neither a success nor the error the method gave.
+    let closed = reset.is_some_and(ResetSwitch::is_reset);
+    let error = match &result {
+        _ if closed => Some(faults::CONNECTION_RESET),
+        Ok(_) => None,
+        Err(err) => Some(err.code().as_str()),
+    };
+    count_call(method, error, start.instant.elapsed());
     let response = match &result {
         Ok((output, timing)) => render_success(output, timing, format),
         Err(err) => render_error(err, format),
     };
     if let Some(draft) = draft {
-        let (status, error, result) = match &result {
-            _ if reset.is_some_and(ResetSwitch::is_reset) => (None, Some(faults::CONNECTION_RESET), None),
-            Ok((output, _)) => (Some(200), None, Some(journal::cut(&output.result))),
-            Err(err) => (Some(err.status().as_u16()), Some(err.code().as_str()), None),
+        let (status, result) = match &result {
+            _ if closed => (None, None),
+            Ok((output, _)) => (Some(200), Some(journal::cut(&output.result))),
+            Err(err) => (Some(err.status().as_u16()), None),
         };
         let call = journal::Call {
             at_ms: start.unix_ms(),
@@ -237,27 +244,19 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
 /// The handles of each method's successful calls, by its place in the registry.
 static METHOD_METRICS: std::sync::OnceLock<Vec<telemetry::MethodHandles>> = std::sync::OnceLock::new();
 
-/// Count a call in the metrics: `method` is its place in the registry (`None`: no such method).
-fn count_call(
-    method: Option<usize>,
-    result: &Result<(Output, Timing), ApiError>,
-    reset: Option<&ResetSwitch>,
-    elapsed: std::time::Duration,
-) {
-    let name = method.map_or(telemetry::UNKNOWN_METHOD, |i| registry::METHODS[i].name);
-    match result {
-        _ if reset.is_some_and(ResetSwitch::is_reset) => {
-            telemetry::rest_call_refused(name, faults::CONNECTION_RESET, elapsed)
+/// Count a call in the metrics: `method` is its place in the registry (`None`: no such method), `error` the
+/// code it was answered with (`None`: a result).
+fn count_call(method: Option<usize>, error: Option<&'static str>, elapsed: std::time::Duration) {
+    match (method, error) {
+        (Some(i), None) => {
+            let handles = METHOD_METRICS
+                .get_or_init(|| registry::METHODS.iter().map(|m| telemetry::MethodHandles::new(m.name)).collect());
+            handles[i].succeeded(elapsed);
         }
-        Ok(_) => match method {
-            Some(i) => {
-                let handles = METHOD_METRICS
-                    .get_or_init(|| registry::METHODS.iter().map(|m| telemetry::MethodHandles::new(m.name)).collect());
-                handles[i].succeeded(elapsed);
-            }
-            None => telemetry::rest_call_refused(name, telemetry::OK, elapsed),
-        },
-        Err(err) => telemetry::rest_call_refused(name, err.code().as_str(), elapsed),
+        (method, error) => {
+            let name = method.map_or(telemetry::UNKNOWN_METHOD, |i| registry::METHODS[i].name);
+            telemetry::rest_call_refused(name, error.unwrap_or(telemetry::OK), elapsed);
+        }
     }
 }
 

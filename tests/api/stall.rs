@@ -13,6 +13,12 @@ fn removal() -> serde_json::Value {
     json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})
 }
 
+/// The removal, sent in the background (it waits out the stall while the test holds it).
+fn spawn_removal(app: &crate::helpers::TestApp) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (client, url) = (app.client.clone(), app.url(&app.method_path(crate::helpers::METHOD)));
+    tokio::spawn(async move { client.post(url).json(&removal()).send().await })
+}
+
 #[tokio::test]
 async fn a_stall_longer_than_the_read_timeout_is_still_answered() {
     // Reads must arrive within 2 s; the call waits 4 s on the database.
@@ -20,10 +26,7 @@ async fn a_stall_longer_than_the_read_timeout_is_still_answered() {
     let app = spawn_app_with_env(demo_fixture(), &env).await;
     let stall = DbStall::hold(&app.data_dir).await;
     let started = Instant::now();
-    let call = {
-        let (client, url) = (app.client.clone(), app.url(&app.method_path(crate::helpers::METHOD)));
-        tokio::spawn(async move { client.post(url).json(&removal()).send().await })
-    };
+    let call = spawn_removal(&app);
     tokio::time::sleep(Duration::from_secs(4)).await;
     stall.release().await;
     let response = call.await.unwrap().expect("the stalled call is answered, not cut off");
@@ -60,10 +63,7 @@ async fn a_call_stalled_past_the_request_timeout_gets_the_error_envelope() {
 async fn a_stall_is_not_charged_as_operating_time() {
     let app = spawn_app_with_env(demo_fixture(), &[]).await;
     let stall = DbStall::hold(&app.data_dir).await;
-    let call = {
-        let (client, url) = (app.client.clone(), app.url(&app.method_path(crate::helpers::METHOD)));
-        tokio::spawn(async move { client.post(url).json(&removal()).send().await })
-    };
+    let call = spawn_removal(&app);
     tokio::time::sleep(Duration::from_secs(3)).await;
     stall.release().await;
     let response = call.await.unwrap().expect("the stalled call is answered");
