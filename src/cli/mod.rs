@@ -329,7 +329,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )?;
         writeln!(
             out,
-            "     curl -s --cacert {} https://localhost:{}/rest/{}/{}/imopenlines.crm.chat.user.delete.json ...",
+            "     curl -s --cacert {} 'https://localhost:{}/rest/{}/{}/imopenlines.crm.chat.getLastId.json\
+             ?CRM_ENTITY_TYPE=deal&CRM_ENTITY=288'",
             cert.cert.display(),
             https.port(),
             demo::DEMO_WEBHOOK_USER,

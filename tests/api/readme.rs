@@ -9,8 +9,10 @@
 //! The SDK groups need the SDKs that `tests/sdk/setup.sh` installs, so like `sdk.rs` they are ignored by a plain
 //! `cargo test` and run by `scripts/test`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::*;
 
@@ -20,6 +22,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const RUN_ELSEWHERE: &[&str] = &["clients-python", "clients-node"];
 /// Groups this file runs.
 const RUN_HERE: &[&str] = &["curl", "python-sdk", "js-sdk"];
+/// The banner `serve --demo` prints: an output with no command, compared by its own test.
+const BANNER: &str = "serve-demo";
 
 #[derive(Debug, Clone, PartialEq)]
 enum Role {
@@ -189,7 +193,7 @@ fn every_marked_example_has_a_runner() {
     let blocks = marked_blocks(&readme());
     for b in &blocks {
         assert!(
-            RUN_HERE.contains(&b.group.as_str()) || RUN_ELSEWHERE.contains(&b.group.as_str()),
+            RUN_HERE.contains(&b.group.as_str()) || RUN_ELSEWHERE.contains(&b.group.as_str()) || b.group == BANNER,
             "README.md line {}: group {:?} is run by nobody; add it to tests/api/readme.rs",
             b.line,
             b.group
@@ -233,25 +237,80 @@ fn pinned(file: &str, prefix: &str, end: char) -> String {
     text[at..].split(end).next().unwrap().trim().to_string()
 }
 
-#[tokio::test]
-#[ignore = "needs python3, PyPI and b24pysdk; scripts/test runs it"]
-async fn python_sdk_example_runs_as_printed() {
+/// Both SDK groups need the SDKs `tests/sdk/setup.sh` installs; the README pins their versions.
+fn sdk_workspace_links(work: &Workspace) {
     let version = pinned("tests/sdk/python/requirements.txt", "b24pysdk==", '\n');
     assert_pinned(&format!("pip install b24pysdk=={version}"));
-    crate::sdk::setup();
-    let work = Workspace::new().await;
-    work.link(".venv", &crate::sdk::sdk_dir().join("venv"));
-    work.run(&group("python-sdk")).await;
-}
-
-#[tokio::test]
-#[ignore = "needs node >= 20, npm and @bitrix24/b24jssdk; scripts/test runs it"]
-async fn js_sdk_example_runs_as_printed() {
     let version = pinned("tests/sdk/js/package.json", "\"@bitrix24/b24jssdk\": \"", '"');
     assert_pinned(&format!("npm install @bitrix24/b24jssdk@{version}"));
     crate::sdk::setup();
+    work.link(".venv", &crate::sdk::sdk_dir().join("venv"));
+    work.link("node_modules", &crate::sdk::sdk_dir().join("node/node_modules"));
+}
+
+/// A newcomer's walk through the README on one server, in the README's order: the curl examples, then the
+/// Python SDK's removal, then the JavaScript SDK's. Each removes a different member, so every step answers as
+/// printed on the server the steps before it changed.
+#[tokio::test]
+#[ignore = "needs python3, node >= 20, PyPI, npm and both SDKs; scripts/test runs it"]
+async fn curl_then_sdk_examples_run_as_printed_on_one_server() {
     let work = Workspace::new().await;
-    let modules: PathBuf = crate::sdk::sdk_dir().join("node/node_modules");
-    work.link("node_modules", &modules);
+    sdk_workspace_links(&work);
+    work.run(&group("curl")).await;
+    work.run(&group("python-sdk")).await;
     work.run(&group("js-sdk")).await;
+    assert_eq!(members(&work.app.export(), 8773), vec![14]);
+}
+
+/// The banner block: what `serve --demo` prints, started as the README says (in an empty directory, so its
+/// data directory is `./crmchat-data`), with its ports in place of 8080 and 8443. Then both `try:` lines run
+/// as printed and answer the chat id.
+#[tokio::test]
+async fn the_demo_banner_is_printed_as_shown_and_its_curl_lines_work() {
+    let banner = marked_blocks(&readme()).into_iter().find(|b| b.group == BANNER).expect("the README's banner");
+    let dir = tempfile::Builder::new().prefix("crmchat-banner-").tempdir().unwrap();
+    let mut cmd = tokio::process::Command::from(crmchat_command());
+    cmd.args(["serve", "--demo", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut server = cmd.spawn().expect("starting crmchat serve --demo");
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line == "ready";
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(COMMAND_TIMEOUT, read).await.expect("serve --demo prints `ready`");
+    let printed = printed.join("\n");
+    let port = |prefix: &str| {
+        let line = printed.lines().find_map(|l| l.strip_prefix(prefix)).expect("the banner names its ports");
+        line.rsplit(':').next().unwrap().to_string()
+    };
+    let (http, https) = (port("http: "), port("https: "));
+    let expected = banner.code.replace(":8080", &format!(":{http}")).replace(":8443", &format!(":{https}"));
+    assert!(matches(&expected, &printed), "serve --demo printed\n{printed}\nbut the README shows\n{}", banner.code);
+    let tries: Vec<&str> =
+        printed.lines().filter_map(|l| l.strip_prefix("try: ").or_else(|| l.strip_prefix("     "))).collect();
+    assert_eq!(tries.len(), 2, "two curl lines to try:\n{printed}");
+    for line in tries {
+        let out = tokio::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", line])
+            .current_dir(dir.path())
+            .env("NO_PROXY", "localhost,127.0.0.1")
+            .env("no_proxy", "localhost,127.0.0.1")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(matches("{\"result\":8773,…}", &stdout), "`{line}` printed {stdout}");
+    }
+    server.kill().await.unwrap();
 }
