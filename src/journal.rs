@@ -65,7 +65,7 @@ pub struct Call {
     pub method: String,
     /// `json` or `xml`.
     pub transport: &'static str,
-    pub http_method: String,
+    pub http_method: axum::http::Method,
     pub auth: Auth,
     /// Already redacted ([`redact`]).
     pub params: Value,
@@ -105,7 +105,7 @@ impl Entry {
             "at": rfc3339_ms(call.at_ms),
             "method": call.method,
             "transport": call.transport,
-            "http_method": call.http_method,
+            "http_method": call.http_method.as_str(),
             "auth": auth,
             "params": call.params,
             "status": call.status,
@@ -212,7 +212,7 @@ impl Journal {
         let mut ring = self.lock();
         ring.last_id += 1;
         let batch_id = ring.last_id;
-        ring.push(Entry { id: batch_id, call, batch_id: None }, self.capacity);
+        let evicted = ring.push(Entry { id: batch_id, call, batch_id: None }, self.capacity);
         for command in commands {
             ring.last_id += 1;
             let id = ring.last_id;
@@ -220,6 +220,8 @@ impl Journal {
         }
         let newest = ring.last_id;
         drop(ring);
+        // Freed outside the lock, which other calls wait on.
+        drop(evicted);
         // Nobody watching (nearly always): no write to the channel on the REST path. A watcher that subscribes
         // later reads the journal itself before it waits.
         if self.newest.receiver_count() > 0 {
@@ -314,11 +316,11 @@ impl Journal {
 }
 
 impl Ring {
-    fn push(&mut self, entry: Entry, capacity: usize) {
-        while self.entries.len() >= capacity {
-            self.entries.pop_front();
-        }
+    /// Store `entry`, and hand back the oldest one when the ring was full.
+    fn push(&mut self, entry: Entry, capacity: usize) -> Option<Entry> {
+        let evicted = if self.entries.len() >= capacity { self.entries.pop_front() } else { None };
         self.entries.push_back(entry);
+        evicted
     }
 }
 
@@ -401,10 +403,17 @@ fn query_key(key: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// `value`, or when its JSON text is longer than [`CUT_BYTES`], the first `CUT_BYTES` bytes of that text.
-pub fn cut(value: &Value) -> Value {
-    if json_size_within(value, CUT_BYTES) {
-        return value.clone();
-    }
+pub fn cut(value: Value) -> Value {
+    if json_size_within(&value, CUT_BYTES) { value } else { first_bytes(&value) }
+}
+
+/// [`cut`] of a value the caller keeps: copied only when it is small.
+pub fn cut_copy(value: &Value) -> Value {
+    if json_size_within(value, CUT_BYTES) { value.clone() } else { first_bytes(value) }
+}
+
+/// The first [`CUT_BYTES`] bytes of the JSON text of `value`, as a string (never a broken UTF-8 sequence).
+fn first_bytes(value: &Value) -> Value {
     // Written only up to the cut: the whole text of a 1 MiB parameter would be made for 4 KiB of it, and a
     // truncated String keeps its capacity, so each entry held the whole size for as long as it was kept.
     let mut text = FirstBytes(Vec::with_capacity(CUT_BYTES));
@@ -489,7 +498,7 @@ mod tests {
             at_ms: 1_796_000_000_123,
             method: method.into(),
             transport: "json",
-            http_method: "POST".into(),
+            http_method: axum::http::Method::POST,
             auth: Auth { kind: AuthType::Webhook, user_id: user, webhook_id: Some(1), client_id: None },
             params: json!({}),
             status: Some(status),
@@ -609,9 +618,11 @@ mod tests {
     #[test]
     fn big_values_are_cut() {
         let small = json!({"a": [1, 2, 3], "b": "x".repeat(100)});
-        assert_eq!(cut(&small), small);
+        assert_eq!(cut(small.clone()), small);
+        assert_eq!(cut_copy(&small), small);
         let big = json!(vec!["é".repeat(100); 100]);
-        let Value::String(text) = cut(&big) else { panic!("a cut value is text") };
+        assert_eq!(cut_copy(&big), cut(big.clone()));
+        let Value::String(text) = cut(big.clone()) else { panic!("a cut value is text") };
         assert!(text.len() <= CUT_BYTES && text.len() > CUT_BYTES - 4 && text.starts_with("[\"é"));
         assert_eq!(text.as_bytes(), &serde_json::to_vec(&big).unwrap()[..text.len()], "the start of the text");
         assert!(text.capacity() <= CUT_BYTES, "no more kept than the cut ({})", text.capacity());

@@ -71,7 +71,7 @@ pub async fn run(
         if let (Some(draft), Some(seen)) = (draft.as_deref_mut(), seen) {
             let (status, error, result) = match &outcome {
                 _ if reset.is_some_and(ResetSwitch::is_reset) => (None, Some(super::faults::CONNECTION_RESET), None),
-                Ok((output, _)) => (Some(200), None, Some(journal::cut(&output.result))),
+                Ok((output, _)) => (Some(200), None, Some(journal::cut_copy(&output.result))),
                 Err(err) => (Some(err.status().as_u16()), Some(err.code().as_str()), None),
             };
             let params = super::redacted_with(seen.params, &draft.secret);
@@ -80,7 +80,7 @@ pub async fn run(
                 method: seen.method,
                 // The outer call's, filled in when it is recorded.
                 transport: "",
-                http_method: String::new(),
+                http_method: axum::http::Method::POST,
                 auth: super::journal_auth(caller),
                 params,
                 status,

@@ -153,7 +153,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
                 at_ms: start.unix_ms(),
                 method: method.to_ascii_lowercase(),
                 transport: Format::Json.as_str(),
-                http_method: parts.method.as_str().to_string(),
+                http_method: parts.method.clone(),
                 auth: Auth::default(),
                 params: serde_json::Value::Object(Params::new()),
                 status: Some(err.status().as_u16()),
@@ -191,32 +191,6 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         Ok((output, timing)) => render_success(output, timing, format),
         Err(err) => render_error(err, format),
     };
-    if let Some(draft) = draft {
-        let (status, result) = match &result {
-            _ if closed => (None, None),
-            Ok((output, _)) => (Some(200), Some(journal::cut(&output.result))),
-            Err(err) => (Some(err.status().as_u16()), None),
-        };
-        let call = journal::Call {
-            at_ms: start.unix_ms(),
-            method: rest_path.method.clone(),
-            transport: format.as_str(),
-            http_method: parts.method.as_str().to_string(),
-            auth: draft.auth,
-            params: draft.params,
-            status,
-            error,
-            result,
-            duration_ms: start.instant.elapsed().as_secs_f64() * 1000.0,
-            fault: draft.fault,
-        };
-        let mut commands = draft.commands;
-        for command in &mut commands {
-            command.transport = call.transport;
-            command.http_method.clone_from(&call.http_method);
-        }
-        app.journal.record_batch(call, commands);
-    }
     // Only the method name is logged: the path holds the webhook code and parameters may hold tokens.
     // Refused calls are logged at info; successes at debug, since formatting a line per call costs a tenth of
     // the server's throughput (`CRMCHAT_LOG=debug` shows them).
@@ -237,6 +211,33 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
             elapsed_ms = start.instant.elapsed().as_secs_f64() * 1000.0,
             "rest call refused"
         ),
+    }
+    // Recorded last, so the journal takes the method's name and result instead of copies.
+    if let Some(draft) = draft {
+        let (status, result) = match result {
+            _ if closed => (None, None),
+            Ok((output, _)) => (Some(200), Some(journal::cut(output.result))),
+            Err(err) => (Some(err.status().as_u16()), None),
+        };
+        let call = journal::Call {
+            at_ms: start.unix_ms(),
+            method: rest_path.method,
+            transport: format.as_str(),
+            http_method: parts.method,
+            auth: draft.auth,
+            params: draft.params,
+            status,
+            error,
+            result,
+            duration_ms: start.instant.elapsed().as_secs_f64() * 1000.0,
+            fault: draft.fault,
+        };
+        let mut commands = draft.commands;
+        for command in &mut commands {
+            command.transport = call.transport;
+            command.http_method.clone_from(&call.http_method);
+        }
+        app.journal.record_batch(call, commands);
     }
     response
 }
@@ -473,7 +474,7 @@ fn redacted(params: Params, credentials: &auth::Credentials) -> serde_json::Valu
 fn redacted_with(params: Params, secret: &str) -> serde_json::Value {
     let mut params = serde_json::Value::Object(params);
     journal::redact(&mut params, &[secret]);
-    journal::cut(&params)
+    journal::cut(params)
 }
 
 fn secret_of(credentials: &auth::Credentials) -> &str {
