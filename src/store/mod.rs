@@ -3,6 +3,7 @@
 //! Two backends, SQLite and PostgreSQL, share their SQL through [`sql`].
 
 pub mod cache;
+mod migrations;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

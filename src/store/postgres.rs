@@ -44,7 +44,7 @@ impl PgStore {
             .connect_with(options)
             .await?;
         // sqlx holds an advisory lock while migrating, so instances starting together migrate once.
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        super::migrations::migrator(super::migrations::POSTGRES).await?.run(&pool).await?;
         Ok(Self { pool })
     }
 }

@@ -44,7 +44,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        super::migrations::migrator(super::migrations::SQLITE).await?.run(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)

@@ -625,10 +625,9 @@ mod tests {
     use super::*;
 
     /// Every migration, in order.
-    const SCHEMA: &str = concat!(
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-        include_str!("../../migrations/sqlite/0002_events.sql")
-    );
+    fn schema() -> String {
+        super::super::migrations::SQLITE.iter().map(|(_, sql)| *sql).collect()
+    }
 
     /// SQLite numbers `$n` parameters by first appearance; the writer binds by position, so `$n` must be the
     /// n-th distinct parameter of every statement.
@@ -636,7 +635,7 @@ mod tests {
     fn placeholders_appear_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let connection = Connection::open(dir.path().join("t.db")).unwrap();
-        connection.execute_batch(SCHEMA).expect("the schema applies");
+        connection.execute_batch(&schema()).expect("the schema applies");
         for statement in sql::ALL {
             let prepared = connection.prepare(statement).unwrap();
             for index in 1..=prepared.parameter_count() {
@@ -788,7 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let connection = open(&path).unwrap();
-        connection.execute_batch(SCHEMA).unwrap();
+        connection.execute_batch(&schema()).unwrap();
         connection
             .execute_batch(
                 "INSERT INTO users SELECT value, 'U', '', 1, 'employee', 0, 'all', 'all', 'all', 'all', 'self', \
@@ -842,7 +841,7 @@ mod tests {
     fn a_failing_change_leaves_its_group_intact() {
         let dir = tempfile::tempdir().unwrap();
         let connection = open(&dir.path().join("t.db")).unwrap();
-        connection.execute_batch(SCHEMA).unwrap();
+        connection.execute_batch(&schema()).unwrap();
         connection
             .execute_batch(
                 "INSERT INTO users VALUES (1, 'A', '', 1, 'employee', 0, 'all', 'all', 'all', 'all', 'self', 'self'), \
