@@ -415,6 +415,37 @@ async fn control_reset_and_restore_of_10000_memberships() {
     eprintln!("reset and restore of 10,000 memberships: {took:?} ms");
 }
 
+/// Not a test: the figures of bench/README.md's "Reset and restore" (median of 5 resets and of 5 restores of a
+/// portal of `CRMCHAT_BENCH_CHATS` chats × 10 members, default 1,000 = 10,000 memberships). Run it on a
+/// release build: `CRMCHAT_TEST_BIN=target/release/crmchat cargo test --test api control_bench -- --ignored
+/// --nocapture` (with `CRMCHAT_TEST_DATABASE=postgres://…` for PostgreSQL).
+#[tokio::test]
+#[ignore = "a benchmark, run by hand (bench/README.md)"]
+async fn control_bench_reset_and_restore() {
+    let chats: i64 = std::env::var("CRMCHAT_BENCH_CHATS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let app = spawn_controlled(big_portal(chats, 10)).await;
+    assert_eq!(snapshot(&app, "big").await.status, 200);
+    let (mut resets, mut restores) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let resp = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 5, "USER_ID": 6})).await;
+        assert_removed(&resp, 5);
+        let resp = reset(&app).await;
+        assert_ok(&resp);
+        resets.push(resp.body["took_ms"].as_u64().unwrap());
+        let resp = restore(&app, "big").await;
+        assert_ok(&resp);
+        restores.push(resp.body["took_ms"].as_u64().unwrap());
+    }
+    resets.sort();
+    restores.sort();
+    eprintln!(
+        "{} memberships: reset median {} ms {resets:?}, restore median {} ms {restores:?}",
+        chats * 10,
+        resets[2],
+        restores[2]
+    );
+}
+
 /// Resets while clients call the REST API: every call is answered (no connection error), never with a 5xx,
 /// and after the last reset the portal is exactly the start-up state.
 #[tokio::test]

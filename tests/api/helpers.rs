@@ -74,7 +74,9 @@ pub fn hook(user: i64, code: &str) -> String {
 
 /// A command for the binary under test with a clean environment.
 pub fn crmchat_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmchat"));
+    // CRMCHAT_TEST_BIN: another build of the server (a release build, for the timings of `*_bench` tests).
+    let bin = std::env::var_os("CRMCHAT_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_crmchat").into());
+    let mut cmd = Command::new(bin);
     for key in SCRUBBED_ENV {
         cmd.env_remove(key);
     }
