@@ -254,7 +254,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut portal = store.export_structure().await?.portal;
         portal.plan = plan.clone();
         let state = fixtures::PortalState { portal, ..Default::default() };
-        store.load_state(state, true, real_time_ms()).await.map_err(|e| anyhow::anyhow!("setting --plan {plan}: {e}"))?;
+        store
+            .load_state(state, true, real_time_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!("setting --plan {plan}: {e}"))?;
     }
     // What a reset of the control API goes back to. Only kept when the control API is on.
     let control_token = match (&args.control_token, args.demo) {
