@@ -20,6 +20,9 @@ pub const JOURNAL_ENTRIES: &str = "crmchat_journal_entries";
 pub const JOURNAL_CAPACITY: &str = "crmchat_journal_capacity";
 pub const POOL_CONNECTIONS: &str = "crmchat_db_pool_connections";
 pub const POOL_MAX_CONNECTIONS: &str = "crmchat_db_pool_max_connections";
+pub const STATE_LOADS: &str = "crmchat_state_loads_total";
+pub const STATE_LOAD_ROWS_READ: &str = "crmchat_state_load_rows_read_total";
+pub const STATE_LOAD_ROWS_WRITTEN: &str = "crmchat_state_load_rows_written_total";
 
 /// The label of calls to a method crmchat does not have: the name in the URL is the client's, and a label per
 /// name would let any client grow the registry without bound.
@@ -83,6 +86,16 @@ fn describe() {
     describe_gauge!(JOURNAL_CAPACITY, "Capacity of the request journal (--journal-size)");
     describe_gauge!(POOL_CONNECTIONS, "Database pool connections by pool and state (idle, in_use)");
     describe_gauge!(POOL_MAX_CONNECTIONS, "Most connections a database pool opens");
+    describe_counter!(STATE_LOADS, "State loads committed by this process (control API, --fixture, --plan)");
+    describe_counter!(STATE_LOAD_ROWS_READ, "Stored rows the state loads of this process read to merge their files");
+    describe_counter!(STATE_LOAD_ROWS_WRITTEN, "Rows the state loads of this process wrote (the files' rows)");
+}
+
+/// A state load's cost in rows: it should follow the file, never the size of the portal.
+pub fn state_loaded(rows_read: u64, rows_written: u64) {
+    counter!(STATE_LOADS).increment(1);
+    counter!(STATE_LOAD_ROWS_READ).increment(rows_read);
+    counter!(STATE_LOAD_ROWS_WRITTEN).increment(rows_written);
 }
 
 /// The handles a REST call uses when a known method answers with a result: registered once per method (see

@@ -192,13 +192,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn load_file(store: &store::DynStore, file: &std::path::Path) -> anyhow::Result<()> {
     let document =
         fixtures::read_document(file).map_err(|e| anyhow::anyhow!("{}: invalid portal state:\n{e}", file.display()))?;
-    match store.load_state(document.state, document.has_portal).await {
+    match store.load_state(document.state, document.has_portal, real_time_ms()).await {
         Ok(()) => Ok(()),
         Err(LoadError::Invalid(errors)) => {
             anyhow::bail!("{}: invalid portal state:\n{errors}", file.display())
         }
         Err(LoadError::Store(e)) => Err(e.into()),
     }
+}
+
+/// The time a load from the command line stamps: a `crmchat state load` process has no portal clock of its
+/// own (an offset lives in the memory of the server that was told it), and a server loading at start-up has
+/// not been told one yet, so both read real time. Loads through the control API read the portal clock.
+fn real_time_ms() -> i64 {
+    crate::clock::unix_micros(std::time::SystemTime::now()).div_euclid(1000)
 }
 
 /// `--max-connections`, kept below what the descriptor limit allows.
@@ -235,7 +242,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = store::open(&url).await.with_context(|| format!("opening {}", store::redact_url(&url)))?;
     if args.demo && !store.is_initialized().await? {
         store
-            .load_state(demo::demo_state(), true)
+            .load_state(demo::demo_state(), true, real_time_ms())
             .await
             .map_err(|e| anyhow::anyhow!("loading the demo portal: {e}"))?;
     }
@@ -247,7 +254,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut portal = store.export_structure().await?.portal;
         portal.plan = plan.clone();
         let state = fixtures::PortalState { portal, ..Default::default() };
-        store.load_state(state, true).await.map_err(|e| anyhow::anyhow!("setting --plan {plan}: {e}"))?;
+        store
+            .load_state(state, true, real_time_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!("setting --plan {plan}: {e}"))?;
     }
     // What a reset of the control API goes back to. Only kept when the control API is on.
     let control_token = match (&args.control_token, args.demo) {

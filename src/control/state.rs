@@ -73,7 +73,7 @@ async fn load(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes)
     // Loads do not replace rows under running calls (they upsert), but they too wait for the calls in flight:
     // a call sees the portal before or after the load.
     let _calls = app.state_gate.write().await;
-    match app.store.load_state(document.state, document.has_portal).await {
+    match app.store.load_state(document.state, document.has_portal, app.clock.unix_ms()).await {
         Ok(()) => Ok(done(started)),
         Err(LoadError::Invalid(errors)) => Err(ControlError::invalid_state(errors.0)),
         Err(LoadError::Store(err)) => Err(err.into()),

@@ -255,8 +255,8 @@ impl Store for CachedStore {
         self.inner.export_structure().await
     }
 
-    async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
-        let result = self.inner.load_state(incoming, has_portal).await;
+    async fn load_state(&self, incoming: PortalState, has_portal: bool, now_ms: i64) -> Result<(), LoadError> {
+        let result = self.inner.load_state(incoming, has_portal, now_ms).await;
         self.reload_now().await?;
         result
     }

@@ -303,9 +303,10 @@ pub trait Store: Send + Sync + 'static {
     async fn export_state(&self) -> StoreResult<PortalState>;
     /// The state without chat members and messages: what the in-memory read model is built from.
     async fn export_structure(&self) -> StoreResult<PortalState>;
-    /// Upsert a state file into the portal: merged with what is stored, validated as a whole, written in one
-    /// transaction. An invalid file changes nothing.
-    async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError>;
+    /// Upsert a state file into the portal: merged with the stored rows it touches, validated, written in one
+    /// transaction; reads and writes in proportion to the file, not to the portal. An invalid file changes
+    /// nothing. New memberships and webhooks are stamped `now_ms` (the portal clock of the loading server).
+    async fn load_state(&self, incoming: PortalState, has_portal: bool, now_ms: i64) -> Result<(), LoadError>;
     /// Make the stored portal exactly `state`, which must be validated (an export, or the output of
     /// `fixtures::validate`): everything not in it is gone, issued OAuth codes and tokens included. One
     /// transaction; `clear_history` also empties the notifications and the outbox (a reset).

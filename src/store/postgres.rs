@@ -22,7 +22,7 @@ use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
 use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult};
 use crate::domain::{CrmEntityType, rules};
-use crate::fixtures::{self, PortalState};
+use crate::fixtures::PortalState;
 
 pub struct PgStore {
     pool: PgPool,
@@ -195,14 +195,13 @@ impl Backend for PgStore {
         Ok(state)
     }
 
-    async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
+    async fn load_state(&self, incoming: PortalState, has_portal: bool, now_ms: i64) -> Result<(), LoadError> {
         let mut tx = self.begin_write().await?;
-        // Another instance's change or load either committed before this point (and is in `existing`) or
-        // waits for the commit: nothing it writes is lost by writing back the merged state.
+        // Another instance's change or load either committed before this point (and the load's reads see it)
+        // or waits for the commit: what the load checks against cannot change under it. Held only for the
+        // file's own rows (see `shared::load`).
         sqlx::query(LOCK_FOR_LOAD).execute(&mut *tx).await.map_err(StoreError::from)?;
-        let existing = shared::export(&mut tx, ExportDetail::Everything).await?;
-        let merged = fixtures::merge(existing, incoming, has_portal).map_err(LoadError::Invalid)?;
-        shared::write_state(&mut tx, &merged).await?;
+        shared::load(&mut tx, incoming, has_portal, now_ms).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }

@@ -32,8 +32,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     fn apply(&self, change: Change) -> impl Future<Output = StoreResult<ChangeOutcome>> + Send;
     fn export(&self, detail: ExportDetail) -> impl Future<Output = StoreResult<PortalState>> + Send;
-    fn load_state(&self, incoming: PortalState, has_portal: bool)
-    -> impl Future<Output = Result<(), LoadError>> + Send;
+    fn load_state(
+        &self,
+        incoming: PortalState,
+        has_portal: bool,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(), LoadError>> + Send;
     /// Replace the whole stored state by a validated one, in one transaction (see `shared::replace_all`).
     fn replace_state(&self, state: &PortalState, clear_history: bool) -> impl Future<Output = StoreResult<()>> + Send;
 
@@ -502,8 +506,8 @@ macro_rules! shared_sql {
                     <Self as Backend>::export(self, ExportDetail::Structure).await
                 }
 
-                async fn load_state(&self, incoming: PortalState, has_portal: bool) -> Result<(), LoadError> {
-                    <Self as Backend>::load_state(self, incoming, has_portal).await
+                async fn load_state(&self, incoming: PortalState, has_portal: bool, now_ms: i64) -> Result<(), LoadError> {
+                    <Self as Backend>::load_state(self, incoming, has_portal, now_ms).await
                 }
 
                 async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()> {
@@ -1079,10 +1083,152 @@ macro_rules! shared_sql {
                 Ok(state)
             }
 
-            /// Write a complete, validated state over the stored one. The merged state holds every stored row,
-            /// so rows are upserted (never deleted, which would cascade to issued tokens); the lists inside a
-            /// row (members, sessions, queue, …) are replaced. Notifications and the outbox are history, not
-            /// state, and stay.
+            /// A load in the caller's write transaction: the stored rows the file touches are read, merged with
+            /// it and validated; the file's rows are written. Counted in the load metrics (rows read, written).
+            pub(crate) async fn load(tx: &mut Tx, incoming: PortalState, has_portal: bool, now: i64) -> Result<(), LoadError> {
+                let keys = fixtures::LoadKeys::of(&incoming);
+                let (scope, rows_read) = load_scope(tx, &keys).await?;
+                let rows = fixtures::merge_for_load(scope, incoming, has_portal).map_err(LoadError::Invalid)?;
+                write_state(tx, &rows, now).await?;
+                $crate::telemetry::state_loaded(rows_read, rows.row_count());
+                Ok(())
+            }
+
+            /// The part of the stored state a load of a file must see ([`fixtures::LoadKeys`]), read with one
+            /// point query per key, and how many rows that read. Only what merging and validating use is
+            /// filled in: a stored row in the scope is neither checked again nor written back (see
+            /// [`fixtures::merge_for_load`]), so the users, records and sessions stand in by their keys.
+            pub(crate) async fn load_scope(conn: &mut Connection, keys: &fixtures::LoadKeys) -> StoreResult<(PortalState, u64)> {
+                use $crate::fixtures::*;
+                let mut rows_read = 0u64;
+                let mut scope = PortalState::default();
+                if let Some(r) = sqlx::query("SELECT * FROM portal WHERE id = 1").fetch_optional(&mut *conn).await? {
+                    rows_read += 1;
+                    scope.portal = fixtures::PortalSettings {
+                        domain: r.get("domain"),
+                        language: r.get("language"),
+                        modules: split_list(r.get("modules")),
+                        plan: r.get("plan"),
+                        strict_line_permissions: r.get("strict_line_permissions"),
+                        require_https: r.get("require_https"),
+                    };
+                }
+                let stand_in = |id: i64| UserDef {
+                    id,
+                    name: String::new(),
+                    last_name: String::new(),
+                    active: true,
+                    kind: "employee".into(),
+                    admin: false,
+                    crm_read: CrmReadDef::default(),
+                    lines: LinePermsDef::default(),
+                };
+                for &id in &keys.users {
+                    let found: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(id).fetch_optional(&mut *conn).await?;
+                    rows_read += found.is_some() as u64;
+                    scope.users.extend(found.map(stand_in));
+                }
+                for (entity_type, id) in &keys.records {
+                    let found: Option<i64> = sqlx::query_scalar("SELECT responsible FROM crm_records WHERE entity_type = $1 AND id = $2")
+                        .bind(entity_type)
+                        .bind(id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    rows_read += found.is_some() as u64;
+                    scope.crm.extend(found.map(|responsible| CrmDef {
+                        entity_type: entity_type.clone(),
+                        id: *id,
+                        title: String::new(),
+                        responsible,
+                        observers: Vec::new(),
+                    }));
+                }
+                for &id in &keys.lines {
+                    let found: Option<String> =
+                        sqlx::query_scalar("SELECT name FROM lines WHERE id = $1").bind(id).fetch_optional(&mut *conn).await?;
+                    let Some(name) = found else { continue };
+                    let connectors = sqlx::query("SELECT id, title, active FROM connectors WHERE line_id = $1 ORDER BY position")
+                        .bind(id)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    rows_read += 1 + connectors.len() as u64;
+                    scope.lines.push(LineDef {
+                        id,
+                        name,
+                        queue: Vec::new(),
+                        connectors: connectors
+                            .iter()
+                            .map(|c| ConnectorDef { id: c.get("id"), title: c.get("title"), active: c.get("active") })
+                            .collect(),
+                    });
+                }
+                let stub = |id: i64, line: i64, connector: String| ChatDef {
+                    id,
+                    line,
+                    connector,
+                    author: None,
+                    members: Vec::new(),
+                    sessions: Vec::new(),
+                    messages: Vec::new(),
+                };
+                let mut kept: std::collections::BTreeMap<i64, ChatDef> = Default::default();
+                // The stored chats of a replaced line: the file may take their connector away.
+                for &line in &keys.replaced_lines {
+                    let rows = sqlx::query("SELECT id, connector_id FROM chats WHERE line_id = $1")
+                        .bind(line)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    rows_read += rows.len() as u64;
+                    for r in rows.iter().filter(|r| !keys.chats.contains(&r.get::<i64, _>("id"))) {
+                        kept.entry(r.get("id")).or_insert_with(|| stub(r.get("id"), line, r.get("connector_id")));
+                    }
+                }
+                // A session or message id the file uses that a chat it does not bring holds already.
+                for (table, ids) in [("sessions", &keys.sessions), ("messages", &keys.messages)] {
+                    let sql = format!(
+                        "SELECT t.chat_id, c.line_id, c.connector_id FROM {table} t JOIN chats c ON c.id = t.chat_id \
+                         WHERE t.id = $1"
+                    );
+                    for &id in ids {
+                        let Some(r) = sqlx::query(&sql).bind(id).fetch_optional(&mut *conn).await? else { continue };
+                        rows_read += 1;
+                        let chat: i64 = r.get("chat_id");
+                        if keys.chats.contains(&chat) {
+                            continue;
+                        }
+                        let c = kept.entry(chat).or_insert_with(|| stub(chat, r.get("line_id"), r.get("connector_id")));
+                        if table == "sessions" {
+                            let status = StatusDef::Name("new".into());
+                            c.sessions.push(SessionDef { id, status, modified: String::new(), crm: Vec::new() });
+                        } else {
+                            c.messages.push(MessageDef { id, author: 0, text: String::new(), date: String::new() });
+                        }
+                    }
+                }
+                scope.chats = kept.into_values().collect();
+                let mut hooks: std::collections::BTreeMap<i64, WebhookDef> = Default::default();
+                let mut found = Vec::new();
+                for &id in &keys.webhook_ids {
+                    found.extend(sqlx::query("SELECT * FROM webhooks WHERE id = $1").bind(id).fetch_optional(&mut *conn).await?);
+                }
+                for hash in &keys.webhook_hashes {
+                    found.extend(sqlx::query("SELECT * FROM webhooks WHERE code_sha256 = $1").bind(hash).fetch_all(&mut *conn).await?);
+                }
+                rows_read += found.len() as u64;
+                for r in &found {
+                    hooks.entry(r.get("id")).or_insert_with(|| WebhookDef {
+                        id: Some(r.get("id")),
+                        user: r.get("user_id"),
+                        code: None,
+                        code_sha256: Some(r.get("code_sha256")),
+                        scopes: split_list(r.get("scopes")),
+                    });
+                }
+                scope.webhooks = hooks.into_values().collect();
+                Ok((scope, rows_read))
+            }
+
             /// Mark a change of what [`crate::store::cache`] keeps in memory (settings, credentials, users,
             /// records, lines, chats, sessions), in the transaction that makes it.
             pub(crate) async fn bump_revision(tx: &mut Tx) -> StoreResult<()> {
@@ -1090,7 +1236,11 @@ macro_rules! shared_sql {
                 Ok(())
             }
 
-            pub(crate) async fn write_state(tx: &mut Tx, state: &PortalState) -> StoreResult<()> {
+            /// Write the rows of a load ([`fixtures::merge_for_load`]): each is upserted (never deleted, which
+            /// would cascade to issued tokens) and the lists inside it (members, sessions, queue, …) replaced;
+            /// stored rows the load does not bring stay untouched. Notifications and the outbox are history,
+            /// not state, and stay. New memberships and webhooks are stamped `now`, the loader's clock.
+            pub(crate) async fn write_state(tx: &mut Tx, state: &PortalState, now: i64) -> StoreResult<()> {
                 bump_revision(tx).await?;
                 let p = &state.portal;
                 sqlx::query(
@@ -1195,7 +1345,6 @@ macro_rules! shared_sql {
                         .await?;
                     }
                 }
-                let now = now_ms();
                 for c in &state.chats {
                     sqlx::query(
                         "INSERT INTO chats (id, line_id, connector_id, author_id, member_count, next_join_seq) \

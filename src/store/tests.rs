@@ -139,7 +139,7 @@ async fn apply_all(changes: Vec<(DynStore, Change)>) -> Vec<ChangeOutcome> {
 /// Two instances on a fresh database holding [`portal`].
 async fn two_instances(db: &TestDb, chats: i64) -> (DynStore, DynStore) {
     let a = db.instance().await;
-    a.load_state(portal(chats), true).await.unwrap();
+    a.load_state(portal(chats), true, 0).await.unwrap();
     (a, db.instance().await)
 }
 
@@ -237,7 +237,7 @@ async fn loads_racing_changes_lose_nothing(db: TestDb) {
                 let user = serde_json::json!({"id": id, "name": format!("Loaded {id}")});
                 let incoming =
                     PortalState { users: vec![serde_json::from_value::<UserDef>(user).unwrap()], ..Default::default() };
-                store.load_state(incoming, false).await.unwrap();
+                store.load_state(incoming, false, 0).await.unwrap();
             }
         });
     }

@@ -25,7 +25,7 @@ struct InProcess {
 async fn in_process() -> InProcess {
     let dir = tempfile::Builder::new().prefix("crmchat-clock-").tempdir().unwrap();
     let store = crmchat::store::open(&format!("sqlite://{}/crmchat.db", dir.path().display())).await.unwrap();
-    store.load_state(crmchat::fixtures::demo::demo_state(), true).await.expect("loading the demo portal");
+    store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo portal");
     let state = Arc::new(AppState::new(store.clone(), Settings::default(), Arc::new(SystemClock)));
     InProcess { app: router(state.clone()), state, store, _dir: dir }
 }

@@ -38,6 +38,7 @@ mod secrets;
 mod secrets_oauth;
 mod shutdown;
 mod stall;
+mod state_load;
 mod transports;
 mod two_instances;
 mod urls;

@@ -37,7 +37,7 @@ struct InProcess {
 async fn in_process() -> InProcess {
     let dir = tempfile::Builder::new().prefix("crmchat-optime-").tempdir().unwrap();
     let store = crmchat::store::open(&format!("sqlite://{}/crmchat.db", dir.path().display())).await.unwrap();
-    store.load_state(crmchat::fixtures::demo::demo_state(), true).await.expect("loading the demo portal");
+    store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo portal");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let t0 = now - now % 60;
     let clock = Arc::new(ManualClock::at_unix(t0 + 5));
