@@ -3,6 +3,7 @@
 pub mod args;
 pub mod crm_chat;
 pub mod event;
+pub mod event_offline;
 pub mod im_chat;
 pub mod message;
 
@@ -53,7 +54,13 @@ impl From<Value> for Output {
 impl CallContext<'_> {
     /// Who causes the changes of this call, for their events.
     pub fn cause(&self) -> crate::store::Cause {
-        crate::store::Cause { user_id: self.caller.id, depth: self.event_depth }
+        let origin = self.client_id.map(|client_id| {
+            std::sync::Arc::new(crate::store::offline::Origin {
+                client_id: client_id.to_string(),
+                connector_id: self.auth_connector.to_string(),
+            })
+        });
+        crate::store::Cause { user_id: self.caller.id, depth: self.event_depth, origin }
     }
 }
 
