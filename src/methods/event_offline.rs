@@ -114,9 +114,7 @@ fn typed(field: Field, value: &Value) -> Option<queue::Value> {
         return Some(queue::Value::Text(text));
     }
     if field == Field::TimestampX {
-        return chrono::DateTime::parse_from_rfc3339(text.trim())
-            .ok()
-            .map(|d| queue::Value::Int(d.timestamp_millis()));
+        return chrono::DateTime::parse_from_rfc3339(text.trim()).ok().map(|d| queue::Value::Int(d.timestamp_millis()));
     }
     Some(queue::Value::Int(intval(Some(value))))
 }
@@ -285,7 +283,7 @@ pub async fn list_events(ctx: &CallContext<'_>, params: &Params) -> MethodResult
     let q = lower_keys(params);
     let conditions = parse_filter(q.get("filter").copied(), LIST_FIELDS, true)?;
     let order = parse_order(q.get("order").copied(), Field::Id, LIST_FIELDS)?;
-    let start = intval(q.get("start").copied()).max(0);
+    let start = ctx.list_start.max(0);
     let query = Query { conditions, order, process_id: None, error: None };
     let (events, total) = ctx.store.offline_rows(&owner, &query, start, PAGE, true).await?;
     let next = (start + PAGE < total).then_some(start + PAGE);
@@ -314,10 +312,7 @@ mod tests {
 
     #[test]
     fn orders_read_like_the_vendor() {
-        assert_eq!(
-            parse_order(Some(&json!({"id": "desc"})), Field::Id, GET_FIELDS).unwrap(),
-            vec![(Field::Id, true)]
-        );
+        assert_eq!(parse_order(Some(&json!({"id": "desc"})), Field::Id, GET_FIELDS).unwrap(), vec![(Field::Id, true)]);
         assert_eq!(parse_order(None, Field::TimestampX, GET_FIELDS).unwrap(), vec![(Field::TimestampX, false)]);
         let err = parse_order(Some(&json!({"ID": "UP"})), Field::Id, GET_FIELDS).unwrap_err();
         assert_eq!(err.description(), "Order direction should be one of {ASC|DESC}");

@@ -31,6 +31,8 @@ pub struct CallContext<'r> {
     pub client_id: Option<&'r str>,
     /// The call's `auth_connector` (the source key of offline events); empty when not given.
     pub auth_connector: &'r str,
+    /// The call's `start` (a list method's page offset; the protocol layer takes it out of the parameters).
+    pub list_start: i64,
     /// The loop guard's depth of the events this call produces (see [`crate::store::Cause`]).
     pub event_depth: i64,
     pub now_ms: i64,

@@ -397,8 +397,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<u64>;
     /// `event.offline.error`: the batch's rows with these MESSAGE_IDs get `ERROR=1` and go back to the queue;
     /// other error-free copies of them are dropped.
-    async fn offline_error(&self, owner: &offline::Owner, process_id: &str, message_ids: &[String])
-    -> StoreResult<()>;
+    async fn offline_error(&self, owner: &offline::Owner, process_id: &str, message_ids: &[String]) -> StoreResult<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -20,7 +20,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
-use super::{Cause, Change, ChangeOutcome, ExportDetail, offline, LoadError, NextStep, StoreError, StoreResult};
+use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult, offline};
 use crate::domain::{CrmEntityType, rules};
 use crate::fixtures::{self, PortalState};
 

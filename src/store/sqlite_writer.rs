@@ -39,7 +39,7 @@ use rusqlite::{Connection, OptionalExtension, Statement, params};
 use tokio::sync::oneshot;
 
 use super::sql::statements as sql;
-use super::{Cause, Change, offline, ChangeOutcome, NextStep, StoreError, StoreResult};
+use super::{Cause, Change, ChangeOutcome, NextStep, StoreError, StoreResult, offline};
 use crate::domain::rules;
 
 /// The most changes committed together; more wait for the next group.
@@ -571,17 +571,18 @@ fn record_offline(
     clients.sort_unstable();
     clients.dedup();
     for client in clients {
-        let handlers =
-            s.notify_offline.query_map(params![at_ms, client], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let handlers = s
+            .notify_offline
+            .query_map(params![at_ms, client], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         if handlers.is_empty() {
             continue;
         }
         let notice = s
             .insert_event
-            .query_row(
-                params![sql::OFFLINE_NOTICE, "{}", at_ms, cause.user_id, cause.depth, client],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row(params![sql::OFFLINE_NOTICE, "{}", at_ms, cause.user_id, cause.depth, client], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()?;
         let Some(id) = notice else { continue };
         for handler in handlers {
