@@ -238,11 +238,14 @@ async fn events_offline_parallel_callers_get_disjoint_batches() {
     assert_eq!(distinct, (1..=200).collect::<HashSet<_>>(), "none was lost");
 }
 
-/// A local handler that records the `event` field of every delivery.
-async fn sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>) {
+/// The deliveries a [`sink`] received, each as its decoded form pairs.
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>;
+
+/// A local handler that records every delivery.
+async fn sink() -> (String, Deliveries) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/handler", listener.local_addr().unwrap());
-    let received: std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>> = Default::default();
+    let received: Deliveries = Default::default();
     let state = received.clone();
     let router = axum::Router::new().fallback(move |body: String| {
         let state = state.clone();
