@@ -104,6 +104,7 @@ impl BatchHarness {
                 credential_id: "webhook:fuzz".into(),
                 client_id: None,
                 auth_connector: String::new(),
+                list_start: 0,
                 event_depth: 0,
             };
             (Arc::new(AppState::new(store, Settings::default(), Arc::new(SystemClock))), caller, portal)

@@ -80,8 +80,13 @@ async fn emit(
     user_id: i64,
     at_ms: i64,
 ) -> StoreResult<u64> {
-    let change =
-        Change::Emit { event, payload, client_id: client_id.to_string(), at_ms, cause: Cause { user_id, depth: 0 } };
+    let change = Change::Emit {
+        event,
+        payload,
+        client_id: client_id.to_string(),
+        at_ms,
+        cause: Cause { user_id, depth: 0, origin: None },
+    };
     match store.apply(change).await? {
         crate::store::ChangeOutcome::Emitted(count) => Ok(count),
         _ => Ok(0),

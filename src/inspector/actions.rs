@@ -109,6 +109,7 @@ async fn call(app: &AppState, webhook_id: i64, method: &str, params: &Params) ->
         credential_id: format!("webhook:{}", hook.id),
         client_id: None,
         auth_connector: String::new(),
+        list_start: 0,
         event_depth: 0,
     };
     let portal = app.store.portal().await?;

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod crm_chat;
 pub mod event;
+pub mod event_offline;
 pub mod im_chat;
 pub mod message;
 
@@ -30,6 +31,8 @@ pub struct CallContext<'r> {
     pub client_id: Option<&'r str>,
     /// The call's `auth_connector` (the source key of offline events); empty when not given.
     pub auth_connector: &'r str,
+    /// The call's `start` (a list method's page offset; the protocol layer takes it out of the parameters).
+    pub list_start: i64,
     /// The loop guard's depth of the events this call produces (see [`crate::store::Cause`]).
     pub event_depth: i64,
     pub now_ms: i64,
@@ -53,7 +56,13 @@ impl From<Value> for Output {
 impl CallContext<'_> {
     /// Who causes the changes of this call, for their events.
     pub fn cause(&self) -> crate::store::Cause {
-        crate::store::Cause { user_id: self.caller.id, depth: self.event_depth }
+        let origin = self.client_id.map(|client_id| {
+            std::sync::Arc::new(crate::store::offline::Origin {
+                client_id: client_id.to_string(),
+                connector_id: self.auth_connector.to_string(),
+            })
+        });
+        crate::store::Cause { user_id: self.caller.id, depth: self.event_depth, origin }
     }
 }
 

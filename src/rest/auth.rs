@@ -28,6 +28,8 @@ pub struct Caller {
     pub client_id: Option<String>,
     /// The call's `auth_connector` parameter (offline events' source key); empty when not given.
     pub auth_connector: String,
+    /// The call's `start` parameter (the offset of a list method's page); 0 when not given.
+    pub list_start: i64,
     /// The loop guard's depth of the token (0 but for tokens minted for event deliveries).
     pub event_depth: i64,
 }
@@ -129,6 +131,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                     credential_id: format!("webhook:{}", hook.id),
                     client_id: None,
                     auth_connector: String::new(),
+                    list_start: 0,
                     event_depth: 0,
                 }),
                 _ => Err(Code::InvalidCredentials.into()),
@@ -149,6 +152,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
                 event_depth: record.event_depth,
                 client_id: Some(record.client_id),
                 auth_connector: String::new(),
+                list_start: 0,
             })
         }
     }

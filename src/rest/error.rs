@@ -241,6 +241,12 @@ impl ApiError {
         Self::with_detail(Code::Argument, detail.to_string())
     }
 
+    /// `ERROR_ARGUMENT` raised by the vendor's `RestException` (a filter or an order it refuses): the text
+    /// names the culprit, and there is no `argument` key.
+    pub fn argument_rest(text: String) -> Self {
+        Self::with_detail(Code::Argument, text)
+    }
+
     /// `invalid_request` of the token endpoint for a missing parameter.
     pub fn oauth_missing_parameter(name: &str) -> Self {
         Self::with_detail(Code::OauthInvalidRequest, format!("Missing parameter: {name}"))

@@ -386,6 +386,12 @@ async fn process(
         Some(serde_json::Value::String(s)) => s.clone(),
         _ => String::new(),
     };
+    // Reserved too: the page offset of list methods (`event.offline.list`), a number or a numeric string.
+    let list_start = match params.get("start") {
+        Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(serde_json::Value::String(s)) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    };
     // Held until the call is done, taken once its body is in (a slow client must not hold back a reset): a
     // replace of the whole state waits for it (see `AppState::state_gate`).
     let _calls = app.state_gate.read().await;
@@ -405,6 +411,7 @@ async fn process(
     }
     let mut caller = auth::authenticate(&app.store, credentials, start.unix_ms()).await?;
     caller.auth_connector = auth_connector;
+    caller.list_start = list_start;
     if let Some(draft) = draft.as_deref_mut() {
         draft.auth = journal_auth(&caller);
     }
@@ -518,6 +525,7 @@ pub(crate) async fn invoke(
         scopes: &caller.scopes,
         client_id: caller.client_id.as_deref(),
         auth_connector: &caller.auth_connector,
+        list_start: caller.list_start,
         event_depth: caller.event_depth,
         now_ms: start.unix_ms(),
     };

@@ -1,7 +1,7 @@
 //! The method registry: every vendor method crmchat serves, with its scope and handler.
 
 use super::introspection;
-use crate::methods::{Handler, crm_chat, event, im_chat, message};
+use crate::methods::{Handler, crm_chat, event, event_offline, im_chat, message};
 
 pub enum Kind {
     Method(Handler),
@@ -36,6 +36,10 @@ pub static METHODS: &[MethodDef] = &[
     method!("event.unbind", None, event::unbind),
     method!("event.get", None, event::get),
     method!("event.test", None, event::test),
+    method!("event.offline.get", None, event_offline::get),
+    method!("event.offline.clear", None, event_offline::clear),
+    method!("event.offline.error", None, event_offline::error),
+    method!("event.offline.list", None, event_offline::list_events),
     method!("imopenlines.crm.chat.user.delete", Some("imopenlines"), crm_chat::user_delete),
     method!("imopenlines.crm.chat.user.add", Some("imopenlines"), crm_chat::user_add),
     method!("imopenlines.crm.chat.getlastid", Some("imopenlines"), crm_chat::get_last_id),

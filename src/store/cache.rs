@@ -380,4 +380,43 @@ impl Store for CachedStore {
     async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>> {
         self.inner.due_deliveries(now_ms, limit).await
     }
+
+    async fn offline_reserve(
+        &self,
+        owner: &super::offline::Owner,
+        query: &super::offline::Query,
+        process_id: &str,
+        limit: i64,
+    ) -> StoreResult<()> {
+        self.inner.offline_reserve(owner, query, process_id, limit).await
+    }
+
+    async fn offline_rows(
+        &self,
+        owner: &super::offline::Owner,
+        query: &super::offline::Query,
+        offset: i64,
+        limit: i64,
+        count: bool,
+    ) -> StoreResult<(Vec<super::offline::OfflineEvent>, i64)> {
+        self.inner.offline_rows(owner, query, offset, limit, count).await
+    }
+
+    async fn offline_clear(
+        &self,
+        owner: &super::offline::Owner,
+        process_id: &str,
+        only: &super::offline::Selection,
+    ) -> StoreResult<u64> {
+        self.inner.offline_clear(owner, process_id, only).await
+    }
+
+    async fn offline_error(
+        &self,
+        owner: &super::offline::Owner,
+        process_id: &str,
+        message_ids: &[String],
+    ) -> StoreResult<()> {
+        self.inner.offline_error(owner, process_id, message_ids).await
+    }
 }

@@ -17,12 +17,14 @@ pub type File = (&'static str, &'static str);
 pub const SQLITE: &[File] = &[
     ("0001_init", include_str!("../../migrations/sqlite/0001_init.sql")),
     ("0002_events", include_str!("../../migrations/sqlite/0002_events.sql")),
+    ("0004_offline_events", include_str!("../../migrations/sqlite/0004_offline_events.sql")),
 ];
 
 /// `migrations/postgres`, in order.
 pub const POSTGRES: &[File] = &[
     ("0001_init", include_str!("../../migrations/postgres/0001_init.sql")),
     ("0002_events", include_str!("../../migrations/postgres/0002_events.sql")),
+    ("0004_offline_events", include_str!("../../migrations/postgres/0004_offline_events.sql")),
 ];
 
 /// The migrator of one backend's files.

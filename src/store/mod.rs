@@ -4,6 +4,7 @@
 
 pub mod cache;
 mod migrations;
+pub mod offline;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -142,10 +143,13 @@ pub enum ExportDetail {
 /// Who made a change, for the events it produces: whose token a handler bound without `auth_type` receives,
 /// and the loop guard's depth (0 for an ordinary call; a call made with a token minted for a delivery of an
 /// event of depth `d` has depth `d + 1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cause {
     pub user_id: i64,
     pub depth: i64,
+    /// The application and `auth_connector` the change was made through: its own offline bindings do not
+    /// record the events it causes (the vendor's rule). `None` for a webhook or the CLI.
+    pub origin: Option<std::sync::Arc<offline::Origin>>,
 }
 
 /// A write, applied by the store in one transaction together with its notification and the events it
@@ -365,6 +369,37 @@ pub trait Store: Send + Sync + 'static {
     /// produced. A handler whose oldest pending delivery waits for a retry gets none: its deliveries go out in
     /// order.
     async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>>;
+
+    // Offline events (see `offline`).
+    /// Reserves up to `limit` free rows of `owner` matching `query` under `process_id`; parallel callers get
+    /// disjoint rows.
+    async fn offline_reserve(
+        &self,
+        owner: &offline::Owner,
+        query: &offline::Query,
+        process_id: &str,
+        limit: i64,
+    ) -> StoreResult<()>;
+    /// Rows of `owner` matching `query` (whose `process_id`/`error` conditions say which), `offset` and `limit`
+    /// applied, with the total count of matching rows when `count` is set.
+    async fn offline_rows(
+        &self,
+        owner: &offline::Owner,
+        query: &offline::Query,
+        offset: i64,
+        limit: i64,
+        count: bool,
+    ) -> StoreResult<(Vec<offline::OfflineEvent>, i64)>;
+    /// Deletes the rows of the batch `process_id`, all or those named.
+    async fn offline_clear(
+        &self,
+        owner: &offline::Owner,
+        process_id: &str,
+        only: &offline::Selection,
+    ) -> StoreResult<u64>;
+    /// `event.offline.error`: the batch's rows with these MESSAGE_IDs get `ERROR=1` and go back to the queue;
+    /// other error-free copies of them are dropped.
+    async fn offline_error(&self, owner: &offline::Owner, process_id: &str, message_ids: &[String]) -> StoreResult<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

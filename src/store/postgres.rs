@@ -20,7 +20,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
-use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult};
+use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult, offline};
 use crate::domain::{CrmEntityType, rules};
 use crate::fixtures::PortalState;
 
@@ -345,6 +345,7 @@ async fn produce(
     if cause.depth > sql::MAX_EVENT_DEPTH {
         return Ok(0);
     }
+    record_offline(tx, event, payload, at_ms, &cause, client_id).await?;
     let id: Option<i64> = sqlx::query_scalar(sql::INSERT_EVENT)
         .bind(event)
         .bind(payload)
@@ -364,4 +365,59 @@ async fn produce(
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications
+/// that recorded it (each handler at most once per its `minTimeout`).
+async fn record_offline(
+    tx: &mut shared::Tx,
+    event: &str,
+    payload: &str,
+    at_ms: i64,
+    cause: &Cause,
+    client_id: Option<&str>,
+) -> StoreResult<()> {
+    let message_id = offline::message_id(event, payload);
+    let (origin_client, origin_connector) =
+        cause.origin.as_deref().map_or((None, ""), |o| (Some(o.client_id.as_str()), o.connector_id.as_str()));
+    let mut clients: Vec<String> = sqlx::query_scalar(sql::INSERT_OFFLINE)
+        .bind(event)
+        .bind(payload)
+        .bind(cause.user_id)
+        .bind(&message_id)
+        .bind(at_ms)
+        .bind(client_id)
+        .bind(origin_client)
+        .bind(origin_connector)
+        .fetch_all(&mut **tx)
+        .await?;
+    clients.sort_unstable();
+    clients.dedup();
+    for client in clients {
+        let handlers: Vec<i64> =
+            sqlx::query_scalar(sql::NOTIFY_OFFLINE).bind(at_ms).bind(&client).fetch_all(&mut **tx).await?;
+        if handlers.is_empty() {
+            continue;
+        }
+        let notice: Option<i64> = sqlx::query_scalar(sql::INSERT_EVENT)
+            .bind(sql::OFFLINE_NOTICE)
+            .bind("{}")
+            .bind(at_ms)
+            .bind(cause.user_id)
+            .bind(cause.depth)
+            .bind(Some(client.as_str()))
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(id) = notice else { continue };
+        for handler in handlers {
+            sqlx::query(sql::INSERT_BINDING_DELIVERY)
+                .bind(id)
+                .bind(cause.user_id)
+                .bind(at_ms)
+                .bind(handler)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -187,6 +187,29 @@ pub(crate) mod statements {
          CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
          FROM event_bindings b JOIN apps a ON a.client_id = b.client_id \
          WHERE b.event = $4 AND b.handler <> '' AND ($5 IS NULL OR b.client_id = $5) ORDER BY b.id";
+    /// The events some offline binding records (SQLite's writer keeps them, like [`LISTENED_EVENTS`]).
+    pub const LISTENED_OFFLINE_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler = ''";
+    /// An offline event for every offline binding of event `$1` (of application `$6` when not NULL), except the
+    /// binding of the application `$7` and connector `$8` that caused it; the same MESSAGE_ID (`$4`) of a free
+    /// row refreshes it. Answers the applications that recorded it.
+    pub const INSERT_OFFLINE: &str = "INSERT INTO offline_events (client_id, connector_id, event, payload, \
+         user_id, message_id, process_id, error, created_ms) \
+         SELECT b.client_id, b.connector_id, $1, $2, $3, $4, '', 0, $5 FROM event_bindings b \
+         WHERE b.event = $1 AND b.handler = '' AND ($6 IS NULL OR b.client_id = $6) \
+         AND NOT (b.client_id = COALESCE($7, '') AND b.connector_id = $8) \
+         ON CONFLICT (client_id, connector_id, message_id, process_id) DO UPDATE SET payload = excluded.payload, \
+         user_id = excluded.user_id, created_ms = excluded.created_ms RETURNING client_id";
+    /// The `ONOFFLINEEVENT` handlers of application `$2` whose `minTimeout` (default 1 s) has passed at `$1`,
+    /// marked as notified.
+    pub const NOTIFY_OFFLINE: &str = "UPDATE event_bindings SET notified_ms = $1 \
+         WHERE event = 'ONOFFLINEEVENT' AND handler <> '' AND client_id = $2 \
+         AND (notified_ms IS NULL OR notified_ms + COALESCE(min_timeout, 1) * 1000 <= $1) RETURNING id";
+    /// The delivery of event `$1` to the binding `$4` only.
+    pub const INSERT_BINDING_DELIVERY: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
+         application_token, handler, user_id, state, attempts, next_attempt_ms, lease_until_ms, updated_ms) \
+         SELECT $1, b.id, b.client_id, a.application_token, b.handler, \
+         CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
+         FROM event_bindings b JOIN apps a ON a.client_id = b.client_id WHERE b.id = $4";
     /// Take a delivery if nobody holds it.
     pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1 \
          WHERE id = $2 AND state = 'pending' AND lease_until_ms <= $3";
@@ -215,11 +238,14 @@ pub(crate) mod statements {
          AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'pending' AND e.next_attempt_ms > $1 \
          AND e.handler = d.handler AND e.id < d.id) ORDER BY d.id LIMIT $2";
 
+    /// The event that tells an application offline events were recorded for it.
+    pub const OFFLINE_NOTICE: &str = "ONOFFLINEEVENT";
+
     /// Events past this depth are not produced: the loop guard.
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 26] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -235,6 +261,10 @@ pub(crate) mod statements {
         LISTENED_EVENTS,
         INSERT_EVENT,
         INSERT_DELIVERIES,
+        LISTENED_OFFLINE_EVENTS,
+        INSERT_OFFLINE,
+        NOTIFY_OFFLINE,
+        INSERT_BINDING_DELIVERY,
         LEASE_DELIVERY,
         INSERT_ATTEMPT,
         FINISH_ATTEMPT,
@@ -340,7 +370,7 @@ macro_rules! shared_sql {
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, EventBinding, ExportDetail, LoadError, PendingDelivery, Store, StoreError, StoreResult, TokenRecord,
-                WebhookCredential, WebhookInfo, ms_to_rfc3339, rfc3339_to_ms,
+                WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
             };
 
             type Row = <$db as sqlx::Database>::Row;
@@ -849,6 +879,157 @@ macro_rules! shared_sql {
                         .await?;
                     Ok(rows.iter().map(binding_from_row).collect())
                 }
+
+                async fn offline_reserve(
+                    &self,
+                    owner: &offline::Owner,
+                    query: &offline::Query,
+                    process_id: &str,
+                    limit: i64,
+                ) -> StoreResult<()> {
+                    let built = offline::build(query);
+                    // On PostgreSQL, callers reserving at once skip each other's rows instead of waiting for them
+                    // (and then finding them taken); SQLite has one writer, so the batches are disjoint anyway.
+                    let skip_locked =
+                        if <$db as sqlx::Database>::NAME == "PostgreSQL" { " FOR UPDATE SKIP LOCKED" } else { "" };
+                    let n = built.params.len();
+                    let sql = format!(
+                        "UPDATE offline_events SET process_id = ${} WHERE id IN (SELECT id FROM offline_events \
+                         WHERE {} ORDER BY {} LIMIT ${}{skip_locked}) AND process_id = ''",
+                        n + 3,
+                        built.where_sql,
+                        built.order_sql,
+                        n + 4,
+                    );
+                    bind_offline(sqlx::query(&sql), owner, &built.params)
+                        .bind(process_id)
+                        .bind(limit)
+                        .execute(self.writer())
+                        .await?;
+                    Ok(())
+                }
+
+                async fn offline_rows(
+                    &self,
+                    owner: &offline::Owner,
+                    query: &offline::Query,
+                    offset: i64,
+                    limit: i64,
+                    count: bool,
+                ) -> StoreResult<(Vec<offline::OfflineEvent>, i64)> {
+                    let built = offline::build(query);
+                    let n = built.params.len();
+                    let sql = format!(
+                        "SELECT {} FROM offline_events WHERE {} ORDER BY {} LIMIT ${} OFFSET ${}",
+                        offline::COLUMNS,
+                        built.where_sql,
+                        built.order_sql,
+                        n + 3,
+                        n + 4,
+                    );
+                    // The writer's pool: a batch just reserved is read back at once.
+                    let rows = bind_offline(sqlx::query(&sql), owner, &built.params)
+                        .bind(limit)
+                        .bind(offset)
+                        .fetch_all(self.writer())
+                        .await?;
+                    let events: Vec<offline::OfflineEvent> = rows
+                        .iter()
+                        .map(|r| offline::OfflineEvent {
+                            id: r.get(0),
+                            created_ms: r.get(1),
+                            event: r.get(2),
+                            payload: r.get(3),
+                            user_id: r.get(4),
+                            message_id: r.get(5),
+                            process_id: r.get(6),
+                            error: r.get(7),
+                        })
+                        .collect();
+                    let total = if count {
+                        let sql = format!("SELECT COUNT(*) FROM offline_events WHERE {}", built.where_sql);
+                        let row = bind_offline(sqlx::query(&sql), owner, &built.params).fetch_one(self.writer()).await?;
+                        row.get::<i64, _>(0)
+                    } else {
+                        events.len() as i64
+                    };
+                    Ok((events, total))
+                }
+
+                async fn offline_clear(
+                    &self,
+                    owner: &offline::Owner,
+                    process_id: &str,
+                    only: &offline::Selection,
+                ) -> StoreResult<u64> {
+                    let (column, values): (&str, Vec<offline::Value>) = match only {
+                        offline::Selection::All => ("", Vec::new()),
+                        offline::Selection::Ids(ids) => ("id", ids.iter().map(|&i| offline::Value::Int(i)).collect()),
+                        offline::Selection::MessageIds(ids) => {
+                            ("message_id", ids.iter().map(|i| offline::Value::Text(i.clone())).collect())
+                        }
+                    };
+                    let mut params = vec![offline::Value::Text(process_id.to_string())];
+                    let mut sql =
+                        String::from("DELETE FROM offline_events WHERE client_id = $1 AND connector_id = $2 AND process_id = $3");
+                    if !column.is_empty() {
+                        if values.is_empty() {
+                            return Ok(0);
+                        }
+                        let list: Vec<String> = (0..values.len()).map(|i| format!("${}", i + 4)).collect();
+                        sql.push_str(&format!(" AND {column} IN ({})", list.join(", ")));
+                        params.extend(values);
+                    }
+                    let done = bind_offline(sqlx::query(&sql), owner, &params).execute(self.writer()).await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn offline_error(
+                    &self,
+                    owner: &offline::Owner,
+                    process_id: &str,
+                    message_ids: &[String],
+                ) -> StoreResult<()> {
+                    if message_ids.is_empty() {
+                        return Ok(());
+                    }
+                    let mut params = vec![offline::Value::Text(process_id.to_string())];
+                    params.extend(message_ids.iter().map(|m| offline::Value::Text(m.clone())));
+                    let list: Vec<String> = (0..message_ids.len()).map(|i| format!("${}", i + 4)).collect();
+                    let list = list.join(", ");
+                    let mut tx = self.begin_write().await?;
+                    // As the vendor: the other error-free copies of these events go (the batch's row stands for
+                    // them), then the batch's rows are marked and freed. A free row already marked would collide
+                    // with the freed one, so it goes too.
+                    let drop_copies = format!(
+                        "DELETE FROM offline_events WHERE client_id = $1 AND connector_id = $2 AND process_id <> $3 \
+                         AND message_id IN ({list}) AND (error = 0 OR process_id = '')"
+                    );
+                    bind_offline(sqlx::query(&drop_copies), owner, &params).execute(&mut *tx).await?;
+                    let mark = format!(
+                        "UPDATE offline_events SET error = 1, process_id = '' WHERE client_id = $1 AND connector_id = $2 \
+                         AND process_id = $3 AND message_id IN ({list}) AND error = 0"
+                    );
+                    bind_offline(sqlx::query(&mark), owner, &params).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+            }
+
+            /// Binds the owner (`$1`, `$2`) and then `params` of an offline events statement.
+            fn bind_offline<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                owner: &'q offline::Owner,
+                params: &'q [offline::Value],
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                let mut query = query.bind(owner.client_id.as_str()).bind(owner.connector_id.as_str());
+                for p in params {
+                    query = match p {
+                        offline::Value::Int(n) => query.bind(*n),
+                        offline::Value::Text(t) => query.bind(t.as_str()),
+                    };
+                }
+                query
             }
 
             fn binding_from_row(r: &Row) -> EventBinding {

@@ -39,7 +39,7 @@ use rusqlite::{Connection, OptionalExtension, Statement, params};
 use tokio::sync::oneshot;
 
 use super::sql::statements as sql;
-use super::{Cause, Change, ChangeOutcome, NextStep, StoreError, StoreResult};
+use super::{Cause, Change, ChangeOutcome, NextStep, StoreError, StoreResult, offline};
 use crate::domain::rules;
 
 /// The most changes committed together; more wait for the next group.
@@ -314,6 +314,10 @@ struct Prepared<'c> {
     listened_events: Statement<'c>,
     insert_event: Statement<'c>,
     insert_deliveries: Statement<'c>,
+    listened_offline_events: Statement<'c>,
+    insert_offline: Statement<'c>,
+    notify_offline: Statement<'c>,
+    insert_binding_delivery: Statement<'c>,
     lease_delivery: Statement<'c>,
     insert_attempt: Statement<'c>,
     finish_attempt: Statement<'c>,
@@ -343,6 +347,10 @@ impl<'c> Prepared<'c> {
             listened_events: connection.prepare(sql::LISTENED_EVENTS)?,
             insert_event: connection.prepare(sql::INSERT_EVENT)?,
             insert_deliveries: connection.prepare(sql::INSERT_DELIVERIES)?,
+            listened_offline_events: connection.prepare(sql::LISTENED_OFFLINE_EVENTS)?,
+            insert_offline: connection.prepare(sql::INSERT_OFFLINE)?,
+            notify_offline: connection.prepare(sql::NOTIFY_OFFLINE)?,
+            insert_binding_delivery: connection.prepare(sql::INSERT_BINDING_DELIVERY)?,
             lease_delivery: connection.prepare(sql::LEASE_DELIVERY)?,
             insert_attempt: connection.prepare(sql::INSERT_ATTEMPT)?,
             finish_attempt: connection.prepare(sql::FINISH_ATTEMPT)?,
@@ -380,6 +388,8 @@ struct MemberCache {
     /// connections, which move `data_version`, so they are read again after every binding change; a change
     /// with no listener writes no event at all.
     listened: Option<std::collections::HashSet<String>>,
+    /// The same for offline bindings.
+    offline_listened: Option<std::collections::HashSet<String>>,
     /// `PRAGMA data_version` when the cache was last known to be current.
     data_version: Option<i64>,
 }
@@ -398,6 +408,7 @@ impl MemberCache {
         if self.data_version != Some(version) {
             self.chats.clear();
             self.listened = None;
+            self.offline_listened = None;
             self.data_version = Some(version);
         }
         Ok(())
@@ -406,6 +417,15 @@ impl MemberCache {
     fn forget_all(&mut self) {
         self.chats.clear();
         self.listened = None;
+        self.offline_listened = None;
+    }
+
+    fn is_recorded_offline(&mut self, s: &mut Prepared, event: &str) -> rusqlite::Result<bool> {
+        if self.offline_listened.is_none() {
+            let events = s.listened_offline_events.query_map([], |r| r.get::<_, String>(0))?;
+            self.offline_listened = Some(events.collect::<rusqlite::Result<_>>()?);
+        }
+        Ok(self.offline_listened.as_ref().is_some_and(|events| events.contains(event)))
     }
 
     fn is_listened(&mut self, s: &mut Prepared, event: &str) -> rusqlite::Result<bool> {
@@ -509,7 +529,11 @@ fn produce(
     cause: &Cause,
     client_id: Option<&str>,
 ) -> rusqlite::Result<u64> {
-    if cause.depth > sql::MAX_EVENT_DEPTH || !cache.is_listened(s, event)? {
+    if cause.depth > sql::MAX_EVENT_DEPTH {
+        return Ok(0);
+    }
+    record_offline(s, cache, event, payload, at_ms, cause, client_id)?;
+    if !cache.is_listened(s, event)? {
         return Ok(0);
     }
     let inserted = s
@@ -518,6 +542,54 @@ fn produce(
         .optional()?;
     let Some(id) = inserted else { return Ok(0) };
     Ok(s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])? as u64)
+}
+
+/// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications
+/// that recorded it (each handler at most once per its `minTimeout`).
+fn record_offline(
+    s: &mut Prepared,
+    cache: &mut MemberCache,
+    event: &str,
+    payload: &str,
+    at_ms: i64,
+    cause: &Cause,
+    client_id: Option<&str>,
+) -> rusqlite::Result<()> {
+    if !cache.is_recorded_offline(s, event)? {
+        return Ok(());
+    }
+    let message_id = offline::message_id(event, payload);
+    let (origin_client, origin_connector) =
+        cause.origin.as_deref().map_or((None, ""), |o| (Some(o.client_id.as_str()), o.connector_id.as_str()));
+    let mut clients = s
+        .insert_offline
+        .query_map(
+            params![event, payload, cause.user_id, message_id, at_ms, client_id, origin_client, origin_connector],
+            |r| r.get::<_, String>(0),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    clients.sort_unstable();
+    clients.dedup();
+    for client in clients {
+        let handlers = s
+            .notify_offline
+            .query_map(params![at_ms, client], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if handlers.is_empty() {
+            continue;
+        }
+        let notice = s
+            .insert_event
+            .query_row(params![sql::OFFLINE_NOTICE, "{}", at_ms, cause.user_id, cause.depth, client], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?;
+        let Some(id) = notice else { continue };
+        for handler in handlers {
+            s.insert_binding_delivery.execute(params![id, cause.user_id, at_ms, handler])?;
+        }
+    }
+    Ok(())
 }
 
 fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite::Result<ChangeOutcome> {
