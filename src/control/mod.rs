@@ -74,11 +74,14 @@ fn routes() -> Router<Arc<AppState>> {
         .merge(clock::routes())
 }
 
-/// Clears what the server keeps besides the portal's state, for a reset: rate-limit buckets and operating
-/// time here; the request journal, fault rules, the clock offset and events are cleared by their parts.
-pub(crate) async fn clear_runtime(app: &AppState) {
-    app.requests.clear().await;
-    app.operating.clear().await;
+/// Clears what the server keeps besides the portal's state, for a reset: the rate-limit buckets and operating
+/// time of the portals `domains` (in Redis too, when the limits live there); the request journal, fault rules,
+/// the clock offset and events are cleared by their parts.
+pub(crate) async fn clear_runtime(app: &AppState, domains: &[&str]) {
+    for domain in domains {
+        app.requests.clear(domain).await;
+        app.operating.clear(domain).await;
+    }
     app.journal.clear();
     app.faults.clear();
     app.clock.reset();

@@ -101,9 +101,11 @@ async fn reset(State(app): State<Arc<AppState>>) -> Result<Response, ControlErro
 /// `reset`, also the notifications, the outbox and what [`super::clear_runtime`] clears.
 pub(crate) async fn replace_with(app: &AppState, state: &PortalState, reset: bool) -> Result<(), ControlError> {
     let _calls = app.state_gate.write().await;
+    // A reset may change the domain: the limits of both the old and the new portal are cleared.
+    let before = if reset { Some(app.store.portal().await?) } else { None };
     app.store.replace_state(state, reset).await?;
-    if reset {
-        super::clear_runtime(app).await;
+    if let Some(before) = before {
+        super::clear_runtime(app, &[&before.domain, &state.portal.domain]).await;
     }
     Ok(())
 }

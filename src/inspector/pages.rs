@@ -116,7 +116,8 @@ pub async fn overview(
         .chain(apps.iter().map(|a| (format!("application {}", a.client_id), format!("app:{}", a.client_id))));
     for (name, key) in credentials {
         for method in crate::rest::registry::METHODS {
-            let status = app.operating.status(&format!("{key}|{}", method.name)).await;
+            let window = crate::rest::limits::operating_key(&portal.domain, &key, method.name);
+            let status = app.operating.status(&window).await;
             if status.operating > 0.0 || status.blocked {
                 operating.push((name.clone(), method.name, status));
             }

@@ -126,8 +126,20 @@ impl LeakyBucket {
 pub trait RequestLimits: Send + Sync {
     /// Count one request for `key` under `plan`; `false` = refuse with 503 (and nothing is counted).
     async fn admit(&self, key: &str, plan: Plan) -> bool;
-    /// Forget every bucket (a reset of the control API).
-    async fn clear(&self);
+    /// Forget the buckets of the portal `domain` (a reset of the control API). The in-memory limiter of one
+    /// instance serves one portal and forgets all of them.
+    async fn clear(&self, domain: &str);
+}
+
+/// The request-intensity bucket's key: one per portal and client address.
+pub fn request_key(domain: &str, client_ip: impl std::fmt::Display) -> String {
+    format!("{domain}|{client_ip}")
+}
+
+/// The operating-time window's key: one per portal, credential (`webhook:ID`, `app:CLIENT_ID`) and method. The
+/// domain comes first so that a reset finds a portal's windows in a shared store by prefix.
+pub fn operating_key(domain: &str, credential_id: &str, method: &str) -> String {
+    format!("{domain}|{credential_id}|{method}")
 }
 
 /// The in-memory request-intensity limiter of one instance. Keys are opaque (the caller builds them from the portal
@@ -196,7 +208,7 @@ impl RequestLimits for RequestLimiter {
         RequestLimiter::admit(self, key, plan)
     }
 
-    async fn clear(&self) {
+    async fn clear(&self, _domain: &str) {
         self.lock().map.clear();
     }
 }
@@ -285,8 +297,8 @@ impl OperatingWindow {
 pub trait OperatingTimeLimits: Send + Sync {
     async fn status(&self, key: &str) -> OperatingStatus;
     async fn record(&self, key: &str, duration: Duration);
-    /// Forget every window (a reset of the control API).
-    async fn clear(&self);
+    /// Forget the windows of the portal `domain` (a reset of the control API), as [`RequestLimits::clear`].
+    async fn clear(&self, domain: &str);
 }
 
 /// The in-memory operating-time accounting of one instance. Keys are opaque (auth type, app or webhook id, method).
@@ -379,7 +391,7 @@ impl OperatingTimeLimits for OperatingTime {
         OperatingTime::record(self, key, duration)
     }
 
-    async fn clear(&self) {
+    async fn clear(&self, _domain: &str) {
         let mut inner = self.lock();
         inner.map.clear();
         self.charged_keys.store(0, Ordering::Relaxed);

@@ -168,6 +168,48 @@ impl RedisLimits {
         self.clock.offset_us().div_euclid(1_000_000).to_string()
     }
 
+    /// Deletes the keys under [`KEY_PREFIX`] that match the glob `pattern`, walking the key space with `SCAN`
+    /// (not `KEYS`, which blocks Redis for every other client while it runs). A failure is logged and leaves
+    /// the keys to expire by themselves (buckets within seconds, windows within ten minutes).
+    async fn delete_matching(&self, pattern: &str) {
+        let Some(mut connection) = self.connection().await else {
+            tracing::warn!("redis unreachable: the portal's shared limits were not cleared by the reset");
+            return;
+        };
+        let pattern = format!("{KEY_PREFIX}{pattern}");
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let step = scan.query_async::<(u64, Vec<String>)>(&mut connection);
+            let (next, keys) = match tokio::time::timeout(REDIS_TIMEOUT, step).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(err)) => return self.lost(&err.to_string()).await,
+                Err(_) => return self.lost("command timed out").await,
+            };
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                let unlink = unlink.query_async::<i64>(&mut connection);
+                match tokio::time::timeout(REDIS_TIMEOUT, unlink).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => return self.lost(&err.to_string()).await,
+                    Err(_) => return self.lost("command timed out").await,
+                }
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
+    /// A command failed: drop the connection and mark Redis down, as [`Self::run`] does.
+    async fn lost(&self, reason: &str) {
+        *self.connection.lock().await = None;
+        self.mark_down(reason);
+    }
+
     /// Run a script; `None` (and Redis marked down for a while) on any failure.
     async fn run<T: redis::FromRedisValue>(&self, script: &Script, key: &str, args: &[String]) -> Option<T> {
         let mut connection = self.connection().await?;
@@ -181,13 +223,11 @@ impl RedisLimits {
                 Some(value)
             }
             Ok(Err(err)) => {
-                *self.connection.lock().await = None;
-                self.mark_down(&err.to_string());
+                self.lost(&err.to_string()).await;
                 None
             }
             Err(_) => {
-                *self.connection.lock().await = None;
-                self.mark_down("command timed out");
+                self.lost("command timed out").await;
                 None
             }
         }
@@ -209,10 +249,11 @@ impl RequestLimits for RedisLimits {
         }
     }
 
-    /// The local fallback only: the buckets in Redis are shared with the other instances, and drain by
-    /// themselves within seconds.
-    async fn clear(&self) {
-        RequestLimits::clear(&self.local_requests).await;
+    /// The portal's buckets in Redis (other portals' buckets, which other servers may use, are left alone) and
+    /// the local fallback.
+    async fn clear(&self, domain: &str) {
+        self.delete_matching(&format!("req:{}|*", glob_escape(domain))).await;
+        RequestLimits::clear(&self.local_requests, domain).await;
     }
 }
 
@@ -238,8 +279,32 @@ impl OperatingTimeLimits for RedisLimits {
         }
     }
 
-    /// The local fallback only, as for the request buckets.
-    async fn clear(&self) {
-        OperatingTimeLimits::clear(&self.local_operating).await;
+    /// The portal's windows in Redis and the local fallback, as for the request buckets.
+    async fn clear(&self, domain: &str) {
+        self.delete_matching(&format!("op:{}|*", glob_escape(domain))).await;
+        OperatingTimeLimits::clear(&self.local_operating, domain).await;
+    }
+}
+
+/// `text` with the glob characters of Redis's `MATCH` escaped, so that a domain matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escape;
+
+    #[test]
+    fn glob_escape_leaves_plain_domains_alone_and_escapes_glob_characters() {
+        assert_eq!(glob_escape("portal.crmchat.localhost"), "portal.crmchat.localhost");
+        assert_eq!(glob_escape("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
     }
 }

@@ -25,7 +25,7 @@ use axum::response::Response;
 use self::body_budget::{BodyBudget, Share};
 use self::envelope::{Format, Timing, render_error, render_success};
 use self::error::{ApiError, Code, Variant};
-use self::limits::{OperatingStatus, Plan};
+use self::limits::{OperatingStatus, Plan, operating_key, request_key};
 use self::registry::{Kind, MethodDef};
 use crate::app::{AppState, Transport};
 use crate::clock::Start;
@@ -426,7 +426,7 @@ async fn process(
     }
     // One bucket per portal and client IP: applications on one server share it. A batch counts once.
     if let Some(plan) = Plan::for_name(&portal.plan)
-        && !app.requests.admit(&format!("{}|{}", portal.domain, request.client_ip), plan).await
+        && !app.requests.admit(&request_key(&portal.domain, request.client_ip), plan).await
     {
         telemetry::rate_limit_refusal(telemetry::Limit::Requests);
         return Err(Code::QueryLimitExceeded.into());
@@ -512,7 +512,7 @@ pub(crate) async fn invoke(
     let Kind::Method(handler) = method.kind else {
         return Err(Code::BatchMethodNotAllowed.into());
     };
-    let operating_key = format!("{}|{}", caller.credential_id, method.name);
+    let operating_key = operating_key(&portal.domain, &caller.credential_id, method.name);
     let before = app.operating.status(&operating_key).await;
     if before.blocked {
         telemetry::rate_limit_refusal(telemetry::Limit::OperatingTime);

@@ -418,7 +418,8 @@ async fn control_reset_and_restore_of_10000_memberships() {
 /// Not a test: the figures of bench/README.md's "Reset and restore" (median of 5 resets and of 5 restores of a
 /// portal of `CRMCHAT_BENCH_CHATS` chats × 10 members, default 1,000 = 10,000 memberships). Run it on a
 /// release build: `CRMCHAT_TEST_BIN=target/release/crmchat cargo test --test api control_bench -- --ignored
-/// --nocapture` (with `CRMCHAT_TEST_DATABASE=postgres://…` for PostgreSQL).
+/// --nocapture` (with `CRMCHAT_TEST_DATABASE=postgres://…` for PostgreSQL; for 1,000,000 memberships
+/// `CRMCHAT_BENCH_CHATS=100000 CRMCHAT_TEST_READY_SECS=900`, since the start-up load alone takes minutes).
 #[tokio::test]
 #[ignore = "a benchmark, run by hand (bench/README.md)"]
 async fn control_bench_reset_and_restore() {

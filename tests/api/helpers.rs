@@ -17,7 +17,12 @@ pub const DEMO_CODE: &str = "demowebhookcode1";
 pub const DEMO_HOOK: &str = "/rest/1/demowebhookcode1/";
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server under test may take to print `ready`: 30 s, or `CRMCHAT_TEST_READY_SECS` (a benchmark that
+/// loads a million memberships at start-up needs minutes).
+fn ready_timeout() -> Duration {
+    let secs = std::env::var("CRMCHAT_TEST_READY_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    Duration::from_secs(secs)
+}
 
 /// `CRMCHAT_*` settings of the environment must not leak into the servers under test.
 const SCRUBBED_ENV: &[&str] = &[
@@ -389,7 +394,7 @@ fn run_until_ready(mut cmd: Command, log_path: &Path) -> Server {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let deadline = Instant::now() + ready_timeout();
     let (mut http_base, mut https_base, mut cert_path) = (None, None, None);
     let mut seen = Vec::new();
     loop {

@@ -499,6 +499,38 @@ async fn healthz_tells_where_the_limits_live() {
     assert_health(&local, HEALTH_LOCAL).await;
 }
 
+/// A reset through the control API of one instance empties the portal's shared bucket and operating-time
+/// windows in Redis (the other instance's next call is accepted at once) and leaves other portals' keys alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reset_clears_the_portals_shared_limits_only() {
+    const TOKEN: &str = "control-token-for-the-redis-reset-test";
+    let (fixture, domain) = limits_fixture();
+    let _bucket = RedisKey::request_bucket(&domain, "127.0.0.1");
+    let window = RedisKey::new(format!("crmchat:limits:op:{domain}|webhook:1|imopenlines.crm.chat.user.delete"));
+    let (_, other_domain) = limits_fixture();
+    let other = RedisKey::request_bucket(&other_domain, "127.0.0.1");
+    let mut redis = RedisKey::connection();
+    let _: i64 = redis::cmd("HSET").arg(&window.key).arg("1").arg("5000000").query(&mut redis).expect("HSET");
+    let _: i64 = redis::cmd("HSET").arg(&other.key).arg("level").arg("1").query(&mut redis).expect("HSET");
+
+    let pair = spawn_pair(Backend::Sqlite, fixture, &["--redis", REDIS, "--control-token", TOKEN]).await;
+    fill(&pair.a, &[], 500).await;
+    let resp = pair.b.get(&pair.b.method_path("server.time")).await;
+    assert_limited(&resp);
+    let resp = pair.a.send(pair.a.client.post(pair.a.url("/_crmchat/reset")).bearer_auth(TOKEN)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+
+    // Without the reset, the full bucket would admit about two calls a second.
+    let (per_app, _, elapsed) = alternate(&[&pair.b], 40).await;
+    assert!(
+        per_app[0].iter().all(|s| *s == 200) || elapsed > Duration::from_secs(15),
+        "the other instance finds the bucket empty after the reset: {:?} in {elapsed:?}",
+        per_app[0]
+    );
+    assert!(!window.exists(), "the portal's operating-time window {} is gone", window.key);
+    assert!(other.exists(), "another portal's bucket {} is left alone", other.key);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // --trust-forwarded-for
 
