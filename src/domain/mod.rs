@@ -244,6 +244,9 @@ pub struct Member {
     pub active: bool,
 }
 
+/// Retries of a failed event delivery unless `portal.events.retries` says otherwise.
+pub const DEFAULT_EVENT_RETRIES: i64 = 10;
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PortalSettings {
     pub domain: String,
@@ -252,6 +255,8 @@ pub struct PortalSettings {
     pub plan: String,
     pub strict_line_permissions: bool,
     pub require_https: bool,
+    /// `portal.events.retries`: attempts after the first for a failed event delivery.
+    pub event_retries: i64,
 }
 
 impl PortalSettings {

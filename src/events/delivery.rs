@@ -29,7 +29,7 @@ use crate::store::{
 };
 
 /// Failed deliveries are retried this many times unless the portal says otherwise.
-pub const DEFAULT_RETRIES: i64 = 10;
+pub const DEFAULT_RETRIES: i64 = crate::domain::DEFAULT_EVENT_RETRIES;
 /// The first retry waits a second, each next one twice as long, up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Finished deliveries are kept this long, and at most [`RETAINED`] of them.
@@ -397,8 +397,8 @@ fn new_secret() -> String {
 }
 
 /// Retries after the first attempt (`portal.events.retries`; 0 is the vendor's single attempt).
-fn retries(_portal: &PortalSettings) -> i64 {
-    DEFAULT_RETRIES
+fn retries(portal: &PortalSettings) -> i64 {
+    portal.event_retries
 }
 
 /// The wait before attempt `attempt + 1`: 1 s, 2 s, 4 s … up to [`MAX_BACKOFF`], ±20 % so that the

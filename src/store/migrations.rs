@@ -18,6 +18,7 @@ pub const SQLITE: &[File] = &[
     ("0001_init", include_str!("../../migrations/sqlite/0001_init.sql")),
     ("0002_events", include_str!("../../migrations/sqlite/0002_events.sql")),
     ("0004_offline_events", include_str!("../../migrations/sqlite/0004_offline_events.sql")),
+    ("0005_event_settings", include_str!("../../migrations/sqlite/0005_event_settings.sql")),
 ];
 
 /// `migrations/postgres`, in order.
@@ -25,6 +26,7 @@ pub const POSTGRES: &[File] = &[
     ("0001_init", include_str!("../../migrations/postgres/0001_init.sql")),
     ("0002_events", include_str!("../../migrations/postgres/0002_events.sql")),
     ("0004_offline_events", include_str!("../../migrations/postgres/0004_offline_events.sql")),
+    ("0005_event_settings", include_str!("../../migrations/postgres/0005_event_settings.sql")),
 ];
 
 /// The migrator of one backend's files.

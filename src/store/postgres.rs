@@ -66,6 +66,10 @@ impl Backend for PgStore {
         "SELECT setval(pg_get_serial_sequence('webhooks', 'id'), $1) \
          WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('webhooks', 'id')::regclass), 0)",
     );
+    const AFTER_EXPLICIT_BINDING_ID: Option<&'static str> = Some(
+        "SELECT setval(pg_get_serial_sequence('event_bindings', 'id'), $1) \
+         WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('event_bindings', 'id')::regclass), 0)",
+    );
 
     fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String {
         let values: Vec<String> = types

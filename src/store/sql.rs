@@ -23,6 +23,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Run (with the id as `$1`) after a webhook row was written with an explicit id. SQLite's AUTOINCREMENT
     /// counter follows explicit ids by itself; a PostgreSQL identity must be moved past them.
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str>;
+    /// The same for an event binding's id.
+    const AFTER_EXPLICIT_BINDING_ID: Option<&'static str>;
 
     /// For reads outside a transaction.
     fn reader(&self) -> &Pool<Self::Db>;
@@ -140,6 +142,7 @@ impl From<&fixtures::PortalSettings> for PortalSettings {
             plan: p.plan.clone(),
             strict_line_permissions: p.strict_line_permissions,
             require_https: p.require_https,
+            event_retries: p.events.retries,
         }
     }
 }
@@ -381,8 +384,8 @@ macro_rules! shared_sql {
             impl Store for $store {
                 async fn portal(&self) -> StoreResult<std::sync::Arc<PortalSettings>> {
                     let row = sqlx::query(
-                        "SELECT domain, language, modules, plan, strict_line_permissions, require_https \
-                         FROM portal WHERE id = 1",
+                        "SELECT domain, language, modules, plan, strict_line_permissions, require_https, \
+                         event_retries FROM portal WHERE id = 1",
                     )
                     .fetch_optional(self.reader())
                     .await?;
@@ -396,6 +399,7 @@ macro_rules! shared_sql {
                         plan: row.get("plan"),
                         strict_line_permissions: row.get("strict_line_permissions"),
                         require_https: row.get("require_https"),
+                        event_retries: row.get("event_retries"),
                     }))
                 }
 
@@ -1120,6 +1124,7 @@ macro_rules! shared_sql {
                         plan: r.get("plan"),
                         strict_line_permissions: r.get("strict_line_permissions"),
                         require_https: r.get("require_https"),
+                        events: fixtures::EventSettingsDef { retries: r.get("event_retries") },
                     };
                 }
                 for r in sqlx::query("SELECT * FROM users ORDER BY id").fetch_all(&mut *conn).await? {
@@ -1259,6 +1264,27 @@ macro_rules! shared_sql {
                         secret_sha256: Some(r.get("secret_sha256")),
                         scopes: split_list(r.get("scopes")),
                         application_token: r.get("application_token"),
+                        events: Vec::new(),
+                    });
+                }
+                let bindings = sqlx::query(
+                    "SELECT id, client_id, event, handler, user_id, connector_id, min_timeout FROM event_bindings \
+                     ORDER BY client_id, id",
+                )
+                .fetch_all(&mut *conn)
+                .await?;
+                for r in bindings {
+                    let client_id: String = r.get("client_id");
+                    let Some(app) = state.apps.iter_mut().find(|a| a.client_id == client_id) else { continue };
+                    let handler: String = r.get("handler");
+                    app.events.push(BindingDef {
+                        id: Some(r.get("id")),
+                        event: r.get("event"),
+                        offline: handler.is_empty(),
+                        handler,
+                        auth_type: r.get("user_id"),
+                        connector_id: r.get("connector_id"),
+                        min_timeout: r.get("min_timeout"),
                     });
                 }
                 Ok(state)
@@ -1292,6 +1318,7 @@ macro_rules! shared_sql {
                         plan: r.get("plan"),
                         strict_line_permissions: r.get("strict_line_permissions"),
                         require_https: r.get("require_https"),
+                        events: fixtures::EventSettingsDef { retries: r.get("event_retries") },
                     };
                 }
                 let stand_in = |id: i64| UserDef {
@@ -1425,11 +1452,11 @@ macro_rules! shared_sql {
                 bump_revision(tx).await?;
                 let p = &state.portal;
                 sqlx::query(
-                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https) \
-                     VALUES (1, $1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET domain = excluded.domain, \
-                     language = excluded.language, modules = excluded.modules, plan = excluded.plan, \
-                     strict_line_permissions = excluded.strict_line_permissions, \
-                     require_https = excluded.require_https",
+                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https, \
+                     event_retries) VALUES (1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+                     domain = excluded.domain, language = excluded.language, modules = excluded.modules, \
+                     plan = excluded.plan, strict_line_permissions = excluded.strict_line_permissions, \
+                     require_https = excluded.require_https, event_retries = excluded.event_retries",
                 )
                 .bind(&p.domain)
                 .bind(&p.language)
@@ -1437,6 +1464,7 @@ macro_rules! shared_sql {
                 .bind(&p.plan)
                 .bind(p.strict_line_permissions)
                 .bind(p.require_https)
+                .bind(p.events.retries)
                 .execute(&mut **tx)
                 .await?;
                 for u in &state.users {
@@ -1639,6 +1667,48 @@ macro_rules! shared_sql {
                     .bind(&a.application_token)
                     .execute(&mut **tx)
                     .await?;
+                    // The application's bindings are replaced whole, like the application.
+                    sqlx::query("DELETE FROM event_bindings WHERE client_id = $1")
+                        .bind(&a.client_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    for b in &a.events {
+                        insert_binding(tx, &a.client_id, b, now).await?;
+                    }
+                }
+                Ok(())
+            }
+
+            /// One binding of a loaded application. A binding id held by another application moves to this
+            /// one: the file says whose it is.
+            async fn insert_binding(tx: &mut Tx, client_id: &str, b: &fixtures::BindingDef, now: i64) -> StoreResult<()> {
+                let handler = if b.offline { "" } else { b.handler.as_str() };
+                let query = match b.id {
+                    Some(id) => sqlx::query(
+                        "INSERT INTO event_bindings (id, client_id, event, handler, user_id, connector_id, min_timeout, \
+                         created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET \
+                         client_id = excluded.client_id, event = excluded.event, handler = excluded.handler, \
+                         user_id = excluded.user_id, connector_id = excluded.connector_id, \
+                         min_timeout = excluded.min_timeout, notified_ms = NULL, created_ms = excluded.created_ms",
+                    )
+                    .bind(id),
+                    None => sqlx::query(
+                        "INSERT INTO event_bindings (client_id, event, handler, user_id, connector_id, min_timeout, \
+                         created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    ),
+                };
+                query
+                    .bind(client_id)
+                    .bind(&b.event)
+                    .bind(handler)
+                    .bind(b.auth_type)
+                    .bind(&b.connector_id)
+                    .bind(b.min_timeout)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                if let (Some(id), Some(bump)) = (b.id, <$store as Backend>::AFTER_EXPLICIT_BINDING_ID) {
+                    sqlx::query(bump).bind(id).execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -1673,8 +1743,8 @@ macro_rules! shared_sql {
                 bump_revision(tx).await?;
                 let p = &state.portal;
                 sqlx::query(
-                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https) \
-                     VALUES (1, $1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https, \
+                     event_retries) VALUES (1, $1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&p.domain)
                 .bind(&p.language)
@@ -1682,6 +1752,7 @@ macro_rules! shared_sql {
                 .bind(&p.plan)
                 .bind(p.strict_line_permissions)
                 .bind(p.require_https)
+                .bind(p.events.retries)
                 .execute(&mut **tx)
                 .await?;
                 let mut v: Vec<Val<'_>> = Vec::new();
@@ -1815,6 +1886,12 @@ macro_rules! shared_sql {
                     v.extend([Val::Text(&a.client_id), Val::Text(hash), Val::Text(scopes), Val::Text(&a.application_token)]);
                 }
                 bulk_insert(tx, "apps", &["client_id", "secret_sha256", "scopes", "application_token"], &v).await?;
+                let now = now_ms();
+                for a in &state.apps {
+                    for b in &a.events {
+                        insert_binding(tx, &a.client_id, b, now).await?;
+                    }
+                }
                 Ok(())
             }
         }

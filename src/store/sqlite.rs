@@ -62,6 +62,7 @@ impl Backend for SqliteStore {
     type Db = Sqlite;
 
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str> = None;
+    const AFTER_EXPLICIT_BINDING_ID: Option<&'static str> = None;
 
     fn bulk_insert_sql(table: &str, columns: &[&str], _types: &[Col]) -> String {
         let values: Vec<String> = (0..columns.len()).map(|i| format!("value ->> {i}")).collect();

@@ -709,3 +709,87 @@ async fn events_a_reset_during_a_delivery_leaves_the_worker_working() {
     let log = app.log();
     assert!(!log.contains("recording delivery outcomes failed"), "{log}");
 }
+
+// ---- bindings and event settings in the portal state ----
+
+/// The demo portal with `local.demo.app` bound to removals at `handler`, and the portal's retries.
+fn demo_bound_to(handler: &str, retries: Option<i64>) -> Value {
+    crate::helpers::demo_with(|f| {
+        f["apps"][0]["events"] = json!([{"event": "ONCRMCHATUSERDELETE", "handler": handler}]);
+        if let Some(retries) = retries {
+            f["portal"]["events"] = json!({"retries": retries});
+        }
+    })
+}
+
+#[tokio::test]
+async fn events_bindings_are_exported_loaded_and_kept_by_snapshots() {
+    let sink = Sink::start().await;
+    let app =
+        crate::helpers::spawn_app_with_args(demo_bound_to(&sink.url, None), &["--control-token", CONTROL_TOKEN]).await;
+    let exported = app.export();
+    assert_eq!(exported["portal"]["events"], json!({"retries": 10}), "{}", exported["portal"]);
+    let bindings = exported["apps"][0]["events"].as_array().unwrap_or_else(|| panic!("{}", exported["apps"])).clone();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0]["event"], "ONCRMCHATUSERDELETE");
+    assert_eq!(bindings[0]["handler"], sink.url.as_str());
+    let loaded_id = bindings[0]["id"].as_i64().expect("an exported binding has its id");
+
+    // The loaded binding is a binding like any other: listed, and delivered to with its id.
+    let client = crate::helpers::OAuthClient {
+        client_id: "local.demo.app".into(),
+        secret: "demo-secret".into(),
+        application_token: "demo-app-token".into(),
+    };
+    let admin = app.issue_tokens(&client, 1).await["access_token"].as_str().unwrap().to_string();
+    let listed = app.call_bearer(&admin, "event.get", json!({})).await;
+    assert_success(
+        &listed,
+        json!([{"event": "ONCRMCHATUSERDELETE", "handler": sink.url, "auth_type": "0", "offline": 0}]),
+    );
+
+    assert_eq!(control(&app, "/_crmchat/snapshots/bound", json!({})).await.status, 200);
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "event_type": "offline"})).await,
+        json!(true),
+    );
+    let restored = control(&app, "/_crmchat/snapshots/bound/restore", json!({})).await;
+    assert_eq!(restored.status, 200, "{}", restored.text);
+    let after = app.export();
+    assert_eq!(after["apps"][0]["events"], json!(bindings), "the snapshot's bindings, no more");
+
+    remove_operator(&app).await;
+    let [delivery] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    assert_eq!(delivery.field("event").as_deref(), Some("ONCRMCHATUSERDELETE"));
+    assert_eq!(delivery.field("event_handler_id"), Some(loaded_id.to_string()));
+
+    // A reset returns to the start-up file's bindings.
+    assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url})).await, json!(true));
+    assert_eq!(control(&app, "/_crmchat/reset", json!({})).await.status, 200);
+    assert_eq!(app.export()["apps"][0]["events"], json!(bindings));
+}
+
+#[tokio::test]
+async fn events_a_binding_in_a_state_file_is_checked_like_event_bind() {
+    let bad = demo_bound_to("http://localhost/handler", Some(101));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.json");
+    std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let out = crate::helpers::load_file(dir.path(), &file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("portal.events.retries"), "{stderr}");
+    assert!(stderr.contains("apps[0].events[0].handler"), "{stderr}");
+}
+
+#[tokio::test]
+async fn events_retries_zero_is_the_vendors_single_attempt() {
+    let sink = Sink::start().await;
+    sink.answer(&[500, 500, 500]);
+    let app = crate::helpers::spawn_app_with(demo_bound_to(&sink.url, Some(0))).await;
+    remove_operator(&app).await;
+    sink.wait(1, 10).await;
+    // A retry would come about 1 s later.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(sink.received().len(), 1, "one attempt, no retry: {:?}", sink.received());
+}

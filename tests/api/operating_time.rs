@@ -1,7 +1,7 @@
 //! The operating-time limit (protocol.md, Limits), in process: the real router over a temporary SQLite store
 //! with the demo portal, a [`ManualClock`], and an [`OperatingTime`] charged with injected durations.
 //!
-//! Keys are `{credential}|{method}`, the credential being `webhook:{id}` or `app:{client_id}` (src/rest/mod.rs).
+//! Keys are `{domain}|{credential}|{method}`, the credential being `webhook:{id}` or `app:{client_id}` (src/rest/mod.rs).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use crate::helpers::DEMO_HOOK;
 
 const GET_LAST_ID: &str = "imopenlines.crm.chat.getlastid";
 const OPERATOR_HOOK: &str = "/rest/12/operatorhookcode12/";
+const DEMO_DOMAIN: &str = "crmchat.localhost";
 const BLOCKED: &str = "Method is blocked due to operation time limit.";
 
 struct InProcess {
@@ -58,6 +59,11 @@ async fn in_process() -> InProcess {
     }
 }
 
+/// The demo portal's operating-time window of `credential` and `method`, keyed as the server keys it.
+fn window(credential: &str, method: &str) -> String {
+    crmchat::rest::limits::operating_key(DEMO_DOMAIN, credential, method)
+}
+
 /// An answer: status and JSON body.
 struct Answer {
     status: u16,
@@ -89,7 +95,7 @@ impl InProcess {
 
     /// Charges `secs` of execution time to `{credential}|{method}` at the clock's current time.
     fn charge(&self, credential: &str, method: &str, secs: f64) {
-        self.operating.record(&format!("{credential}|{method}"), Duration::from_secs_f64(secs));
+        self.operating.record(&window(credential, method), Duration::from_secs_f64(secs));
     }
 
     fn set_clock(&self, unix_secs: u64) {
@@ -233,7 +239,7 @@ async fn the_outer_batch_is_not_charged_its_commands_are() {
     assert_eq!(reset_at, s.t0 as i64 + 600);
     assert!(about(operating(&result["result_time"]["me"]).0, 0.0), "{result}");
     assert_eq!(operating(&answer.body["time"]).0, 0.0, "the outer batch shows no charge: {}", answer.body);
-    assert_eq!(s.operating.status(&format!("{}|batch", s.demo)).operating, 1000.0, "nothing charged to `batch`");
+    assert_eq!(s.operating.status(&window(&s.demo, "batch")).operating, 1000.0, "nothing charged to `batch`");
     // With `halt`, the blocked first command stops the batch.
     let answer = s.call(DEMO_HOOK, "batch", json!({"halt": 1, "cmd": cmd})).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
