@@ -763,7 +763,8 @@ async fn events_bindings_are_exported_loaded_and_kept_by_snapshots() {
     assert_eq!(delivery.field("event").as_deref(), Some("ONCRMCHATUSERDELETE"));
     assert_eq!(delivery.field("event_handler_id"), Some(loaded_id.to_string()));
 
-    // A reset returns to the start-up file's bindings.
+    // A reset returns to the start-up file's bindings. A restore revokes the tokens issued before it.
+    let admin = app.issue_tokens(&client, 1).await["access_token"].as_str().unwrap().to_string();
     assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url})).await, json!(true));
     assert_eq!(control(&app, "/_crmchat/reset", json!({})).await.status, 200);
     assert_eq!(app.export()["apps"][0]["events"], json!(bindings));
