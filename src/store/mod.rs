@@ -200,7 +200,8 @@ pub enum Change {
     /// The outcomes of delivery attempts (each only while its lease holds, see [`DeliveryOutcome`]).
     RecordDeliveries(Vec<DeliveryOutcome>),
     /// Delete up to `limit` finished deliveries that were finished before `before_ms` or are more than
-    /// `keep` finished ones, with the events left without a delivery, and expired tokens.
+    /// `keep` finished ones, with the events left without a delivery; up to `limit` messenger notices by the
+    /// same rule; and expired tokens.
     Prune {
         before_ms: i64,
         keep: i64,
@@ -230,8 +231,11 @@ pub enum ChangeOutcome {
     /// The deliveries this caller now holds.
     Leased(Vec<i64>),
     Recorded,
-    /// How many deliveries were deleted.
-    Pruned(u64),
+    /// How many finished deliveries and messenger notices were deleted.
+    Pruned {
+        deliveries: u64,
+        notifications: u64,
+    },
 }
 
 /// A delivery waiting to be sent, with its event.

@@ -180,8 +180,15 @@ impl Backend for PgStore {
                 for event in distinct {
                     sqlx::query(sql::PRUNE_EVENT).bind(event).execute(&mut *tx).await?;
                 }
+                let notifications = sqlx::query(sql::PRUNE_NOTIFICATIONS)
+                    .bind(limit)
+                    .bind(before_ms)
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 sqlx::query(sql::PRUNE_TOKENS).bind(now_ms).execute(&mut *tx).await?;
-                ChangeOutcome::Pruned(events.len() as u64)
+                ChangeOutcome::Pruned { deliveries: events.len() as u64, notifications }
             }
         };
         match outcome {

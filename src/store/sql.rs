@@ -228,6 +228,12 @@ pub(crate) mod statements {
          WHERE state <> 'pending' ORDER BY id DESC LIMIT 1 OFFSET $2), 0)) ORDER BY id LIMIT $3) RETURNING event_id";
     pub const PRUNE_EVENT: &str =
         "DELETE FROM outbox WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = $1)";
+    /// The messenger's notices of membership changes (nothing reads them yet): of the oldest `$1`, those
+    /// written before `$2` or more than `$3` behind the newest. Ids grow with time, so the oldest are a prefix.
+    /// (SQLite numbers `$N` parameters in the order they appear, so they appear in order.)
+    pub const PRUNE_NOTIFICATIONS: &str = "DELETE FROM notifications WHERE id IN (SELECT id FROM \
+         (SELECT id, created_ms FROM notifications ORDER BY id LIMIT $1) oldest \
+         WHERE created_ms < $2 OR id <= COALESCE((SELECT MAX(id) FROM notifications), 0) - $3)";
     /// Tokens that can no longer be used or refreshed, a day after their access token expired (until then an
     /// expired token is still answered `expired_token`). Delivery tokens without a refresh token are such
     /// tokens an hour after they were minted.
@@ -248,7 +254,7 @@ pub(crate) mod statements {
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -273,6 +279,7 @@ pub(crate) mod statements {
         FINISH_ATTEMPT,
         PRUNE_DELIVERIES,
         PRUNE_EVENT,
+        PRUNE_NOTIFICATIONS,
         PRUNE_TOKENS,
         DUE_DELIVERIES,
     ];

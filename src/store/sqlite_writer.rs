@@ -323,6 +323,7 @@ struct Prepared<'c> {
     finish_attempt: Statement<'c>,
     prune_deliveries: Statement<'c>,
     prune_event: Statement<'c>,
+    prune_notifications: Statement<'c>,
     prune_tokens: Statement<'c>,
     data_version: Statement<'c>,
 }
@@ -356,6 +357,7 @@ impl<'c> Prepared<'c> {
             finish_attempt: connection.prepare(sql::FINISH_ATTEMPT)?,
             prune_deliveries: connection.prepare(sql::PRUNE_DELIVERIES)?,
             prune_event: connection.prepare(sql::PRUNE_EVENT)?,
+            prune_notifications: connection.prepare(sql::PRUNE_NOTIFICATIONS)?,
             prune_tokens: connection.prepare(sql::PRUNE_TOKENS)?,
             data_version: connection.prepare("PRAGMA data_version")?,
         })
@@ -686,8 +688,9 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
                     previous = Some(event);
                 }
             }
+            let notifications = s.prune_notifications.execute(params![limit, before_ms, keep])?;
             s.prune_tokens.execute([now_ms])?;
-            Ok(ChangeOutcome::Pruned(events.len() as u64))
+            Ok(ChangeOutcome::Pruned { deliveries: events.len() as u64, notifications: notifications as u64 })
         }
     }
 }
