@@ -22,6 +22,7 @@ mod events_offline;
 mod fixtures_cli;
 mod fuzz_corpus;
 mod get_last_id;
+mod handler_examples;
 mod hostile;
 mod inspector;
 mod introspection;
