@@ -839,3 +839,33 @@ async fn events_finished_deliveries_and_notices_are_pruned_after_the_retention_w
     assert_eq!(stored(&app).await, [1, 1, 0], "only the event no handler received yet is left: {}", app.log());
     stuck.release();
 }
+
+/// A handler that never answers holds only its own deliveries: removals and additions are answered as fast as
+/// without it (the delivery timeout is 10 s, so a call waiting for the handler would take that long).
+#[tokio::test]
+async fn events_a_hanging_handler_does_not_slow_the_rest_api() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    sink.hold();
+    let admin = token(&app, "local.hang.app", "imopenlines,im", 1).await;
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await,
+        json!(true),
+    );
+    assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url})).await, json!(true));
+    let params = json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12});
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        for method in ["imopenlines.crm.chat.user.delete", "imopenlines.crm.chat.user.add"] {
+            let started = std::time::Instant::now();
+            assert_success(&app.call(method, params.clone()).await, json!(8773));
+            latencies.push(started.elapsed());
+        }
+    }
+    assert!(!sink.received().is_empty(), "the handler is being called and hangs");
+    latencies.sort();
+    let (median, slowest) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    eprintln!("with a hanging handler: median {median:?}, slowest {slowest:?} of {} calls", latencies.len());
+    assert!(slowest < std::time::Duration::from_secs(2), "median {median:?}, slowest {slowest:?}");
+    sink.release();
+}
