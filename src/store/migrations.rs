@@ -19,6 +19,7 @@ pub const SQLITE: &[File] = &[
     ("0002_events", include_str!("../../migrations/sqlite/0002_events.sql")),
     ("0004_offline_events", include_str!("../../migrations/sqlite/0004_offline_events.sql")),
     ("0005_event_settings", include_str!("../../migrations/sqlite/0005_event_settings.sql")),
+    ("0007_outgoing_webhooks", include_str!("../../migrations/sqlite/0007_outgoing_webhooks.sql")),
 ];
 
 /// `migrations/postgres`, in order.
@@ -27,6 +28,7 @@ pub const POSTGRES: &[File] = &[
     ("0002_events", include_str!("../../migrations/postgres/0002_events.sql")),
     ("0004_offline_events", include_str!("../../migrations/postgres/0004_offline_events.sql")),
     ("0005_event_settings", include_str!("../../migrations/postgres/0005_event_settings.sql")),
+    ("0007_outgoing_webhooks", include_str!("../../migrations/postgres/0007_outgoing_webhooks.sql")),
 ];
 
 /// The migrator of one backend's files.

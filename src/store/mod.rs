@@ -56,6 +56,19 @@ pub struct WebhookInfo {
     pub created_ms: i64,
 }
 
+/// An outgoing webhook: `events` are posted to `handler` with its own `application_token` and no OAuth tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingWebhook {
+    /// The `event_handler_id` of its deliveries.
+    pub id: i64,
+    pub handler: String,
+    /// Upper-case event names, sorted.
+    pub events: Vec<String>,
+    /// Kept in clear: every delivery carries it.
+    pub application_token: String,
+    pub created_ms: i64,
+}
+
 /// An OAuth application; the client secret is kept only as its hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppRecord {
@@ -335,6 +348,11 @@ pub trait Store: Send + Sync + 'static {
     async fn add_webhook(&self, user_id: i64, code_sha256: &str, scopes: &[String], at_ms: i64) -> StoreResult<i64>;
     async fn list_webhooks(&self) -> StoreResult<Vec<WebhookInfo>>;
     async fn revoke_webhook(&self, id: i64) -> StoreResult<bool>;
+    /// The new outgoing webhook's id; `webhook.id` is ignored.
+    async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64>;
+    /// In id order.
+    async fn list_outgoing_webhooks(&self) -> StoreResult<Vec<OutgoingWebhook>>;
+    async fn remove_outgoing_webhook(&self, id: i64) -> StoreResult<bool>;
     /// False when an application with that client id exists already.
     async fn add_app(&self, app: &AppRecord) -> StoreResult<bool>;
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;

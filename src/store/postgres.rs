@@ -367,7 +367,7 @@ async fn produce(
         .fetch_optional(&mut **tx)
         .await?;
     let Some(id) = id else { return Ok(0) };
-    let done = sqlx::query(sql::INSERT_DELIVERIES)
+    let bound = sqlx::query(sql::INSERT_DELIVERIES)
         .bind(id)
         .bind(cause.user_id)
         .bind(at_ms)
@@ -375,7 +375,14 @@ async fn produce(
         .bind(client_id)
         .execute(&mut **tx)
         .await?;
-    Ok(done.rows_affected())
+    let webhooks = sqlx::query(sql::INSERT_WEBHOOK_DELIVERIES)
+        .bind(id)
+        .bind(at_ms)
+        .bind(event)
+        .bind(client_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(bound.rows_affected() + webhooks.rows_affected())
 }
 
 /// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications

@@ -177,11 +177,14 @@ pub(crate) mod statements {
     pub const INSERT_NOTIFICATION: &str =
         "INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)";
     /// The events some online handler listens to (SQLite's writer keeps them, see `sqlite_writer`).
-    pub const LISTENED_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler <> ''";
-    /// An event, written only when an online handler is bound to it (of application `$6` when not NULL).
+    pub const LISTENED_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler <> '' \
+         UNION SELECT event FROM outgoing_webhook_events";
+    /// An event, written only when an online handler is bound to it (of application `$6` when not NULL) or,
+    /// for an event of the portal (`$6` NULL), an outgoing webhook is sent it.
     pub const INSERT_EVENT: &str = "INSERT INTO outbox (event, payload, created_ms, user_id, depth) \
          SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM event_bindings \
-         WHERE event = $1 AND handler <> '' AND ($6 IS NULL OR client_id = $6)) RETURNING id";
+         WHERE event = $1 AND handler <> '' AND ($6 IS NULL OR client_id = $6)) \
+         OR ($6 IS NULL AND EXISTS (SELECT 1 FROM outgoing_webhook_events WHERE event = $1)) RETURNING id";
     /// The event's deliveries, one per online binding (with the token of the binding's user, or else of the
     /// user who caused the event).
     pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
@@ -190,6 +193,13 @@ pub(crate) mod statements {
          CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
          FROM event_bindings b JOIN apps a ON a.client_id = b.client_id \
          WHERE b.event = $4 AND b.handler <> '' AND ($5 IS NULL OR b.client_id = $5) ORDER BY b.id";
+    /// The event's deliveries to outgoing webhooks: no user, so no tokens; none for an event of one
+    /// application (`$4` not NULL).
+    pub const INSERT_WEBHOOK_DELIVERIES: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
+         application_token, handler, user_id, state, attempts, next_attempt_ms, lease_until_ms, updated_ms) \
+         SELECT $1, w.id, '', w.application_token, w.handler, 0, 'pending', 0, $2, 0, $2 \
+         FROM outgoing_webhook_events e JOIN outgoing_webhooks w ON w.id = e.webhook_id \
+         WHERE e.event = $3 AND $4 IS NULL ORDER BY w.id";
     /// The events some offline binding records (SQLite's writer keeps them, like [`LISTENED_EVENTS`]).
     pub const LISTENED_OFFLINE_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler = ''";
     /// An offline event for every offline binding of event `$1` (of application `$6` when not NULL), except the
@@ -254,7 +264,7 @@ pub(crate) mod statements {
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -270,6 +280,7 @@ pub(crate) mod statements {
         LISTENED_EVENTS,
         INSERT_EVENT,
         INSERT_DELIVERIES,
+        INSERT_WEBHOOK_DELIVERIES,
         LISTENED_OFFLINE_EVENTS,
         INSERT_OFFLINE,
         NOTIFY_OFFLINE,
@@ -380,7 +391,7 @@ macro_rules! shared_sql {
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, EventBinding, ExportDetail, LoadError, PendingDelivery, Store, StoreError, StoreResult, TokenRecord,
-                WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
+                OutgoingWebhook, WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
             };
 
             type Row = <$db as sqlx::Database>::Row;
@@ -696,6 +707,68 @@ macro_rules! shared_sql {
                 async fn revoke_webhook(&self, id: i64) -> StoreResult<bool> {
                     let mut tx = self.begin_write().await?;
                     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64> {
+                    let mut tx = self.begin_write().await?;
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO outgoing_webhooks (handler, application_token, created_ms) VALUES ($1, $2, $3) \
+                         RETURNING id",
+                    )
+                    .bind(&webhook.handler)
+                    .bind(&webhook.application_token)
+                    .bind(webhook.created_ms)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    for event in &webhook.events {
+                        sqlx::query("INSERT INTO outgoing_webhook_events (webhook_id, event) VALUES ($1, $2)")
+                            .bind(id)
+                            .bind(event)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(id)
+                }
+
+                async fn list_outgoing_webhooks(&self) -> StoreResult<Vec<OutgoingWebhook>> {
+                    let rows = sqlx::query(
+                        "SELECT id, handler, application_token, created_ms FROM outgoing_webhooks ORDER BY id",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    let events: Vec<(i64, String)> = sqlx::query_as(
+                        "SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| {
+                            let id: i64 = r.get("id");
+                            OutgoingWebhook {
+                                id,
+                                handler: r.get("handler"),
+                                events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
+                                application_token: r.get("application_token"),
+                                created_ms: r.get("created_ms"),
+                            }
+                        })
+                        .collect())
+                }
+
+                async fn remove_outgoing_webhook(&self, id: i64) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query("DELETE FROM outgoing_webhook_events WHERE webhook_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let done =
+                        sqlx::query("DELETE FROM outgoing_webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     bump_revision(&mut tx).await?;
                     tx.commit().await?;
                     Ok(done.rows_affected() > 0)

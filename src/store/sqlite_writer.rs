@@ -314,6 +314,7 @@ struct Prepared<'c> {
     listened_events: Statement<'c>,
     insert_event: Statement<'c>,
     insert_deliveries: Statement<'c>,
+    insert_webhook_deliveries: Statement<'c>,
     listened_offline_events: Statement<'c>,
     insert_offline: Statement<'c>,
     notify_offline: Statement<'c>,
@@ -348,6 +349,7 @@ impl<'c> Prepared<'c> {
             listened_events: connection.prepare(sql::LISTENED_EVENTS)?,
             insert_event: connection.prepare(sql::INSERT_EVENT)?,
             insert_deliveries: connection.prepare(sql::INSERT_DELIVERIES)?,
+            insert_webhook_deliveries: connection.prepare(sql::INSERT_WEBHOOK_DELIVERIES)?,
             listened_offline_events: connection.prepare(sql::LISTENED_OFFLINE_EVENTS)?,
             insert_offline: connection.prepare(sql::INSERT_OFFLINE)?,
             notify_offline: connection.prepare(sql::NOTIFY_OFFLINE)?,
@@ -543,7 +545,9 @@ fn produce(
         .query_row(params![event, payload, at_ms, cause.user_id, cause.depth, client_id], |r| r.get::<_, i64>(0))
         .optional()?;
     let Some(id) = inserted else { return Ok(0) };
-    Ok(s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])? as u64)
+    let bound = s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])?;
+    let webhooks = s.insert_webhook_deliveries.execute(params![id, at_ms, event, client_id])?;
+    Ok((bound + webhooks) as u64)
 }
 
 /// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications

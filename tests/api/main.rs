@@ -30,6 +30,7 @@ mod message_add;
 mod metrics;
 mod oauth;
 mod operating_time;
+mod outgoing_webhooks;
 mod power_loss;
 mod rate_limit;
 mod readme;
