@@ -42,7 +42,7 @@ fn check_outgoing_events(events: &[String]) -> anyhow::Result<Vec<String>> {
     let allowed: Vec<&str> = crate::events::EVENTS.iter().filter(|e| e.scope.is_some()).map(|e| e.name).collect();
     let mut out: Vec<String> = Vec::new();
     for event in events.iter().map(|e| e.trim().to_ascii_uppercase()).filter(|e| !e.is_empty()) {
-        if !allowed.contains(&event.as_str()) {
+        if !crate::events::is_portal_event(&event) {
             bail!("--event {event:?}: not an event an outgoing webhook can be sent (known: {})", allowed.join(", "));
         }
         out.push(event);

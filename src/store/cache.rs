@@ -133,6 +133,7 @@ fn structure_of(state: &PortalState) -> PortalState {
         chats,
         webhooks: state.webhooks.clone(),
         apps: state.apps.clone(),
+        outgoing_webhooks: state.outgoing_webhooks.clone(),
     }
 }
 

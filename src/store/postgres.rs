@@ -71,6 +71,11 @@ impl Backend for PgStore {
          WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('event_bindings', 'id')::regclass), 0)",
     );
 
+    const AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID: Option<&'static str> = Some(
+        "SELECT setval(pg_get_serial_sequence('outgoing_webhooks', 'id'), $1) WHERE $1 > \
+         COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outgoing_webhooks', 'id')::regclass), 0)",
+    );
+
     fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String {
         let values: Vec<String> = types
             .iter()
@@ -92,7 +97,8 @@ impl Backend for PgStore {
     /// refer to these and are written back with the state.
     const CLEAR_STATE: &'static [&'static str] =
         &["TRUNCATE chats, portal, users, crm_records, crm_observers, lines, line_queue, connectors, chat_members, \
-         sessions, session_crm, messages, webhooks, apps, oauth_codes, oauth_tokens CASCADE"];
+         sessions, session_crm, messages, webhooks, apps, oauth_codes, oauth_tokens, outgoing_webhooks, \
+         outgoing_webhook_events CASCADE"];
 
     fn reader(&self) -> &PgPool {
         &self.pool

@@ -25,6 +25,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str>;
     /// The same for an event binding's id.
     const AFTER_EXPLICIT_BINDING_ID: Option<&'static str>;
+    /// The same for an outgoing webhook's id.
+    const AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID: Option<&'static str>;
 
     /// For reads outside a transaction.
     fn reader(&self) -> &Pool<Self::Db>;
@@ -1367,6 +1369,22 @@ macro_rules! shared_sql {
                         min_timeout: r.get("min_timeout"),
                     });
                 }
+                let hooks = sqlx::query("SELECT id, handler, application_token FROM outgoing_webhooks ORDER BY id")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let events: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event")
+                        .fetch_all(&mut *conn)
+                        .await?;
+                for r in hooks {
+                    let id: i64 = r.get("id");
+                    state.outgoing_webhooks.push(fixtures::OutgoingWebhookDef {
+                        id: Some(id),
+                        handler: r.get("handler"),
+                        events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
+                        application_token: r.get("application_token"),
+                    });
+                }
                 Ok(state)
             }
 
@@ -1756,6 +1774,53 @@ macro_rules! shared_sql {
                         insert_binding(tx, &a.client_id, b, now).await?;
                     }
                 }
+                for w in &state.outgoing_webhooks {
+                    upsert_outgoing_webhook(tx, w, now).await?;
+                }
+                Ok(())
+            }
+
+            /// One outgoing webhook of a loaded state, with its events replaced whole: by its id when the file
+            /// gives one, else by its application token (a new one is numbered by the database).
+            async fn upsert_outgoing_webhook(tx: &mut Tx, w: &fixtures::OutgoingWebhookDef, now: i64) -> StoreResult<()> {
+                let id: i64 = match w.id {
+                    Some(id) => {
+                        sqlx::query(
+                            "INSERT INTO outgoing_webhooks (id, handler, application_token, created_ms) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET handler = excluded.handler, \
+                             application_token = excluded.application_token",
+                        )
+                        .bind(id)
+                        .bind(&w.handler)
+                        .bind(&w.application_token)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                        if let Some(bump) = <$store as Backend>::AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID {
+                            sqlx::query(bump).bind(id).execute(&mut **tx).await?;
+                        }
+                        id
+                    }
+                    None => {
+                        sqlx::query_scalar(
+                            "INSERT INTO outgoing_webhooks (handler, application_token, created_ms) VALUES ($1, $2, $3) \
+                             ON CONFLICT (application_token) DO UPDATE SET handler = excluded.handler RETURNING id",
+                        )
+                        .bind(&w.handler)
+                        .bind(&w.application_token)
+                        .bind(now)
+                        .fetch_one(&mut **tx)
+                        .await?
+                    }
+                };
+                sqlx::query("DELETE FROM outgoing_webhook_events WHERE webhook_id = $1").bind(id).execute(&mut **tx).await?;
+                for event in &w.events {
+                    sqlx::query("INSERT INTO outgoing_webhook_events (webhook_id, event) VALUES ($1, $2)")
+                        .bind(id)
+                        .bind(event)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 Ok(())
             }
 
@@ -1971,6 +2036,9 @@ macro_rules! shared_sql {
                     for b in &a.events {
                         insert_binding(tx, &a.client_id, b, now).await?;
                     }
+                }
+                for w in &state.outgoing_webhooks {
+                    upsert_outgoing_webhook(tx, w, now).await?;
                 }
                 Ok(())
             }

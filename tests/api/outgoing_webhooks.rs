@@ -98,3 +98,55 @@ async fn outgoing_webhook_bad_arguments_are_refused_and_change_nothing() {
     let listed = app.cli_ok(&["webhook", "list"]);
     assert!(!listed.contains("outgoing"), "nothing was stored:\n{listed}");
 }
+
+#[tokio::test]
+async fn outgoing_webhooks_are_part_of_the_portal_state() {
+    let sink = Sink::start().await;
+    let fixture = crate::helpers::demo_with(|f| {
+        f["outgoing_webhooks"] = json!([{"handler": sink.url, "events": ["ONCRMCHATUSERDELETE"],
+                                         "application_token": "outgoing-token-from-the-file"}]);
+    });
+    let app = crate::helpers::spawn_app_with_args(fixture, &["--control-token", crate::events::CONTROL_TOKEN]).await;
+    let exported = app.export()["outgoing_webhooks"].clone();
+    let id = exported[0]["id"].as_i64().unwrap_or_else(|| panic!("an id: {exported}"));
+    assert_eq!(
+        exported,
+        json!([{"id": id, "handler": sink.url, "events": ["ONCRMCHATUSERDELETE"],
+                "application_token": "outgoing-token-from-the-file"}])
+    );
+    remove_operator(&app).await;
+    let [delivery] = <[Received; 1]>::try_from(sink.wait(1, 10).await).unwrap();
+    assert_eq!(delivery.field("auth[application_token]").as_deref(), Some("outgoing-token-from-the-file"));
+    assert_eq!(delivery.field("event_handler_id"), Some(id.to_string()));
+
+    // One added since start-up is gone after a reset; the file's comes back as it was.
+    add_outgoing(&app, "ONCRMCHATUSERADD", &sink.url);
+    assert_eq!(app.export()["outgoing_webhooks"].as_array().map(Vec::len), Some(2));
+    let reset = crate::events::control(&app, "/_crmchat/reset", json!({})).await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    assert_eq!(app.export()["outgoing_webhooks"], exported);
+}
+
+#[tokio::test]
+async fn a_bad_outgoing_webhook_in_a_state_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.json");
+    let state = crate::helpers::demo_with(|f| {
+        f["outgoing_webhooks"] = json!([
+            {"handler": "http://127.0.0.1:9/", "events": ["ONAPPTEST"], "application_token": "t1"},
+            {"handler": "http://localhost/", "events": [], "application_token": "t1"},
+        ]);
+    });
+    std::fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = crate::helpers::load_file(dir.path(), &file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for path in [
+        "outgoing_webhooks[0].events[0]",
+        "outgoing_webhooks[1].handler",
+        "outgoing_webhooks[1].events",
+        "outgoing_webhooks[1]: duplicate application_token",
+    ] {
+        assert!(stderr.contains(path), "{path} in:\n{stderr}");
+    }
+}
