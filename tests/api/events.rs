@@ -9,12 +9,12 @@ use crate::helpers::{TestApp, assert_error, assert_error_body, assert_null_argum
 const HANDLER: &str = "http://127.0.0.1:9/handler";
 
 /// An application with the demo's scopes and an access token of `user`.
-async fn token(app: &TestApp, client_id: &str, scopes: &str, user: i64) -> String {
+pub(crate) async fn token(app: &TestApp, client_id: &str, scopes: &str, user: i64) -> String {
     let client = app.add_oauth_app(client_id, scopes);
     app.issue_tokens(&client, user).await["access_token"].as_str().unwrap().to_string()
 }
 
-async fn bind(app: &TestApp, token: &str, params: Value) -> crate::helpers::Resp {
+pub(crate) async fn bind(app: &TestApp, token: &str, params: Value) -> crate::helpers::Resp {
     app.call_bearer(token, "event.bind", params).await
 }
 
@@ -198,18 +198,18 @@ async fn events_lists_the_events_of_the_scopes() {
 
 /// One request a [`Sink`] received.
 #[derive(Debug, Clone)]
-struct Received {
-    content_type: String,
-    body: String,
+pub(crate) struct Received {
+    pub(crate) content_type: String,
+    pub(crate) body: String,
 }
 
 impl Received {
     /// The body's pairs, decoded.
-    fn pairs(&self) -> Vec<(String, String)> {
+    pub(crate) fn pairs(&self) -> Vec<(String, String)> {
         form_urlencoded::parse(self.body.as_bytes()).into_owned().collect()
     }
 
-    fn field(&self, name: &str) -> Option<String> {
+    pub(crate) fn field(&self, name: &str) -> Option<String> {
         self.pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 }
@@ -217,8 +217,8 @@ impl Received {
 /// A local event handler: records every request, answers with the statuses it is told, one per request
 /// (200 once they run out).
 #[derive(Clone)]
-struct Sink {
-    url: String,
+pub(crate) struct Sink {
+    pub(crate) url: String,
     received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
     /// False: requests are recorded, then held without an answer until it turns true.
@@ -226,11 +226,11 @@ struct Sink {
 }
 
 impl Sink {
-    async fn start() -> Sink {
+    pub(crate) async fn start() -> Sink {
         Sink::on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
     }
 
-    async fn on(listener: tokio::net::TcpListener) -> Sink {
+    pub(crate) async fn on(listener: tokio::net::TcpListener) -> Sink {
         let addr = listener.local_addr().unwrap();
         let sink = Sink {
             url: format!("http://{addr}/handler"),
@@ -255,24 +255,24 @@ impl Sink {
     }
 
     /// Holds every request without an answer until [`Sink::release`].
-    fn hold(&self) {
+    pub(crate) fn hold(&self) {
         self.open.send_replace(false);
     }
 
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.open.send_replace(true);
     }
 
-    fn answer(&self, statuses: &[u16]) {
+    pub(crate) fn answer(&self, statuses: &[u16]) {
         self.answers.lock().unwrap().extend(statuses);
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
     /// Waits until `count` requests arrived (at most `secs` seconds) and returns them.
-    async fn wait(&self, count: usize, secs: u64) -> Vec<Received> {
+    pub(crate) async fn wait(&self, count: usize, secs: u64) -> Vec<Received> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             let received = self.received();
@@ -286,7 +286,7 @@ impl Sink {
 }
 
 /// The removal of user 12 from chat 8773 (deal 288) through the demo webhook.
-async fn remove_operator(app: &TestApp) {
+pub(crate) async fn remove_operator(app: &TestApp) {
     let resp = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})).await;
     assert_success(&resp, json!(8773));
 }
@@ -537,13 +537,13 @@ async fn events_php_parses_a_delivery_like_a_handler_would() {
 
 // ---- installing and removing applications ----
 
-const CONTROL_TOKEN: &str = "control-token-for-event-tests";
+pub(crate) const CONTROL_TOKEN: &str = "control-token-for-event-tests";
 
-async fn spawn_controlled() -> TestApp {
+pub(crate) async fn spawn_controlled() -> TestApp {
     crate::helpers::spawn_app_with_args(crate::helpers::demo_fixture(), &["--control-token", CONTROL_TOKEN]).await
 }
 
-async fn control(app: &TestApp, path: &str, body: Value) -> crate::helpers::Resp {
+pub(crate) async fn control(app: &TestApp, path: &str, body: Value) -> crate::helpers::Resp {
     app.send(app.client.post(app.url(path)).bearer_auth(CONTROL_TOKEN).json(&body)).await
 }
 
