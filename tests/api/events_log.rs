@@ -5,16 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::events::{CONTROL_TOKEN, Sink, control, remove_operator};
+use crate::events::{CONTROL_TOKEN, Sink, control, remove_operator, unused_addr};
 use crate::helpers::{Resp, TestApp, assert_success, demo_with, spawn_app, spawn_app_with_args};
 use crate::metrics::sample;
 
 /// A handler URL where nothing listens: every attempt fails without an answer.
 fn dead_handler() -> String {
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
-    format!("http://{addr}/handler")
+    format!("http://{}/handler", unused_addr())
 }
 
 /// The demo portal with one retry per delivery, removals bound to `removals` and additions to `additions`,
