@@ -213,8 +213,9 @@ pub(crate) mod statements {
          SELECT $1, b.id, b.client_id, a.application_token, b.handler, \
          CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
          FROM event_bindings b JOIN apps a ON a.client_id = b.client_id WHERE b.id = $4";
-    /// Take a delivery if nobody holds it.
-    pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1 \
+    /// Take a delivery if nobody holds it. The attempt made under the new lease comes after any redelivery
+    /// asked for so far, so a mark of [`REDELIVER`] left by an abandoned lease is cleared.
+    pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1, requeued = 0 \
          WHERE id = $2 AND state = 'pending' AND lease_until_ms <= $3";
     pub const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status, error, \
          duration_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING";
