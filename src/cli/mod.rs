@@ -67,7 +67,7 @@ pub enum EventsCommand {
         /// Only this event (e.g. ONCRMCHATUSERDELETE).
         #[arg(long)]
         event: Option<String>,
-        /// The most events shown.
+        /// The most events shown (1 to 1000).
         #[arg(
             long,
             default_value_t = crate::events::log::DEFAULT_LIMIT,
