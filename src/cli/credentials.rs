@@ -10,7 +10,7 @@ use crate::events::{HandlerUrlError, check_handler, lifecycle};
 use crate::rest::oauth::new_secret;
 use crate::rest::registry::all_scopes;
 use crate::secrets::{random_alphanumeric, sha256_hex};
-use crate::store::{self, AppRecord, AuthCode, DynStore};
+use crate::store::{self, AppRecord, AuthCode, DynStore, OutgoingWebhook};
 
 /// Authorization codes are short-lived, as on the vendor's consent screen.
 const AUTH_CODE_TTL_MS: i64 = 30_000;
@@ -34,6 +34,36 @@ fn check_scopes(scopes: &[String]) -> anyhow::Result<Vec<String>> {
         bail!("at least one scope is required (known: {})", known.join(", "));
     }
     Ok(out)
+}
+
+/// The events an outgoing webhook can be sent: those of the portal's changes (not an application's own
+/// lifecycle events), upper-cased, sorted, without repeats.
+fn check_outgoing_events(events: &[String]) -> anyhow::Result<Vec<String>> {
+    let allowed: Vec<&str> = crate::events::EVENTS.iter().filter(|e| e.scope.is_some()).map(|e| e.name).collect();
+    let mut out: Vec<String> = Vec::new();
+    for event in events.iter().map(|e| e.trim().to_ascii_uppercase()).filter(|e| !e.is_empty()) {
+        if !crate::events::is_portal_event(&event) {
+            bail!("--event {event:?}: not an event an outgoing webhook can be sent (known: {})", allowed.join(", "));
+        }
+        out.push(event);
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        bail!("at least one --event is required (known: {})", allowed.join(", "));
+    }
+    Ok(out)
+}
+
+fn check_handler_arg(handler: &str) -> anyhow::Result<()> {
+    check_handler(handler).map_err(|e| match e {
+        HandlerUrlError::WrongUrl => {
+            anyhow::anyhow!("--handler {handler:?}: its host needs a dot after the first character")
+        }
+        HandlerUrlError::UnsupportedProtocol => {
+            anyhow::anyhow!("--handler {handler:?}: only http and https are supported")
+        }
+    })
 }
 
 /// The active administrator with the lowest id.
@@ -60,7 +90,25 @@ async fn require_user(store: &DynStore, user: i64) -> anyhow::Result<()> {
 
 pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
     match command {
-        WebhookCommand::Add { user, scope, base_url, storage } => {
+        WebhookCommand::Add { outgoing: true, event, handler, storage, .. } => {
+            let events = check_outgoing_events(&event)?;
+            let handler = handler.unwrap_or_default();
+            check_handler_arg(&handler)?;
+            let store = store::open(&storage.database_url()).await?;
+            let webhook = OutgoingWebhook {
+                id: 0,
+                handler: handler.clone(),
+                events,
+                application_token: new_secret(),
+                created_ms: now_ms(),
+            };
+            let id = store.add_outgoing_webhook(&webhook).await?;
+            println!("outgoing webhook {id}: {} -> {handler}", webhook.events.join(","));
+            println!("application_token: {}", webhook.application_token);
+            eprintln!("Every delivery carries auth[application_token]; check it in the handler.");
+        }
+        WebhookCommand::Add { user, scope, base_url, storage, .. } => {
+            let user = user.context("--user is required")?;
             let scopes = check_scopes(&scope)?;
             let store = store::open(&storage.database_url()).await?;
             require_user(&store, user).await?;
@@ -76,8 +124,25 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 let created = crate::store::ms_to_rfc3339(hook.created_ms);
                 println!("{:>6}  {:>8}  {:<24}  {created}", hook.id, hook.user_id, hook.scopes.join(","));
             }
+            let outgoing = store.list_outgoing_webhooks().await?;
+            if !outgoing.is_empty() {
+                println!();
+                println!("outgoing webhooks (application tokens are not shown):");
+                println!("{:>6}  {:<40}  {:<32}  created", "id", "events", "handler");
+                for hook in outgoing {
+                    let created = crate::store::ms_to_rfc3339(hook.created_ms);
+                    println!("{:>6}  {:<40}  {:<32}  {created}", hook.id, hook.events.join(","), hook.handler);
+                }
+            }
         }
-        WebhookCommand::Revoke { id, storage } => {
+        WebhookCommand::Revoke { id, outgoing: true, storage } => {
+            let store = store::open(&storage.database_url()).await?;
+            if !store.remove_outgoing_webhook(id).await? {
+                bail!("no outgoing webhook with id {id}");
+            }
+            println!("outgoing webhook {id} removed");
+        }
+        WebhookCommand::Revoke { id, storage, .. } => {
             let store = store::open(&storage.database_url()).await?;
             if !store.revoke_webhook(id).await? {
                 bail!("no webhook with id {id}");
@@ -96,14 +161,7 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
                 bail!("the client id must not be empty");
             }
             if let Some(handler) = &handler {
-                check_handler(handler).map_err(|e| match e {
-                    HandlerUrlError::WrongUrl => {
-                        anyhow::anyhow!("--handler {handler:?}: its host needs a dot after the first character")
-                    }
-                    HandlerUrlError::UnsupportedProtocol => {
-                        anyhow::anyhow!("--handler {handler:?}: only http and https are supported")
-                    }
-                })?;
+                check_handler_arg(handler)?;
             }
             let store = store::open(&storage.database_url()).await?;
             let installer = match (&handler, user) {

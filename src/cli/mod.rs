@@ -90,13 +90,24 @@ pub enum EventsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
-    /// Create a webhook for a user; prints its URL once (only a hash of the code is stored).
+    /// Create a webhook for a user; prints its URL once (only a hash of the code is stored). With `--outgoing`,
+    /// an outgoing webhook instead: the events are posted to the handler, and its application token is printed.
     Add {
-        #[arg(long)]
-        user: i64,
+        #[arg(long, required_unless_present = "outgoing", conflicts_with = "outgoing")]
+        user: Option<i64>,
         /// Comma-separated scopes, e.g. `imopenlines,im`.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "outgoing", conflicts_with = "outgoing")]
         scope: Vec<String>,
+        /// An outgoing webhook (Bitrix24's local integration with an event list and a handler URL).
+        #[arg(long, requires_all = ["event", "handler"])]
+        outgoing: bool,
+        /// The events an outgoing webhook is sent, comma-separated: ONCRMCHATUSERADD, ONCRMCHATUSERDELETE,
+        /// ONOPENLINEMESSAGEADD.
+        #[arg(long, value_delimiter = ',', requires = "outgoing")]
+        event: Vec<String>,
+        /// Where an outgoing webhook's events are posted (an http or https URL whose host has a dot).
+        #[arg(long, requires = "outgoing")]
+        handler: Option<String>,
         /// The server's base URL, used to print the webhook URL.
         #[arg(long, env = "CRMCHAT_BASE_URL", default_value = "http://127.0.0.1:8080")]
         base_url: String,
@@ -108,9 +119,11 @@ pub enum WebhookCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
-    /// Revoke a webhook by id.
+    /// Revoke a webhook by id (an outgoing one with `--outgoing`).
     Revoke {
         id: i64,
+        #[arg(long)]
+        outgoing: bool,
         #[command(flatten)]
         storage: StorageArgs,
     },

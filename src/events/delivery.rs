@@ -36,6 +36,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Finished deliveries are kept this long, and at most [`RETAINED`] of them.
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 const RETAINED: i64 = 100_000;
+/// Rows one prune deletes of each kind; a full batch is followed by another, up to [`MAX_PRUNE_BATCHES`] a second.
+const PRUNE_BATCH: i64 = 5_000;
+const MAX_PRUNE_BATCHES: usize = 20;
 /// How often the worker looks for due deliveries when it has nothing to do.
 const POLL: Duration = Duration::from_millis(20);
 /// Deliveries taken per look, and kept in flight by one process at most.
@@ -261,12 +264,26 @@ impl Worker {
         }
     }
 
+    /// Prunes in batches of [`PRUNE_BATCH`], going on at once while a batch was full, so that pruning keeps
+    /// up with any sustained rate of removals (each writes a notice) and deliveries.
     async fn prune(&self) {
         let now = self.clock.unix_ms();
-        let change =
-            Change::Prune { before_ms: now - RETENTION.as_millis() as i64, keep: RETAINED, limit: 5_000, now_ms: now };
-        if let Err(err) = self.store.apply(change).await {
-            tracing::warn!(error = %err, "pruning finished deliveries failed");
+        for _ in 0..MAX_PRUNE_BATCHES {
+            let change = Change::Prune {
+                before_ms: now - RETENTION.as_millis() as i64,
+                keep: RETAINED,
+                limit: PRUNE_BATCH,
+                now_ms: now,
+            };
+            match self.store.apply(change).await {
+                Ok(ChangeOutcome::Pruned { deliveries, notifications })
+                    if deliveries.max(notifications) >= PRUNE_BATCH as u64 => {}
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "pruning finished deliveries failed");
+                    break;
+                }
+            }
         }
         let mut tokens = self.tokens.lock().expect("token cache");
         tokens.retain(|_, t| t.expires_ms > now);

@@ -36,6 +36,12 @@ pub fn find(name: &str, scopes: &[String]) -> Option<&'static EventDef> {
     EVENTS.iter().find(|e| e.name == name && e.scope.is_none_or(|s| scopes.iter().any(|g| g == s)))
 }
 
+/// An event that changes of the portal produce (not an application's own lifecycle): what an outgoing webhook
+/// may be sent.
+pub fn is_portal_event(name: &str) -> bool {
+    EVENTS.iter().any(|e| e.name == name && e.scope.is_some())
+}
+
 /// Why a handler URL is refused, as the vendor checks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandlerUrlError {

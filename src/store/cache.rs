@@ -16,8 +16,8 @@ use async_trait::async_trait;
 
 use super::{
     AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DynStore, EventBinding,
-    EventLogFilter, LoadError, LoggedEvent, PendingDelivery, PendingStats, Store, StoreError, StoreResult, TokenRecord,
-    WebhookCredential, WebhookInfo,
+    EventLogFilter, LoadError, LoggedEvent, OutgoingWebhook, PendingDelivery, PendingStats, Store, StoreError,
+    StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
@@ -134,6 +134,7 @@ fn structure_of(state: &PortalState) -> PortalState {
         chats,
         webhooks: state.webhooks.clone(),
         apps: state.apps.clone(),
+        outgoing_webhooks: state.outgoing_webhooks.clone(),
     }
 }
 
@@ -364,6 +365,18 @@ impl Store for CachedStore {
         now_ms: i64,
     ) -> StoreResult<Option<TokenRecord>> {
         self.inner.rotate_tokens(old_refresh_sha256, new, now_ms).await
+    }
+
+    async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64> {
+        self.inner.add_outgoing_webhook(webhook).await
+    }
+
+    async fn list_outgoing_webhooks(&self) -> StoreResult<Vec<OutgoingWebhook>> {
+        self.inner.list_outgoing_webhooks().await
+    }
+
+    async fn remove_outgoing_webhook(&self, id: i64) -> StoreResult<bool> {
+        self.inner.remove_outgoing_webhook(id).await
     }
 
     async fn add_binding(&self, binding: &EventBinding, at_ms: i64) -> StoreResult<Option<i64>> {

@@ -20,6 +20,7 @@ pub const SQLITE: &[File] = &[
     ("0004_offline_events", include_str!("../../migrations/sqlite/0004_offline_events.sql")),
     ("0005_event_settings", include_str!("../../migrations/sqlite/0005_event_settings.sql")),
     ("0006_delivery_log", include_str!("../../migrations/sqlite/0006_delivery_log.sql")),
+    ("0007_outgoing_webhooks", include_str!("../../migrations/sqlite/0007_outgoing_webhooks.sql")),
 ];
 
 /// `migrations/postgres`, in order.
@@ -29,6 +30,7 @@ pub const POSTGRES: &[File] = &[
     ("0004_offline_events", include_str!("../../migrations/postgres/0004_offline_events.sql")),
     ("0005_event_settings", include_str!("../../migrations/postgres/0005_event_settings.sql")),
     ("0006_delivery_log", include_str!("../../migrations/postgres/0006_delivery_log.sql")),
+    ("0007_outgoing_webhooks", include_str!("../../migrations/postgres/0007_outgoing_webhooks.sql")),
 ];
 
 /// The migrator of one backend's files.

@@ -56,6 +56,19 @@ pub struct WebhookInfo {
     pub created_ms: i64,
 }
 
+/// An outgoing webhook: `events` are posted to `handler` with its own `application_token` and no OAuth tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingWebhook {
+    /// The `event_handler_id` of its deliveries.
+    pub id: i64,
+    pub handler: String,
+    /// Upper-case event names, sorted.
+    pub events: Vec<String>,
+    /// Kept in clear: every delivery carries it.
+    pub application_token: String,
+    pub created_ms: i64,
+}
+
 /// An OAuth application; the client secret is kept only as its hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppRecord {
@@ -200,7 +213,8 @@ pub enum Change {
     /// The outcomes of delivery attempts (each only while its lease holds, see [`DeliveryOutcome`]).
     RecordDeliveries(Vec<DeliveryOutcome>),
     /// Delete up to `limit` finished deliveries that were finished before `before_ms` or are more than
-    /// `keep` finished ones, with the events left without a delivery, and expired tokens.
+    /// `keep` finished ones, with the events left without a delivery; up to `limit` messenger notices by the
+    /// same rule; and expired tokens.
     Prune {
         before_ms: i64,
         keep: i64,
@@ -230,8 +244,11 @@ pub enum ChangeOutcome {
     /// The deliveries this caller now holds.
     Leased(Vec<i64>),
     Recorded,
-    /// How many deliveries were deleted.
-    Pruned(u64),
+    /// How many finished deliveries and messenger notices were deleted.
+    Pruned {
+        deliveries: u64,
+        notifications: u64,
+    },
 }
 
 /// A delivery waiting to be sent, with its event.
@@ -406,6 +423,11 @@ pub trait Store: Send + Sync + 'static {
     async fn add_webhook(&self, user_id: i64, code_sha256: &str, scopes: &[String], at_ms: i64) -> StoreResult<i64>;
     async fn list_webhooks(&self) -> StoreResult<Vec<WebhookInfo>>;
     async fn revoke_webhook(&self, id: i64) -> StoreResult<bool>;
+    /// The new outgoing webhook's id; `webhook.id` is ignored.
+    async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64>;
+    /// In id order.
+    async fn list_outgoing_webhooks(&self) -> StoreResult<Vec<OutgoingWebhook>>;
+    async fn remove_outgoing_webhook(&self, id: i64) -> StoreResult<bool>;
     /// False when an application with that client id exists already.
     async fn add_app(&self, app: &AppRecord) -> StoreResult<bool>;
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;

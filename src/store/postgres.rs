@@ -71,6 +71,11 @@ impl Backend for PgStore {
          WHERE $1 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('event_bindings', 'id')::regclass), 0)",
     );
 
+    const AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID: Option<&'static str> = Some(
+        "SELECT setval(pg_get_serial_sequence('outgoing_webhooks', 'id'), $1) WHERE $1 > \
+         COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outgoing_webhooks', 'id')::regclass), 0)",
+    );
+
     fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String {
         let values: Vec<String> = types
             .iter()
@@ -92,7 +97,8 @@ impl Backend for PgStore {
     /// refer to these and are written back with the state.
     const CLEAR_STATE: &'static [&'static str] =
         &["TRUNCATE chats, portal, users, crm_records, crm_observers, lines, line_queue, connectors, chat_members, \
-         sessions, session_crm, messages, webhooks, apps, oauth_codes, oauth_tokens CASCADE"];
+         sessions, session_crm, messages, webhooks, apps, oauth_codes, oauth_tokens, outgoing_webhooks, \
+         outgoing_webhook_events CASCADE"];
 
     fn reader(&self) -> &PgPool {
         &self.pool
@@ -190,8 +196,15 @@ impl Backend for PgStore {
                 for event in distinct {
                     sqlx::query(sql::PRUNE_EVENT).bind(event).execute(&mut *tx).await?;
                 }
+                let notifications = sqlx::query(sql::PRUNE_NOTIFICATIONS)
+                    .bind(limit)
+                    .bind(before_ms)
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 sqlx::query(sql::PRUNE_TOKENS).bind(now_ms).execute(&mut *tx).await?;
-                ChangeOutcome::Pruned(events.len() as u64)
+                ChangeOutcome::Pruned { deliveries: events.len() as u64, notifications }
             }
         };
         match outcome {
@@ -385,7 +398,7 @@ async fn produce(
         .await?;
     let Some(id) = id else { return Ok(produced) };
     produced.events.push(event);
-    let done = sqlx::query(sql::INSERT_DELIVERIES)
+    let bound = sqlx::query(sql::INSERT_DELIVERIES)
         .bind(id)
         .bind(cause.user_id)
         .bind(at_ms)
@@ -393,7 +406,14 @@ async fn produce(
         .bind(client_id)
         .execute(&mut **tx)
         .await?;
-    produced.deliveries = done.rows_affected();
+    let webhooks = sqlx::query(sql::INSERT_WEBHOOK_DELIVERIES)
+        .bind(id)
+        .bind(at_ms)
+        .bind(event)
+        .bind(client_id)
+        .execute(&mut **tx)
+        .await?;
+    produced.deliveries = bound.rows_affected() + webhooks.rows_affected();
     Ok(produced)
 }
 

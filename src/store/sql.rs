@@ -25,6 +25,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str>;
     /// The same for an event binding's id.
     const AFTER_EXPLICIT_BINDING_ID: Option<&'static str>;
+    /// The same for an outgoing webhook's id.
+    const AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID: Option<&'static str>;
 
     /// For reads outside a transaction.
     fn reader(&self) -> &Pool<Self::Db>;
@@ -177,11 +179,14 @@ pub(crate) mod statements {
     pub const INSERT_NOTIFICATION: &str =
         "INSERT INTO notifications (chat_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4)";
     /// The events some online handler listens to (SQLite's writer keeps them, see `sqlite_writer`).
-    pub const LISTENED_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler <> ''";
-    /// An event, written only when an online handler is bound to it (of application `$6` when not NULL).
+    pub const LISTENED_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler <> '' \
+         UNION SELECT event FROM outgoing_webhook_events";
+    /// An event, written only when an online handler is bound to it (of application `$6` when not NULL) or,
+    /// for an event of the portal (`$6` NULL), an outgoing webhook is sent it.
     pub const INSERT_EVENT: &str = "INSERT INTO outbox (event, payload, created_ms, user_id, depth) \
          SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM event_bindings \
-         WHERE event = $1 AND handler <> '' AND ($6 IS NULL OR client_id = $6)) RETURNING id";
+         WHERE event = $1 AND handler <> '' AND ($6 IS NULL OR client_id = $6)) \
+         OR ($6 IS NULL AND EXISTS (SELECT 1 FROM outgoing_webhook_events WHERE event = $1)) RETURNING id";
     /// The event's deliveries, one per online binding (with the token of the binding's user, or else of the
     /// user who caused the event).
     pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
@@ -190,6 +195,13 @@ pub(crate) mod statements {
          CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
          FROM event_bindings b JOIN apps a ON a.client_id = b.client_id \
          WHERE b.event = $4 AND b.handler <> '' AND ($5 IS NULL OR b.client_id = $5) ORDER BY b.id";
+    /// The event's deliveries to outgoing webhooks: no user, so no tokens; none for an event of one
+    /// application (`$4` not NULL).
+    pub const INSERT_WEBHOOK_DELIVERIES: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
+         application_token, handler, user_id, state, attempts, next_attempt_ms, lease_until_ms, updated_ms) \
+         SELECT $1, w.id, '', w.application_token, w.handler, 0, 'pending', 0, $2, 0, $2 \
+         FROM outgoing_webhook_events e JOIN outgoing_webhooks w ON w.id = e.webhook_id \
+         WHERE e.event = $3 AND $4 IS NULL ORDER BY w.id";
     /// The events some offline binding records (SQLite's writer keeps them, like [`LISTENED_EVENTS`]).
     pub const LISTENED_OFFLINE_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler = ''";
     /// An offline event for every offline binding of event `$1` (of application `$6` when not NULL), except the
@@ -252,6 +264,12 @@ pub(crate) mod statements {
          WHERE state <> 'pending' ORDER BY id DESC LIMIT 1 OFFSET $2), 0)) ORDER BY id LIMIT $3) RETURNING event_id";
     pub const PRUNE_EVENT: &str =
         "DELETE FROM outbox WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = $1)";
+    /// The messenger's notices of membership changes (nothing reads them yet): of the oldest `$1`, those
+    /// written before `$2` or more than `$3` behind the newest. Ids grow with time, so the oldest are a prefix.
+    /// (SQLite numbers `$N` parameters in the order they appear, so they appear in order.)
+    pub const PRUNE_NOTIFICATIONS: &str = "DELETE FROM notifications WHERE id IN (SELECT id FROM \
+         (SELECT id, created_ms FROM notifications ORDER BY id LIMIT $1) oldest \
+         WHERE created_ms < $2 OR id <= COALESCE((SELECT MAX(id) FROM notifications), 0) - $3)";
     /// Tokens that can no longer be used or refreshed, a day after their access token expired (until then an
     /// expired token is still answered `expired_token`). Delivery tokens without a refresh token are such
     /// tokens an hour after they were minted.
@@ -272,7 +290,7 @@ pub(crate) mod statements {
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 33] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -288,6 +306,7 @@ pub(crate) mod statements {
         LISTENED_EVENTS,
         INSERT_EVENT,
         INSERT_DELIVERIES,
+        INSERT_WEBHOOK_DELIVERIES,
         LISTENED_OFFLINE_EVENTS,
         INSERT_OFFLINE,
         NOTIFY_OFFLINE,
@@ -297,6 +316,7 @@ pub(crate) mod statements {
         FINISH_ATTEMPT,
         PRUNE_DELIVERIES,
         PRUNE_EVENT,
+        PRUNE_NOTIFICATIONS,
         PRUNE_TOKENS,
         DUE_DELIVERIES,
         REDELIVER,
@@ -402,7 +422,7 @@ macro_rules! shared_sql {
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DeliveryState, EventBinding, EventLogFilter, ExportDetail, LoadError, LoggedAttempt, LoggedDelivery, LoggedEvent, PendingDelivery, PendingStats, Store, StoreError, StoreResult, TokenRecord,
-                WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
+                OutgoingWebhook, WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
             };
 
             type Row = <$db as sqlx::Database>::Row;
@@ -718,6 +738,68 @@ macro_rules! shared_sql {
                 async fn revoke_webhook(&self, id: i64) -> StoreResult<bool> {
                     let mut tx = self.begin_write().await?;
                     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64> {
+                    let mut tx = self.begin_write().await?;
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO outgoing_webhooks (handler, application_token, created_ms) VALUES ($1, $2, $3) \
+                         RETURNING id",
+                    )
+                    .bind(&webhook.handler)
+                    .bind(&webhook.application_token)
+                    .bind(webhook.created_ms)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    for event in &webhook.events {
+                        sqlx::query("INSERT INTO outgoing_webhook_events (webhook_id, event) VALUES ($1, $2)")
+                            .bind(id)
+                            .bind(event)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    bump_revision(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(id)
+                }
+
+                async fn list_outgoing_webhooks(&self) -> StoreResult<Vec<OutgoingWebhook>> {
+                    let rows = sqlx::query(
+                        "SELECT id, handler, application_token, created_ms FROM outgoing_webhooks ORDER BY id",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    let events: Vec<(i64, String)> = sqlx::query_as(
+                        "SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| {
+                            let id: i64 = r.get("id");
+                            OutgoingWebhook {
+                                id,
+                                handler: r.get("handler"),
+                                events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
+                                application_token: r.get("application_token"),
+                                created_ms: r.get("created_ms"),
+                            }
+                        })
+                        .collect())
+                }
+
+                async fn remove_outgoing_webhook(&self, id: i64) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query("DELETE FROM outgoing_webhook_events WHERE webhook_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let done =
+                        sqlx::query("DELETE FROM outgoing_webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     bump_revision(&mut tx).await?;
                     tx.commit().await?;
                     Ok(done.rows_affected() > 0)
@@ -1381,6 +1463,22 @@ macro_rules! shared_sql {
                         min_timeout: r.get("min_timeout"),
                     });
                 }
+                let hooks = sqlx::query("SELECT id, handler, application_token FROM outgoing_webhooks ORDER BY id")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let events: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event")
+                        .fetch_all(&mut *conn)
+                        .await?;
+                for r in hooks {
+                    let id: i64 = r.get("id");
+                    state.outgoing_webhooks.push(fixtures::OutgoingWebhookDef {
+                        id: Some(id),
+                        handler: r.get("handler"),
+                        events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
+                        application_token: r.get("application_token"),
+                    });
+                }
                 Ok(state)
             }
 
@@ -1770,6 +1868,53 @@ macro_rules! shared_sql {
                         insert_binding(tx, &a.client_id, b, now).await?;
                     }
                 }
+                for w in &state.outgoing_webhooks {
+                    upsert_outgoing_webhook(tx, w, now).await?;
+                }
+                Ok(())
+            }
+
+            /// One outgoing webhook of a loaded state, with its events replaced whole: by its id when the file
+            /// gives one, else by its application token (a new one is numbered by the database).
+            async fn upsert_outgoing_webhook(tx: &mut Tx, w: &fixtures::OutgoingWebhookDef, now: i64) -> StoreResult<()> {
+                let id: i64 = match w.id {
+                    Some(id) => {
+                        sqlx::query(
+                            "INSERT INTO outgoing_webhooks (id, handler, application_token, created_ms) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET handler = excluded.handler, \
+                             application_token = excluded.application_token",
+                        )
+                        .bind(id)
+                        .bind(&w.handler)
+                        .bind(&w.application_token)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                        if let Some(bump) = <$store as Backend>::AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID {
+                            sqlx::query(bump).bind(id).execute(&mut **tx).await?;
+                        }
+                        id
+                    }
+                    None => {
+                        sqlx::query_scalar(
+                            "INSERT INTO outgoing_webhooks (handler, application_token, created_ms) VALUES ($1, $2, $3) \
+                             ON CONFLICT (application_token) DO UPDATE SET handler = excluded.handler RETURNING id",
+                        )
+                        .bind(&w.handler)
+                        .bind(&w.application_token)
+                        .bind(now)
+                        .fetch_one(&mut **tx)
+                        .await?
+                    }
+                };
+                sqlx::query("DELETE FROM outgoing_webhook_events WHERE webhook_id = $1").bind(id).execute(&mut **tx).await?;
+                for event in &w.events {
+                    sqlx::query("INSERT INTO outgoing_webhook_events (webhook_id, event) VALUES ($1, $2)")
+                        .bind(id)
+                        .bind(event)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 Ok(())
             }
 
@@ -1985,6 +2130,9 @@ macro_rules! shared_sql {
                     for b in &a.events {
                         insert_binding(tx, &a.client_id, b, now).await?;
                     }
+                }
+                for w in &state.outgoing_webhooks {
+                    upsert_outgoing_webhook(tx, w, now).await?;
                 }
                 Ok(())
             }

@@ -63,6 +63,7 @@ impl Backend for SqliteStore {
 
     const AFTER_EXPLICIT_WEBHOOK_ID: Option<&'static str> = None;
     const AFTER_EXPLICIT_BINDING_ID: Option<&'static str> = None;
+    const AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID: Option<&'static str> = None;
 
     fn bulk_insert_sql(table: &str, columns: &[&str], _types: &[Col]) -> String {
         let values: Vec<String> = (0..columns.len()).map(|i| format!("value ->> {i}")).collect();
@@ -82,6 +83,8 @@ impl Backend for SqliteStore {
         "DELETE FROM oauth_tokens",
         "DELETE FROM oauth_codes",
         "DELETE FROM webhooks",
+        "DELETE FROM outgoing_webhook_events",
+        "DELETE FROM outgoing_webhooks",
         "DELETE FROM chats",
         "DELETE FROM crm_records",
         "DELETE FROM lines",

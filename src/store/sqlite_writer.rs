@@ -314,6 +314,7 @@ struct Prepared<'c> {
     listened_events: Statement<'c>,
     insert_event: Statement<'c>,
     insert_deliveries: Statement<'c>,
+    insert_webhook_deliveries: Statement<'c>,
     listened_offline_events: Statement<'c>,
     insert_offline: Statement<'c>,
     notify_offline: Statement<'c>,
@@ -323,6 +324,7 @@ struct Prepared<'c> {
     finish_attempt: Statement<'c>,
     prune_deliveries: Statement<'c>,
     prune_event: Statement<'c>,
+    prune_notifications: Statement<'c>,
     prune_tokens: Statement<'c>,
     data_version: Statement<'c>,
 }
@@ -347,6 +349,7 @@ impl<'c> Prepared<'c> {
             listened_events: connection.prepare(sql::LISTENED_EVENTS)?,
             insert_event: connection.prepare(sql::INSERT_EVENT)?,
             insert_deliveries: connection.prepare(sql::INSERT_DELIVERIES)?,
+            insert_webhook_deliveries: connection.prepare(sql::INSERT_WEBHOOK_DELIVERIES)?,
             listened_offline_events: connection.prepare(sql::LISTENED_OFFLINE_EVENTS)?,
             insert_offline: connection.prepare(sql::INSERT_OFFLINE)?,
             notify_offline: connection.prepare(sql::NOTIFY_OFFLINE)?,
@@ -356,6 +359,7 @@ impl<'c> Prepared<'c> {
             finish_attempt: connection.prepare(sql::FINISH_ATTEMPT)?,
             prune_deliveries: connection.prepare(sql::PRUNE_DELIVERIES)?,
             prune_event: connection.prepare(sql::PRUNE_EVENT)?,
+            prune_notifications: connection.prepare(sql::PRUNE_NOTIFICATIONS)?,
             prune_tokens: connection.prepare(sql::PRUNE_TOKENS)?,
             data_version: connection.prepare("PRAGMA data_version")?,
         })
@@ -548,7 +552,9 @@ fn produce(
         .optional()?;
     let Some(id) = inserted else { return Ok(0) };
     cache.produced.push(event);
-    Ok(s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])? as u64)
+    let bound = s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])?;
+    let webhooks = s.insert_webhook_deliveries.execute(params![id, at_ms, event, client_id])?;
+    Ok((bound + webhooks) as u64)
 }
 
 /// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications
@@ -694,8 +700,9 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
                     previous = Some(event);
                 }
             }
+            let notifications = s.prune_notifications.execute(params![limit, before_ms, keep])?;
             s.prune_tokens.execute([now_ms])?;
-            Ok(ChangeOutcome::Pruned(events.len() as u64))
+            Ok(ChangeOutcome::Pruned { deliveries: events.len() as u64, notifications: notifications as u64 })
         }
     }
 }

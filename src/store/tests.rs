@@ -75,6 +75,21 @@ impl TestDb {
         }
     }
 
+    async fn count(&self, table: &str) -> i64 {
+        use sqlx::Connection;
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        match self.kind {
+            Kind::Sqlite { .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(&sql).fetch_one(&mut conn).await.unwrap()
+            }
+            Kind::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(&sql).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+
     async fn assert_counters_match_members(&self, chat_id: i64) {
         let (count, next_seq, members, seqs, max_seq) = self.counters(chat_id).await;
         assert_eq!(count, members, "chat {chat_id}: member_count");
@@ -329,6 +344,34 @@ async fn sqlite_a_redelivery_waits_for_the_attempt_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_redelivery_waits_for_the_attempt_in_flight() {
     a_redelivery_waits_for_the_attempt_in_flight(TestDb::postgres().await).await
+}
+
+/// Every change writes a messenger notice; pruning keeps the newest `keep` whatever their age, in batches.
+async fn notices_are_bounded_by_count(db: TestDb) {
+    let store = db.instance().await;
+    store.load_state(portal(1), true, 0).await.unwrap();
+    for _ in 0..15 {
+        assert!(matches!(store.apply(remove(FIRST_CHAT, 20)).await.unwrap(), ChangeOutcome::MemberRemoved { .. }));
+        assert!(matches!(store.apply(add(FIRST_CHAT, 20)).await.unwrap(), ChangeOutcome::MemberAdded { .. }));
+    }
+    let prune = |limit| Change::Prune { before_ms: 0, keep: 10, limit, now_ms: 0 };
+    let outcome = store.apply(prune(12)).await.unwrap();
+    assert_eq!(outcome, ChangeOutcome::Pruned { deliveries: 0, notifications: 12 }, "one batch of the oldest");
+    let outcome = store.apply(prune(100)).await.unwrap();
+    assert_eq!(outcome, ChangeOutcome::Pruned { deliveries: 0, notifications: 8 }, "down to the newest 10");
+    assert_eq!(db.count("notifications").await, 10);
+    let outcome = store.apply(prune(100)).await.unwrap();
+    assert_eq!(outcome, ChangeOutcome::Pruned { deliveries: 0, notifications: 0 });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_notices_are_bounded_by_count() {
+    notices_are_bounded_by_count(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_notices_are_bounded_by_count() {
+    notices_are_bounded_by_count(TestDb::postgres().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

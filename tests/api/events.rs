@@ -767,7 +767,8 @@ async fn events_bindings_are_exported_loaded_and_kept_by_snapshots() {
     assert_eq!(delivery.field("event").as_deref(), Some("ONCRMCHATUSERDELETE"));
     assert_eq!(delivery.field("event_handler_id"), Some(loaded_id.to_string()));
 
-    // A reset returns to the start-up file's bindings.
+    // A reset returns to the start-up file's bindings. A restore revokes the tokens issued before it.
+    let admin = app.issue_tokens(&client, 1).await["access_token"].as_str().unwrap().to_string();
     assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url})).await, json!(true));
     assert_eq!(control(&app, "/_crmchat/reset", json!({})).await.status, 200);
     assert_eq!(app.export()["apps"][0]["events"], json!(bindings));
@@ -796,4 +797,79 @@ async fn events_retries_zero_is_the_vendors_single_attempt() {
     // A retry would come about 1 s later.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(sink.received().len(), 1, "one attempt, no retry: {:?}", sink.received());
+}
+
+// ---- bounded storage ----
+
+/// Rows of the event and notice tables of `app`'s database.
+async fn stored(app: &TestApp) -> [i64; 3] {
+    let count = |table| crate::helpers::count_rows(&app.data_dir, table);
+    [count("outbox").await, count("deliveries").await, count("notifications").await]
+}
+
+#[tokio::test]
+async fn events_finished_deliveries_and_notices_are_pruned_after_the_retention_window() {
+    let app = spawn_controlled().await;
+    let sink = Sink::start().await;
+    let stuck = Sink::start().await;
+    let admin = token(&app, "local.prune.app", "imopenlines,im", 1).await;
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await,
+        json!(true),
+    );
+    assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url})).await, json!(true));
+    let call =
+        |method: &'static str| app.call(method, json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12}));
+    for _ in 0..3 {
+        assert_success(&call("imopenlines.crm.chat.user.delete").await, json!(8773));
+        assert_success(&call("imopenlines.crm.chat.user.add").await, json!(8773));
+    }
+    sink.wait(6, 10).await;
+    // One more event for a handler that never answers: its delivery stays pending whatever its age.
+    stuck.hold();
+    assert_success(&bind(&app, &admin, json!({"event": "ONAPPTEST", "handler": stuck.url})).await, json!(true));
+    assert_success(&app.call_bearer(&admin, "event.test", json!({})).await, json!(1));
+    stuck.wait(1, 10).await;
+    let [events, deliveries, notices] = stored(&app).await;
+    assert_eq!((events, deliveries), (7, 7));
+    assert!(notices >= 3, "the removals' notices: {notices}");
+
+    let advanced = control(&app, "/_crmchat/clock", json!({"advance_s": 25 * 3600})).await;
+    assert_eq!(advanced.status, 200, "{}", advanced.text);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored(&app).await != [1, 1, 0] && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored(&app).await, [1, 1, 0], "only the event no handler received yet is left: {}", app.log());
+    stuck.release();
+}
+
+/// A handler that never answers holds only its own deliveries: removals and additions are answered as fast as
+/// without it (the delivery timeout is 10 s, so a call waiting for the handler would take that long).
+#[tokio::test]
+async fn events_a_hanging_handler_does_not_slow_the_rest_api() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    sink.hold();
+    let admin = token(&app, "local.hang.app", "imopenlines,im", 1).await;
+    assert_success(
+        &bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": sink.url})).await,
+        json!(true),
+    );
+    assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERADD", "handler": sink.url})).await, json!(true));
+    let params = json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12});
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        for method in ["imopenlines.crm.chat.user.delete", "imopenlines.crm.chat.user.add"] {
+            let started = std::time::Instant::now();
+            assert_success(&app.call(method, params.clone()).await, json!(8773));
+            latencies.push(started.elapsed());
+        }
+    }
+    assert!(!sink.received().is_empty(), "the handler is being called and hangs");
+    latencies.sort();
+    let (median, slowest) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    eprintln!("with a hanging handler: median {median:?}, slowest {slowest:?} of {} calls", latencies.len());
+    assert!(slowest < std::time::Duration::from_secs(2), "median {median:?}, slowest {slowest:?}");
+    sink.release();
 }

@@ -1044,3 +1044,17 @@ impl DbStall {
         }
     }
 }
+
+/// How many rows `table` of the database of a server on `data_dir` holds, read as another client would.
+pub async fn count_rows(data_dir: &Path, table: &str) -> i64 {
+    use sqlx::Connection;
+    let url = database_url(data_dir);
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    if is_postgres(&url) {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connecting to PostgreSQL");
+        sqlx::query_scalar(&sql).fetch_one(&mut conn).await.expect(&sql)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("opening the SQLite database");
+        sqlx::query_scalar(&sql).fetch_one(&mut conn).await.expect(&sql)
+    }
+}

@@ -4,7 +4,8 @@
 //! breaks are not compared, since `curl -s` ends its output without one). Each group runs in order in a directory
 //! of its own against a fresh `crmchat serve --demo` whose data directory is `./crmchat-data` there, as for a
 //! user who started the server in that directory. The one change made to the text: the README's ports (8080,
-//! 8443) become the test server's, since tests run side by side.
+//! 8443) become the test server's, since tests run side by side. `crmchat` is on the commands' `PATH` (the
+//! README assumes the install) and works on the test server's database.
 //!
 //! The SDK groups need the SDKs that `tests/sdk/setup.sh` installs, so like `sdk.rs` they are ignored by a plain
 //! `cargo test` and run by `scripts/test`.
@@ -21,7 +22,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Groups whose examples other suites run: the test helpers' README snippets (`clients/test`).
 const RUN_ELSEWHERE: &[&str] = &["clients-python", "clients-node"];
 /// Groups this file runs.
-const RUN_HERE: &[&str] = &["curl", "python-sdk", "js-sdk"];
+const RUN_HERE: &[&str] = &["curl", "python-sdk", "js-sdk", "events"];
 /// The banner `serve --demo` prints: an output with no command, compared by its own test.
 const BANNER: &str = "serve-demo";
 
@@ -119,6 +120,8 @@ fn matches(pattern: &str, text: &str) -> bool {
 struct Workspace {
     app: TestApp,
     dir: tempfile::TempDir,
+    /// Holds `crmchat`, the binary under test, for the commands' `PATH`.
+    bin: tempfile::TempDir,
 }
 
 impl Workspace {
@@ -126,7 +129,9 @@ impl Workspace {
         let app = spawn_app_flags(&["--demo"]).await;
         let dir = tempfile::Builder::new().prefix("crmchat-readme-").tempdir().unwrap();
         std::os::unix::fs::symlink(&app.data_dir, dir.path().join("crmchat-data")).unwrap();
-        Workspace { app, dir }
+        let bin = tempfile::Builder::new().prefix("crmchat-readme-bin-").tempdir().unwrap();
+        std::os::unix::fs::symlink(crmchat_command().get_program(), bin.path().join("crmchat")).unwrap();
+        Workspace { app, dir, bin }
     }
 
     fn link(&self, name: &str, target: &Path) {
@@ -167,11 +172,20 @@ impl Workspace {
 
     async fn command(&self, line: usize, code: &str) -> String {
         let mut cmd = tokio::process::Command::new("bash");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![self.bin.path().to_path_buf()];
+        paths.extend(std::env::split_paths(&path));
         cmd.args(["-euo", "pipefail", "-c", code])
             .current_dir(self.dir.path())
+            .env("PATH", std::env::join_paths(paths).unwrap())
             .env("NO_PROXY", "localhost,127.0.0.1")
             .env("no_proxy", "localhost,127.0.0.1")
             .kill_on_drop(true);
+        // `./crmchat-data` is the server's data directory; its database may be elsewhere (PostgreSQL).
+        let storage = storage_args(&self.app.data_dir);
+        if let Some(at) = storage.iter().position(|a| a == "--database") {
+            cmd.env("CRMCHAT_DATABASE", &storage[at + 1]);
+        }
         let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("README.md line {line}: no answer in {COMMAND_TIMEOUT:?}:\n{code}"))
@@ -224,6 +238,23 @@ async fn curl_examples_run_as_printed() {
     work.run(&group("curl")).await;
     // The examples' removal happened: 12 left chat 8773.
     assert_eq!(members(&work.app.export(), 8773), vec![14, 20, 30]);
+}
+
+/// The events example binds a handler with a token of the demo application, as `event.get` and the export
+/// show.
+#[tokio::test]
+async fn events_examples_run_as_printed() {
+    let work = Workspace::new().await;
+    work.run(&group("events")).await;
+    let export = work.app.export();
+    let app = export["apps"].as_array().unwrap().iter().find(|a| a["client_id"] == "local.demo.app").unwrap();
+    let bound: Vec<(&str, &str)> = app["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["event"].as_str().unwrap(), b["handler"].as_str().unwrap()))
+        .collect();
+    assert_eq!(bound, [("ONCRMCHATUSERDELETE", "http://127.0.0.1:8000/")]);
 }
 
 /// The README's install line pins the version the test suite installs.

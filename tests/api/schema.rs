@@ -267,6 +267,8 @@ async fn sqlite_and_postgres_migrations_build_the_same_schema() {
     // The comparison sees what it should: the generated ids and an explicit index.
     let generated: Vec<&str> =
         sqlite.iter().filter(|(_, t)| t.columns.iter().any(|c| c.generated)).map(|(name, _)| name.as_str()).collect();
-    assert_eq!(generated, ["deliveries", "event_bindings", "notifications", "offline_events", "outbox", "webhooks"]);
+    let expected =
+        ["deliveries", "event_bindings", "notifications", "offline_events", "outbox", "outgoing_webhooks", "webhooks"];
+    assert_eq!(generated, expected);
     assert!(postgres["messages"].indexes.contains_key("messages_by_chat"));
 }

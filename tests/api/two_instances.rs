@@ -317,6 +317,92 @@ async fn sqlite_author_handover_racing_an_add_is_serial() {
     handover_race(Backend::Sqlite).await;
 }
 
+/// Deliveries shared by two instances: chats `SHARED_CHAT + i` (deal `SHARED_DEAL + i`) with the admin and
+/// employees `SHARED_USER..SHARED_USER + 10`, each removal a distinct event.
+const SHARED_CHAT: i64 = 20_001;
+const SHARED_DEAL: i64 = 30_001;
+const SHARED_USER: i64 = 100;
+const SHARED_CHATS: i64 = 100;
+
+/// The deliveries a local handler received, counted by (chat, user) of the removal.
+#[derive(Clone, Default)]
+struct Received(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(i64, i64), u32>>>);
+
+impl Received {
+    /// Answers 200 to every POST at `/events` and counts it.
+    async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let counts = self.0.clone();
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |body: String| async move {
+                let field = |name: &str| {
+                    form_urlencoded::parse(body.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.parse().unwrap())
+                };
+                let key = (field("data[CHAT_ID]").unwrap_or(0), field("data[USER_ID]").unwrap_or(0));
+                *counts.lock().unwrap().entry(key).or_default() += 1;
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    fn counts(&self) -> std::collections::HashMap<(i64, i64), u32> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// 1,000 removals through two instances on one PostgreSQL database, one handler bound: each event is delivered
+/// exactly once, whichever instance leased it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_instances_deliver_every_event_once() {
+    let received = Received::default();
+    let handler = received.listen().await;
+    let fixture = demo_with(|f| {
+        f["portal"]["plan"] = json!("unlimited");
+        for user in SHARED_USER..SHARED_USER + 10 {
+            add_user(f, json!({"id": user, "name": format!("Employee {user}")}));
+        }
+        for i in 0..SHARED_CHATS {
+            let (chat, deal) = (SHARED_CHAT + i, SHARED_DEAL + i);
+            let members: Vec<i64> = std::iter::once(1).chain(SHARED_USER..SHARED_USER + 10).collect();
+            f["crm"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "deal", "id": deal, "title": "Shared", "responsible": 1}));
+            f["chats"].as_array_mut().unwrap().push(json!({
+                "id": chat, "line": 1, "connector": "livechat", "author": 1, "members": members,
+                "sessions": [{"id": chat, "status": "operator", "modified": "2026-11-21T10:00:00Z",
+                              "crm": [{"type": "deal", "id": deal}]}]
+            }));
+        }
+        f["apps"][0]["events"] = json!([{"event": "ONCRMCHATUSERDELETE", "handler": handler}]);
+    });
+    let pair = spawn_pair(Backend::Postgres, fixture, &[]).await;
+    pair.warm_up().await;
+    let removals: Vec<(i64, i64)> =
+        (0..SHARED_CHATS).flat_map(|i| (SHARED_USER..SHARED_USER + 10).map(move |user| (i, user))).collect();
+    // Every other removal through the other instance: both produce events, both workers lease them.
+    for (k, &(i, user)) in removals.iter().enumerate() {
+        let app = if k % 2 == 0 { &pair.a } else { &pair.b };
+        assert_removed(&app.delete(deal(SHARED_DEAL + i, user)).await, SHARED_CHAT + i);
+    }
+    let expected = removals.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.counts().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a second delivery of anything, had two instances taken the same one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = received.counts();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(counts.len(), expected, "every event delivered\n{}", pair.logs());
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert!(counts.keys().all(|&(chat, user)| (SHARED_CHAT..SHARED_CHAT + SHARED_CHATS).contains(&chat)
+        && (SHARED_USER..SHARED_USER + 10).contains(&user)));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Limits shared through Redis
 
