@@ -121,7 +121,8 @@ impl Entry {
     }
 }
 
-fn rfc3339_ms(ms: i64) -> String {
+/// A time as the control API shows it: RFC 3339, UTC, with milliseconds.
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

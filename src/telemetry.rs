@@ -23,6 +23,21 @@ pub const POOL_MAX_CONNECTIONS: &str = "crmchat_db_pool_max_connections";
 pub const STATE_LOADS: &str = "crmchat_state_loads_total";
 pub const STATE_LOAD_ROWS_READ: &str = "crmchat_state_load_rows_read_total";
 pub const STATE_LOAD_ROWS_WRITTEN: &str = "crmchat_state_load_rows_written_total";
+/// Events written to the outbox, by event name. Counted by the process whose change wrote them, once its
+/// transaction committed (in the SQLite writer and in the PostgreSQL backend), not by the delivery worker: with
+/// several instances on one database every worker reads every event, but each event is written by exactly one
+/// instance, so the instances' counters add up to the events produced. Events written by CLI commands
+/// (`crmchat app add --handler`) are counted by that short-lived process, which nobody scrapes.
+pub const EVENTS_PRODUCED: &str = "crmchat_events_produced_total";
+/// Recorded delivery attempts of this process's worker by outcome: `delivered`, `failed` (retries spent) or
+/// `retry`.
+pub const EVENT_DELIVERIES: &str = "crmchat_event_deliveries_total";
+/// Pending deliveries in the database (of every instance), refreshed by the worker about once a second.
+pub const EVENT_DELIVERIES_PENDING: &str = "crmchat_event_deliveries_pending";
+/// How long the oldest pending delivery's event has waited (0 with none pending), refreshed like
+/// [`EVENT_DELIVERIES_PENDING`].
+pub const EVENT_OLDEST_PENDING: &str = "crmchat_event_oldest_pending_seconds";
+pub const EVENT_DELIVERY_DURATION: &str = "crmchat_event_delivery_duration_seconds";
 
 /// The label of calls to a method crmchat does not have: the name in the URL is the client's, and a label per
 /// name would let any client grow the registry without bound.
@@ -49,6 +64,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REST_DURATION.into()), DURATION_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GROUP_COMMIT_CHANGES.into()), GROUP_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(EVENT_DELIVERY_DURATION.into()), DURATION_BUCKETS))
                 .expect("bucket lists are not empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -89,6 +105,58 @@ fn describe() {
     describe_counter!(STATE_LOADS, "State loads committed by this process (control API, --fixture, --plan)");
     describe_counter!(STATE_LOAD_ROWS_READ, "Stored rows the state loads of this process read to merge their files");
     describe_counter!(STATE_LOAD_ROWS_WRITTEN, "Rows the state loads of this process wrote (the files' rows)");
+    describe_counter!(EVENTS_PRODUCED, "Events written to the outbox by the changes of this process, by event");
+    describe_counter!(
+        EVENT_DELIVERIES,
+        "Delivery attempts recorded by this process's worker, by outcome (delivered, failed: retries spent, retry)"
+    );
+    describe_gauge!(EVENT_DELIVERIES_PENDING, "Pending event deliveries in the database");
+    describe_gauge!(
+        EVENT_OLDEST_PENDING,
+        metrics::Unit::Seconds,
+        "Age of the event of the oldest pending delivery (0 when none is pending)"
+    );
+    describe_histogram!(
+        EVENT_DELIVERY_DURATION,
+        metrics::Unit::Seconds,
+        "Event delivery attempt duration, from the request to the handler's answer (or the error)"
+    );
+}
+
+/// Events a committed transaction wrote to the outbox (see [`EVENTS_PRODUCED`]).
+pub fn events_produced(events: &[&'static str]) {
+    for &event in events {
+        counter!(EVENTS_PRODUCED, "event" => event).increment(1);
+    }
+}
+
+/// What became of a delivery attempt, for [`EVENT_DELIVERIES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Failed,
+    Retry,
+}
+
+/// A delivery attempt whose outcome was recorded.
+pub fn delivery_recorded(outcome: DeliveryOutcome) {
+    let label = match outcome {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::Failed => "failed",
+        DeliveryOutcome::Retry => "retry",
+    };
+    counter!(EVENT_DELIVERIES, "outcome" => label).increment(1);
+}
+
+/// A delivery attempt took `duration`, answered or not.
+pub fn delivery_attempted(duration: Duration) {
+    histogram!(EVENT_DELIVERY_DURATION).record(duration.as_secs_f64());
+}
+
+/// The pending deliveries now: how many, and how long the oldest has waited.
+pub fn set_pending_gauges(pending: i64, oldest_wait: Duration) {
+    gauge!(EVENT_DELIVERIES_PENDING).set(pending as f64);
+    gauge!(EVENT_OLDEST_PENDING).set(oldest_wait.as_secs_f64());
 }
 
 /// A state load's cost in rows: it should follow the file, never the size of the portal.

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `state load`, `state export`.
+//! The command line: `serve`, `state load`, `state export`, credentials, `events`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod config_file;
 mod credentials;
+mod events;
 
 pub use config_file::Parsed;
 
@@ -51,6 +52,40 @@ pub enum Command {
     /// Manage OAuth applications.
     #[command(subcommand)]
     App(AppCommand),
+    /// See the events produced for handlers and their deliveries, and deliver them again.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List events, newest first, with each delivery's state and attempts.
+    List {
+        /// Only events with a delivery in this state: pending, delivered or failed.
+        #[arg(long, value_parser = events::parse_state)]
+        status: Option<crate::store::DeliveryState>,
+        /// Only this event (e.g. ONCRMCHATUSERDELETE).
+        #[arg(long)]
+        event: Option<String>,
+        /// The most events shown (1 to 1000).
+        #[arg(
+            long,
+            default_value_t = crate::events::log::DEFAULT_LIMIT,
+            value_parser = clap::value_parser!(i64).range(1..=crate::events::log::MAX_LIMIT)
+        )]
+        limit: i64,
+        /// JSON, as `GET /_crmchat/events` answers, instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Queue every delivery of an event again (a running server sends them at once); attempts are kept.
+    Redeliver {
+        id: i64,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +223,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Webhook(command) => credentials::webhook(command).await,
             Command::App(command) => credentials::app(command).await,
+            Command::Events(command) => events::events(command).await,
             Command::State(StateCommand::Export { output, storage }) => {
                 let store = store::open(&storage.database_url()).await?;
                 let state = store.export_state().await?;

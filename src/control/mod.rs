@@ -8,6 +8,7 @@
 
 pub mod apps;
 pub mod clock;
+pub mod events;
 pub mod faults;
 pub mod metrics;
 pub mod requests;
@@ -72,6 +73,7 @@ fn routes() -> Router<Arc<AppState>> {
         .merge(requests::routes())
         .merge(faults::routes())
         .merge(clock::routes())
+        .merge(events::routes())
 }
 
 /// Clears what the server keeps besides the portal's state, for a reset: the rate-limit buckets and operating
@@ -123,6 +125,7 @@ async fn index() -> Response {
             "/_crmchat/faults",
             "/_crmchat/errors",
             "/_crmchat/clock",
+            "/_crmchat/events",
         ],
     }))
     .into_response()

@@ -27,6 +27,7 @@ use crate::secrets::sha256_hex;
 use crate::store::{
     AppRecord, Change, ChangeOutcome, DeliveryOutcome, DynStore, NextStep, PendingDelivery, StoreResult, TokenRecord,
 };
+use crate::telemetry;
 
 /// Failed deliveries are retried this many times unless the portal says otherwise.
 pub const DEFAULT_RETRIES: i64 = crate::domain::DEFAULT_EVENT_RETRIES;
@@ -120,6 +121,7 @@ impl Worker {
             if pruned_at.elapsed() >= Duration::from_secs(1) {
                 pruned_at = Instant::now();
                 self.prune().await;
+                self.refresh_gauges().await;
             }
             let started = match self.start_due(&done).await {
                 Ok(started) => started,
@@ -225,6 +227,13 @@ impl Worker {
                 tracing::warn!(error = %err, "recording delivery outcomes failed; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            for (_, outcome) in &batch {
+                telemetry::delivery_recorded(match outcome.next {
+                    NextStep::Delivered => telemetry::DeliveryOutcome::Delivered,
+                    NextStep::Failed => telemetry::DeliveryOutcome::Failed,
+                    NextStep::RetryAt(_) => telemetry::DeliveryOutcome::Retry,
+                });
+            }
             let mut in_flight = self.in_flight.lock().expect("in-flight set");
             for (handler, outcome) in &batch {
                 in_flight.ids.remove(&outcome.id);
@@ -240,6 +249,18 @@ impl Worker {
             }
             drop(in_flight);
             self.freed.notify_one();
+        }
+    }
+
+    /// The pending-deliveries gauges, from the database: every instance's deliveries, so each instance
+    /// reports the same figures.
+    async fn refresh_gauges(&self) {
+        match self.store.pending_stats().await {
+            Ok(stats) => {
+                let waited_ms = stats.oldest_created_ms.map_or(0, |created| self.clock.unix_ms() - created);
+                telemetry::set_pending_gauges(stats.count, Duration::from_millis(waited_ms.max(0) as u64));
+            }
+            Err(err) => tracing::warn!(error = %err, "reading the pending deliveries failed"),
         }
     }
 
@@ -274,7 +295,9 @@ impl Worker {
         let at_ms = self.clock.unix_ms();
         let started = Instant::now();
         let result = self.post(&delivery).await;
-        let duration_ms = started.elapsed().as_millis() as i64;
+        let took = started.elapsed();
+        telemetry::delivery_attempted(took);
+        let duration_ms = took.as_millis() as i64;
         let (status, error) = match &result {
             Ok(status) => (Some(*status as i64), None),
             Err(err) => (None, Some(err.clone())),

@@ -2,6 +2,7 @@
 
 pub mod delivery;
 pub mod lifecycle;
+pub mod log;
 pub mod wire;
 
 /// An event crmchat produces, as `event.bind` and `events` know it.

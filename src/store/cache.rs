@@ -15,8 +15,9 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
 use super::{
-    AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DynStore, EventBinding, LoadError,
-    OutgoingWebhook, PendingDelivery, Store, StoreError, StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
+    AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DynStore, EventBinding,
+    EventLogFilter, LoadError, LoggedEvent, OutgoingWebhook, PendingDelivery, PendingStats, Store, StoreError,
+    StoreResult, TokenRecord, WebhookCredential, WebhookInfo,
 };
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
@@ -392,6 +393,18 @@ impl Store for CachedStore {
 
     async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>> {
         self.inner.due_deliveries(now_ms, limit).await
+    }
+
+    async fn event_log(&self, filter: &EventLogFilter) -> StoreResult<Vec<LoggedEvent>> {
+        self.inner.event_log(filter).await
+    }
+
+    async fn redeliver(&self, event_id: i64, now_ms: i64) -> StoreResult<Option<u64>> {
+        self.inner.redeliver(event_id, now_ms).await
+    }
+
+    async fn pending_stats(&self) -> StoreResult<PendingStats> {
+        self.inner.pending_stats().await
     }
 
     async fn offline_reserve(

@@ -19,6 +19,7 @@ pub const SQLITE: &[File] = &[
     ("0002_events", include_str!("../../migrations/sqlite/0002_events.sql")),
     ("0004_offline_events", include_str!("../../migrations/sqlite/0004_offline_events.sql")),
     ("0005_event_settings", include_str!("../../migrations/sqlite/0005_event_settings.sql")),
+    ("0006_delivery_log", include_str!("../../migrations/sqlite/0006_delivery_log.sql")),
     ("0007_outgoing_webhooks", include_str!("../../migrations/sqlite/0007_outgoing_webhooks.sql")),
 ];
 
@@ -28,6 +29,7 @@ pub const POSTGRES: &[File] = &[
     ("0002_events", include_str!("../../migrations/postgres/0002_events.sql")),
     ("0004_offline_events", include_str!("../../migrations/postgres/0004_offline_events.sql")),
     ("0005_event_settings", include_str!("../../migrations/postgres/0005_event_settings.sql")),
+    ("0006_delivery_log", include_str!("../../migrations/postgres/0006_delivery_log.sql")),
     ("0007_outgoing_webhooks", include_str!("../../migrations/postgres/0007_outgoing_webhooks.sql")),
 ];
 

@@ -306,6 +306,81 @@ impl NextStep {
     }
 }
 
+/// A delivery's state, as stored and as the control API and the CLI name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 3] = [DeliveryState::Pending, DeliveryState::Delivered, DeliveryState::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+}
+
+/// Which events [`Store::event_log`] reads: the newest `limit`, of the event `event` (upper-case) and with a
+/// delivery in `state`, when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLogFilter {
+    pub state: Option<DeliveryState>,
+    pub event: Option<String>,
+    pub limit: i64,
+}
+
+/// An event of the outbox with what became of its deliveries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub id: i64,
+    pub event: String,
+    /// The event's `data`, as stored JSON.
+    pub payload: String,
+    pub created_ms: i64,
+    /// In delivery order.
+    pub deliveries: Vec<LoggedDelivery>,
+}
+
+/// One delivery of a [`LoggedEvent`]; never its application token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedDelivery {
+    pub id: i64,
+    pub handler: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Oldest first.
+    pub attempts: Vec<LoggedAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedAttempt {
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    pub at_ms: i64,
+    /// The handler's HTTP status; `None` when it did not answer.
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// The pending deliveries of the whole database (every instance's), for the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingStats {
+    pub count: i64,
+    /// When the event of the oldest pending delivery was produced.
+    pub oldest_created_ms: Option<i64>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn portal(&self) -> StoreResult<Arc<PortalSettings>>;
@@ -391,6 +466,14 @@ pub trait Store: Send + Sync + 'static {
     /// produced. A handler whose oldest pending delivery waits for a retry gets none: its deliveries go out in
     /// order.
     async fn due_deliveries(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<PendingDelivery>>;
+    /// The newest events matching `filter`, newest first, each with its deliveries and their attempts.
+    async fn event_log(&self, filter: &EventLogFilter) -> StoreResult<Vec<LoggedEvent>>;
+    /// Queues every delivery of event `event_id` again, due at `now_ms`, attempts kept; how many it has, or
+    /// `None` for an unknown event. A delivery being sent (leased) is not sent a second time alongside: it
+    /// stays leased and is due again once that attempt is recorded.
+    async fn redeliver(&self, event_id: i64, now_ms: i64) -> StoreResult<Option<u64>>;
+    /// How many deliveries are pending, and since when the oldest of them waits.
+    async fn pending_stats(&self) -> StoreResult<PendingStats>;
 
     // Offline events (see `offline`).
     /// Reserves up to `limit` free rows of `owner` matching `query` under `process_id`; parallel callers get

@@ -114,23 +114,33 @@ impl Backend for PgStore {
 
     async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
         let mut tx = self.begin_write().await?;
+        // The events the change wrote, counted once it committed.
+        let mut produced = Produced::default();
         let outcome = match change {
             Change::RemoveMember { chat_id, user_id, record, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
-                remove_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?
+                let (outcome, events) = remove_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?;
+                produced = events;
+                outcome
             }
             Change::AddMember { chat_id, user_id, record, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
-                add_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?
+                let (outcome, events) = add_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?;
+                produced = events;
+                outcome
             }
             Change::AddMessage { chat_id, author, text, record: _, line_id, connector_id, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR SHARE").await?;
                 // Conflicts with itself and with a load's lock, not with readers.
                 sqlx::query("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-                add_message(&mut tx, chat_id, author, &text, (line_id, &connector_id), at_ms, cause).await?
+                let (outcome, events) =
+                    add_message(&mut tx, chat_id, author, &text, (line_id, &connector_id), at_ms, cause).await?;
+                produced = events;
+                outcome
             }
             Change::Emit { event, payload, client_id, at_ms, cause } => {
-                ChangeOutcome::Emitted(produce(&mut tx, event, &payload, at_ms, cause, Some(&client_id)).await?)
+                produced = produce(&mut tx, event, &payload, at_ms, cause, Some(&client_id)).await?;
+                ChangeOutcome::Emitted(produced.deliveries)
             }
             Change::LeaseDeliveries { ids, now_ms, until_ms } => {
                 let mut leased = Vec::with_capacity(ids.len());
@@ -199,7 +209,10 @@ impl Backend for PgStore {
         };
         match outcome {
             ChangeOutcome::NotAMember | ChangeOutcome::AlreadyAMember => tx.rollback().await?,
-            _ => tx.commit().await?,
+            _ => {
+                tx.commit().await?;
+                crate::telemetry::events_produced(&produced.events);
+            }
         }
         Ok(outcome)
     }
@@ -242,11 +255,11 @@ pub(super) async fn remove_member(
     record: (CrmEntityType, i64),
     at_ms: i64,
     cause: Cause,
-) -> StoreResult<ChangeOutcome> {
+) -> StoreResult<(ChangeOutcome, Produced)> {
     // The row count decides between two identical calls: the second finds nothing to delete.
     let deleted = sqlx::query(sql::DELETE_MEMBER).bind(chat_id).bind(user_id).execute(&mut **tx).await?;
     if deleted.rows_affected() == 0 {
-        return Ok(ChangeOutcome::NotAMember);
+        return Ok((ChangeOutcome::NotAMember, Produced::default()));
     }
     // The same statements, in the same order, as SQLite's group-commit writer.
     let (author, member_count): (Option<i64>, i64) =
@@ -271,8 +284,10 @@ pub(super) async fn remove_member(
     let mut recipients = members;
     recipients.push(user_id);
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
-    record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms, cause).await?;
-    Ok(ChangeOutcome::MemberRemoved { member_count, author: new_author })
+    let produced =
+        record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms, cause)
+            .await?;
+    Ok((ChangeOutcome::MemberRemoved { member_count, author: new_author }, produced))
 }
 
 /// The chat's member ids, longest-standing first.
@@ -289,16 +304,17 @@ pub(super) async fn add_member(
     record: (CrmEntityType, i64),
     at_ms: i64,
     cause: Cause,
-) -> StoreResult<ChangeOutcome> {
+) -> StoreResult<(ChangeOutcome, Produced)> {
     let inserted = sqlx::query(sql::INSERT_MEMBER).bind(chat_id).bind(user_id).bind(at_ms).execute(&mut **tx).await?;
     if inserted.rows_affected() == 0 {
-        return Ok(ChangeOutcome::AlreadyAMember);
+        return Ok((ChangeOutcome::AlreadyAMember, Produced::default()));
     }
     let member_count: i64 = sqlx::query_scalar(sql::COUNT_AFTER_JOIN).bind(chat_id).fetch_one(&mut **tx).await?;
     let recipients = members_in_join_order(tx, chat_id).await?;
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
-    record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms, cause).await?;
-    Ok(ChangeOutcome::MemberAdded { member_count })
+    let produced =
+        record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms, cause).await?;
+    Ok((ChangeOutcome::MemberAdded { member_count }, produced))
 }
 
 /// Stores a message of a member under the id `MAX(id) + 1`. Run it with message ids serialized
@@ -311,11 +327,11 @@ pub(super) async fn add_message(
     (line_id, connector_id): (i64, &str),
     at_ms: i64,
     cause: Cause,
-) -> StoreResult<ChangeOutcome> {
+) -> StoreResult<(ChangeOutcome, Produced)> {
     let member: Option<i64> =
         sqlx::query_scalar(sql::IS_MEMBER).bind(chat_id).bind(author).fetch_optional(&mut **tx).await?;
     if member.is_none() {
-        return Ok(ChangeOutcome::NotAMember);
+        return Ok((ChangeOutcome::NotAMember, Produced::default()));
     }
     let id: i64 = sqlx::query_scalar(sql::INSERT_MESSAGE)
         .bind(chat_id)
@@ -325,8 +341,8 @@ pub(super) async fn add_message(
         .fetch_one(&mut **tx)
         .await?;
     let event = sql::message_payload(chat_id, id, author, text, at_ms, line_id, connector_id);
-    produce(tx, "ONOPENLINEMESSAGEADD", &event, at_ms, cause, None).await?;
-    Ok(ChangeOutcome::MessageAdded { id })
+    let produced = produce(tx, "ONOPENLINEMESSAGEADD", &event, at_ms, cause, None).await?;
+    Ok((ChangeOutcome::MessageAdded { id }, produced))
 }
 
 /// The messenger notification (kind, payload) and the event (name, payload) of a change.
@@ -334,10 +350,10 @@ async fn record_change(
     tx: &mut shared::Tx,
     chat_id: i64,
     notification: (&str, &str),
-    event: (&str, &str),
+    event: (&'static str, &str),
     at_ms: i64,
     cause: Cause,
-) -> StoreResult<()> {
+) -> StoreResult<Produced> {
     sqlx::query(sql::INSERT_NOTIFICATION)
         .bind(chat_id)
         .bind(notification.0)
@@ -345,24 +361,32 @@ async fn record_change(
         .bind(at_ms)
         .execute(&mut **tx)
         .await?;
-    produce(tx, event.0, event.1, at_ms, cause, None).await?;
-    Ok(())
+    produce(tx, event.0, event.1, at_ms, cause, None).await
+}
+
+/// What a change wrote to the outbox: the names of its events (for [`crate::telemetry::EVENTS_PRODUCED`], once
+/// committed), and how many deliveries its own event got (offline notices aside).
+#[derive(Debug, Default)]
+pub(super) struct Produced {
+    pub events: Vec<&'static str>,
+    pub deliveries: u64,
 }
 
 /// Writes `event` with a delivery for every online handler bound to it (of `client_id` only, when given);
 /// nothing when nobody listens (the event's insert checks that itself) or the loop guard stops it.
 async fn produce(
     tx: &mut shared::Tx,
-    event: &str,
+    event: &'static str,
     payload: &str,
     at_ms: i64,
     cause: Cause,
     client_id: Option<&str>,
-) -> StoreResult<u64> {
+) -> StoreResult<Produced> {
     if cause.depth > sql::MAX_EVENT_DEPTH {
-        return Ok(0);
+        return Ok(Produced::default());
     }
-    record_offline(tx, event, payload, at_ms, &cause, client_id).await?;
+    let mut produced =
+        Produced { events: record_offline(tx, event, payload, at_ms, &cause, client_id).await?, deliveries: 0 };
     let id: Option<i64> = sqlx::query_scalar(sql::INSERT_EVENT)
         .bind(event)
         .bind(payload)
@@ -372,7 +396,8 @@ async fn produce(
         .bind(client_id)
         .fetch_optional(&mut **tx)
         .await?;
-    let Some(id) = id else { return Ok(0) };
+    let Some(id) = id else { return Ok(produced) };
+    produced.events.push(event);
     let bound = sqlx::query(sql::INSERT_DELIVERIES)
         .bind(id)
         .bind(cause.user_id)
@@ -388,11 +413,12 @@ async fn produce(
         .bind(client_id)
         .execute(&mut **tx)
         .await?;
-    Ok(bound.rows_affected() + webhooks.rows_affected())
+    produced.deliveries = bound.rows_affected() + webhooks.rows_affected();
+    Ok(produced)
 }
 
 /// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications
-/// that recorded it (each handler at most once per its `minTimeout`).
+/// that recorded it (each handler at most once per its `minTimeout`). The names of the notices written.
 async fn record_offline(
     tx: &mut shared::Tx,
     event: &str,
@@ -400,7 +426,7 @@ async fn record_offline(
     at_ms: i64,
     cause: &Cause,
     client_id: Option<&str>,
-) -> StoreResult<()> {
+) -> StoreResult<Vec<&'static str>> {
     let message_id = offline::message_id(event, payload);
     let (origin_client, origin_connector) =
         cause.origin.as_deref().map_or((None, ""), |o| (Some(o.client_id.as_str()), o.connector_id.as_str()));
@@ -417,6 +443,7 @@ async fn record_offline(
         .await?;
     clients.sort_unstable();
     clients.dedup();
+    let mut notices = Vec::new();
     for client in clients {
         let handlers: Vec<i64> =
             sqlx::query_scalar(sql::NOTIFY_OFFLINE).bind(at_ms).bind(&client).fetch_all(&mut **tx).await?;
@@ -433,6 +460,7 @@ async fn record_offline(
             .fetch_optional(&mut **tx)
             .await?;
         let Some(id) = notice else { continue };
+        notices.push(sql::OFFLINE_NOTICE);
         for handler in handlers {
             sqlx::query(sql::INSERT_BINDING_DELIVERY)
                 .bind(id)
@@ -443,5 +471,5 @@ async fn record_offline(
                 .await?;
         }
     }
-    Ok(())
+    Ok(notices)
 }

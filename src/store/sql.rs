@@ -225,15 +225,39 @@ pub(crate) mod statements {
          SELECT $1, b.id, b.client_id, a.application_token, b.handler, \
          CASE WHEN b.user_id > 0 THEN b.user_id ELSE $2 END, 'pending', 0, $3, 0, $3 \
          FROM event_bindings b JOIN apps a ON a.client_id = b.client_id WHERE b.id = $4";
-    /// Take a delivery if nobody holds it.
-    pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1 \
+    /// Take a delivery if nobody holds it. The attempt made under the new lease comes after any redelivery
+    /// asked for so far, so a mark of [`REDELIVER`] left by an abandoned lease is cleared.
+    pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1, requeued = 0 \
          WHERE id = $2 AND state = 'pending' AND lease_until_ms <= $3";
     pub const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status, error, \
          duration_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING";
     /// The attempt's outcome, if the delivery still holds the attempt's lease `$6`; then its attempt row is
-    /// written.
-    pub const FINISH_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_ms = $3, \
-         lease_until_ms = 0, updated_ms = $4 WHERE id = $5 AND lease_until_ms = $6";
+    /// written. A delivery queued again while the attempt was in flight ([`REDELIVER`]) stays pending, due at
+    /// once.
+    pub const FINISH_ATTEMPT: &str = "UPDATE deliveries SET state = CASE WHEN requeued = 0 THEN $1 ELSE 'pending' END, \
+         attempts = $2, next_attempt_ms = CASE WHEN requeued = 0 THEN $3 ELSE $4 END, lease_until_ms = 0, \
+         updated_ms = $4, requeued = 0 WHERE id = $5 AND lease_until_ms = $6";
+    /// Every delivery of event `$2` pending again, due at `$1`, its attempts kept. One that is leased at `$1`
+    /// (being sent) keeps its lease, so it is not sent twice at once: it is marked, and [`FINISH_ATTEMPT`]
+    /// leaves it pending once its attempt is recorded.
+    pub const REDELIVER: &str = "UPDATE deliveries SET state = 'pending', \
+         next_attempt_ms = CASE WHEN lease_until_ms > $1 THEN next_attempt_ms ELSE $1 END, \
+         requeued = CASE WHEN lease_until_ms > $1 THEN 1 ELSE 0 END, updated_ms = $1 WHERE event_id = $2";
+    pub const EVENT_EXISTS: &str = "SELECT id FROM outbox WHERE id = $1";
+    /// The newest `$3` events (of name `$1`, with a delivery in state `$2`, when not NULL), each with its
+    /// deliveries and their attempts, in event order newest first, then delivery and attempt order.
+    pub const EVENT_LOG: &str = "SELECT o.id, o.event, o.payload, o.created_ms, d.id AS delivery_id, d.handler, \
+         d.state, a.attempt, a.at_ms, a.status, a.error, a.duration_ms \
+         FROM (SELECT id, event, payload, created_ms FROM outbox WHERE ($1 IS NULL OR event = $1) \
+         AND ($2 IS NULL OR EXISTS (SELECT 1 FROM deliveries WHERE event_id = outbox.id AND state = $2)) \
+         ORDER BY id DESC LIMIT $3) o \
+         LEFT JOIN deliveries d ON d.event_id = o.id LEFT JOIN delivery_attempts a ON a.delivery_id = d.id \
+         ORDER BY o.id DESC, d.id, a.attempt";
+    /// How many deliveries are pending.
+    pub const PENDING_COUNT: &str = "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'";
+    /// When the event of the oldest pending delivery was produced.
+    pub const OLDEST_PENDING: &str = "SELECT o.created_ms FROM deliveries d JOIN outbox o ON o.id = d.event_id \
+         WHERE d.state = 'pending' ORDER BY d.state, d.event_id LIMIT 1";
     /// Finished deliveries past the retention: finished before `$1`, or beyond the newest `$2`; `$3` at most.
     pub const PRUNE_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
          WHERE state <> 'pending' AND (updated_ms < $1 OR id <= COALESCE((SELECT id FROM deliveries \
@@ -266,7 +290,7 @@ pub(crate) mod statements {
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 33] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -295,6 +319,11 @@ pub(crate) mod statements {
         PRUNE_NOTIFICATIONS,
         PRUNE_TOKENS,
         DUE_DELIVERIES,
+        REDELIVER,
+        EVENT_EXISTS,
+        EVENT_LOG,
+        PENDING_COUNT,
+        OLDEST_PENDING,
     ];
 
     /// The user ids of `(user_id, join_seq)` rows, longest-standing member first.
@@ -392,7 +421,7 @@ macro_rules! shared_sql {
             use $crate::fixtures::{self, PortalState};
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
-                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, EventBinding, ExportDetail, LoadError, PendingDelivery, Store, StoreError, StoreResult, TokenRecord,
+                AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DeliveryState, EventBinding, EventLogFilter, ExportDetail, LoadError, LoggedAttempt, LoggedDelivery, LoggedEvent, PendingDelivery, PendingStats, Store, StoreError, StoreResult, TokenRecord,
                 OutgoingWebhook, WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
             };
 
@@ -956,6 +985,71 @@ macro_rules! shared_sql {
                             depth: r.get("depth"),
                         })
                         .collect())
+                }
+
+                async fn event_log(&self, filter: &EventLogFilter) -> StoreResult<Vec<LoggedEvent>> {
+                    let rows = sqlx::query($crate::store::sql::statements::EVENT_LOG)
+                        .bind(filter.event.as_deref())
+                        .bind(filter.state.map(DeliveryState::as_str))
+                        .bind(filter.limit)
+                        .fetch_all(self.reader())
+                        .await?;
+                    let mut events: Vec<LoggedEvent> = Vec::new();
+                    for r in &rows {
+                        let id: i64 = r.get("id");
+                        if events.last().is_none_or(|e| e.id != id) {
+                            events.push(LoggedEvent {
+                                id,
+                                event: r.get("event"),
+                                payload: r.get("payload"),
+                                created_ms: r.get("created_ms"),
+                                deliveries: Vec::new(),
+                            });
+                        }
+                        let event = events.last_mut().expect("pushed above");
+                        let Some(delivery_id) = r.get::<Option<i64>, _>("delivery_id") else { continue };
+                        if event.deliveries.last().is_none_or(|d| d.id != delivery_id) {
+                            event.deliveries.push(LoggedDelivery {
+                                id: delivery_id,
+                                handler: r.get("handler"),
+                                state: r.get("state"),
+                                attempts: Vec::new(),
+                            });
+                        }
+                        let delivery = event.deliveries.last_mut().expect("pushed above");
+                        let Some(attempt) = r.get::<Option<i64>, _>("attempt") else { continue };
+                        delivery.attempts.push(LoggedAttempt {
+                            attempt,
+                            at_ms: r.get("at_ms"),
+                            status: r.get("status"),
+                            error: r.get("error"),
+                            duration_ms: r.get("duration_ms"),
+                        });
+                    }
+                    Ok(events)
+                }
+
+                async fn redeliver(&self, event_id: i64, now_ms: i64) -> StoreResult<Option<u64>> {
+                    use $crate::store::sql::statements as sql;
+                    let mut tx = self.begin_write().await?;
+                    let exists: Option<i64> =
+                        sqlx::query_scalar(sql::EVENT_EXISTS).bind(event_id).fetch_optional(&mut *tx).await?;
+                    if exists.is_none() {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                    let done = sqlx::query(sql::REDELIVER).bind(now_ms).bind(event_id).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(Some(done.rows_affected()))
+                }
+
+                async fn pending_stats(&self) -> StoreResult<PendingStats> {
+                    use $crate::store::sql::statements as sql;
+                    let mut conn = self.reader().acquire().await?;
+                    let count: i64 = sqlx::query_scalar(sql::PENDING_COUNT).fetch_one(&mut *conn).await?;
+                    let oldest_created_ms: Option<i64> =
+                        sqlx::query_scalar(sql::OLDEST_PENDING).fetch_optional(&mut *conn).await?;
+                    Ok(PendingStats { count, oldest_created_ms })
                 }
 
                 async fn bindings(&self, client_id: &str) -> StoreResult<Vec<EventBinding>> {

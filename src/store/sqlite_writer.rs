@@ -396,6 +396,9 @@ struct MemberCache {
     offline_listened: Option<std::collections::HashSet<String>>,
     /// `PRAGMA data_version` when the cache was last known to be current.
     data_version: Option<i64>,
+    /// The events the group being applied wrote, counted once it committed (not a cache: emptied before
+    /// every attempt at a group).
+    produced: Vec<&'static str>,
 }
 
 /// A chat as the database holds it: `member_count` is its stored count, not the list's length.
@@ -475,6 +478,7 @@ fn commit_group(s: &mut Prepared, members: &mut MemberCache, group: &[Job]) -> V
     let mut outcomes: Vec<Option<StoreResult<ChangeOutcome>>> = group.iter().map(|_| None).collect();
     let mut failed = vec![false; group.len()];
     'attempt: loop {
+        members.produced.clear();
         if let Err(err) = s.begin.execute([]) {
             return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect();
         }
@@ -511,6 +515,8 @@ fn commit_group(s: &mut Prepared, members: &mut MemberCache, group: &[Job]) -> V
             let _ = s.rollback.execute([]);
             return group.iter().map(|_| Err(StoreError::Corrupt("group commit failed".into()))).collect();
         }
+        crate::telemetry::events_produced(&members.produced);
+        members.produced.clear();
         return outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(StoreError::Corrupt("not applied".into()))))
@@ -527,7 +533,7 @@ fn clone_error(err: &rusqlite::Error) -> rusqlite::Error {
 fn produce(
     s: &mut Prepared,
     cache: &mut MemberCache,
-    event: &str,
+    event: &'static str,
     payload: &str,
     at_ms: i64,
     cause: &Cause,
@@ -545,6 +551,7 @@ fn produce(
         .query_row(params![event, payload, at_ms, cause.user_id, cause.depth, client_id], |r| r.get::<_, i64>(0))
         .optional()?;
     let Some(id) = inserted else { return Ok(0) };
+    cache.produced.push(event);
     let bound = s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])?;
     let webhooks = s.insert_webhook_deliveries.execute(params![id, at_ms, event, client_id])?;
     Ok((bound + webhooks) as u64)
@@ -591,6 +598,7 @@ fn record_offline(
             })
             .optional()?;
         let Some(id) = notice else { continue };
+        cache.produced.push(sql::OFFLINE_NOTICE);
         for handler in handlers {
             s.insert_binding_delivery.execute(params![id, cause.user_id, at_ms, handler])?;
         }

@@ -2,6 +2,7 @@
 //! at once: no effect may be lost or applied twice, and the chat's counters must match its members. Each
 //! scenario runs on SQLite and on PostgreSQL; the PostgreSQL ones need a server, `CRMCHAT_TEST_POSTGRES`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`), on which each test creates its own database.
+//! Also: what a redelivery does to a delivery being sent, on both backends.
 
 use tokio::task::JoinSet;
 
@@ -273,6 +274,76 @@ async fn loads_racing_changes_lose_nothing(db: TestDb) {
         assert_eq!(members, &[12, 20], "chat {chat}: the removal is kept");
         db.assert_counters_match_members(chat).await;
     }
+}
+
+/// A redelivery asked for while an attempt is in flight: the delivery stays leased (not sent twice at once),
+/// and is due again once that attempt is recorded. A lease that expired (its instance died) leaves no mark: the
+/// attempt under the next lease is the redelivery.
+async fn a_redelivery_waits_for_the_attempt_in_flight(db: TestDb) {
+    use super::{DeliveryOutcome, EventBinding, EventLogFilter, NextStep};
+    let store = db.instance().await;
+    store.load_state(portal(0), true, 0).await.unwrap();
+    let binding = EventBinding {
+        id: 0,
+        client_id: "local.demo.app".into(),
+        event: "ONAPPTEST".into(),
+        handler: "http://127.0.0.1:9/handler".into(),
+        user_id: 0,
+        connector_id: String::new(),
+        min_timeout: None,
+    };
+    store.add_binding(&binding, 0).await.unwrap().unwrap();
+    let emit = Change::Emit {
+        event: "ONAPPTEST",
+        payload: "{}".into(),
+        client_id: "local.demo.app".into(),
+        at_ms: 1_000,
+        cause: Default::default(),
+    };
+    assert_eq!(store.apply(emit).await.unwrap(), ChangeOutcome::Emitted(1));
+    let [due] = <[_; 1]>::try_from(store.due_deliveries(1_000, 10).await.unwrap()).unwrap();
+    let lease = |now_ms, until_ms| Change::LeaseDeliveries { ids: vec![due.id], now_ms, until_ms };
+    let delivered = |attempt, at_ms, lease_until_ms| {
+        Change::RecordDeliveries(vec![DeliveryOutcome {
+            id: due.id,
+            lease_until_ms,
+            attempt,
+            at_ms,
+            status: Some(200),
+            error: None,
+            duration_ms: 5,
+            next: NextStep::Delivered,
+        }])
+    };
+    assert_eq!(store.apply(lease(1_000, 5_000)).await.unwrap(), ChangeOutcome::Leased(vec![due.id]));
+    assert_eq!(store.redeliver(due.event_id, 2_000).await.unwrap(), Some(1));
+    assert!(store.due_deliveries(2_000, 10).await.unwrap().is_empty(), "still leased");
+    assert_eq!(store.apply(lease(2_000, 6_000)).await.unwrap(), ChangeOutcome::Leased(vec![]));
+    store.apply(delivered(1, 1_500, 5_000)).await.unwrap();
+    let again = store.due_deliveries(2_100, 10).await.unwrap();
+    assert_eq!(again.iter().map(|d| (d.id, d.attempts)).collect::<Vec<_>>(), [(due.id, 1)], "due again");
+
+    // Leased, redelivered, and the lease runs out: the next lease's attempt settles it.
+    assert_eq!(store.apply(lease(2_100, 6_000)).await.unwrap(), ChangeOutcome::Leased(vec![due.id]));
+    assert_eq!(store.redeliver(due.event_id, 3_000).await.unwrap(), Some(1));
+    assert_eq!(store.apply(lease(7_000, 9_000)).await.unwrap(), ChangeOutcome::Leased(vec![due.id]));
+    store.apply(delivered(2, 7_100, 9_000)).await.unwrap();
+    assert!(store.due_deliveries(10_000, 10).await.unwrap().is_empty());
+    let log = store.event_log(&EventLogFilter { state: None, event: None, limit: 10 }).await.unwrap();
+    let delivery = &log[0].deliveries[0];
+    assert_eq!(delivery.state, "delivered");
+    assert_eq!(delivery.attempts.iter().map(|a| (a.attempt, a.at_ms)).collect::<Vec<_>>(), [(1, 1_500), (2, 7_100)]);
+    assert_eq!(store.redeliver(due.event_id + 1, 10_000).await.unwrap(), None, "an unknown event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_redelivery_waits_for_the_attempt_in_flight() {
+    a_redelivery_waits_for_the_attempt_in_flight(TestDb::sqlite()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_redelivery_waits_for_the_attempt_in_flight() {
+    a_redelivery_waits_for_the_attempt_in_flight(TestDb::postgres().await).await
 }
 
 /// Every change writes a messenger notice; pruning keeps the newest `keep` whatever their age, in batches.

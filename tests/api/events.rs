@@ -285,6 +285,12 @@ impl Sink {
     }
 }
 
+/// A local address nobody listens on (yet): a handler there is down.
+pub(crate) fn unused_addr() -> std::net::SocketAddr {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    reserved.local_addr().unwrap()
+}
+
 /// The removal of user 12 from chat 8773 (deal 288) through the demo webhook.
 pub(crate) async fn remove_operator(app: &TestApp) {
     let resp = app.delete(json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": 12})).await;
@@ -458,9 +464,7 @@ async fn events_event_test_fires_onapptest_to_the_applications_handlers() {
 async fn events_acknowledged_events_survive_a_crash_while_the_handler_is_down() {
     let mut app = spawn_app().await;
     // A port nobody listens on yet: the handler is down.
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    let addr = unused_addr();
     let handler = format!("http://{addr}/handler");
     let admin = token(&app, "local.crash.app", "imopenlines,im", 1).await;
     assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": handler})).await, json!(true));

@@ -18,6 +18,7 @@ mod doc_links;
 mod durability;
 mod effects;
 mod events;
+mod events_log;
 mod events_offline;
 mod fixtures_cli;
 mod fuzz_corpus;
