@@ -8,6 +8,7 @@
 //! The stylesheet and script are compiled into the binary: nothing is fetched from elsewhere.
 
 mod actions;
+mod events;
 mod faults;
 mod pages;
 mod requests;
@@ -51,6 +52,9 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(&format!("{BASE}/credentials"), get(pages::credentials))
         .route(&format!("{BASE}/requests"), get(requests::page))
         .route(&format!("{BASE}/requests/live"), get(requests::live))
+        .route(&format!("{BASE}/events"), get(events::page))
+        .route(&format!("{BASE}/events/live"), get(events::live))
+        .route(&format!("{BASE}/events/{{id}}/redeliver"), post(events::redeliver))
         .route(&format!("{BASE}/faults"), get(faults::page).post(faults::add))
         .route(&format!("{BASE}/faults/{{id}}/delete"), post(faults::delete))
         // The clock had a page of its own before it joined the faults.
@@ -306,6 +310,7 @@ pub(crate) enum Nav {
     Overview,
     Records,
     Requests,
+    Events,
     Faults,
     Credentials,
     None,
@@ -315,6 +320,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "Overview", "/"),
     (Nav::Records, "Records", "/records"),
     (Nav::Requests, "Requests", "/requests"),
+    (Nav::Events, "Events", "/events"),
     (Nav::Faults, "Faults and clock", "/faults"),
     (Nav::Credentials, "Credentials", "/credentials"),
 ];

@@ -99,6 +99,7 @@ pub async fn overview(
     let counts = app.store.counts().await.map_err(fail)?;
     let webhooks = app.store.list_webhooks().await.map_err(fail)?;
     let apps = app.store.list_apps().await.map_err(fail)?;
+    let pending = app.store.pending_stats().await.map_err(fail)?;
     // The demo webhook's code is public (it is in the source and printed at start-up), so its URL may be shown;
     // every other code is stored only as a hash.
     let demo =
@@ -155,6 +156,12 @@ pub async fn overview(
                     dt { "Messages" } dd data-count="messages" { (counts.messages) }
                     dt { "Webhooks" } dd { (webhooks.len()) }
                     dt { "Applications" } dd { (apps.len()) }
+                    dt { "Pending deliveries" } dd data-count="pending-deliveries" {
+                        a href={(BASE) "/events?status=pending"} { (pending.count) }
+                        @if let Some(oldest) = pending.oldest_created_ms {
+                            " (oldest from " (crate::store::ms_to_rfc3339(oldest)) ")"
+                        }
+                    }
                 }
             }
         }

@@ -73,4 +73,21 @@ document.addEventListener("DOMContentLoaded", () => {
       if (source.readyState === EventSource.CLOSED && state) state.textContent = "Live updates stopped: reload the page.";
     });
   }
+
+  // A live block (the Events list): the server sends it again, rendered, whenever it changed. Open details
+  // stay open.
+  const block = document.querySelector("div[data-live]");
+  if (block && window.EventSource) {
+    const state = document.getElementById("live-state");
+    const source = new EventSource(block.dataset.live);
+    source.addEventListener("list", (event) => {
+      const open = new Set([...block.querySelectorAll("article[data-id]")]
+        .filter((a) => a.querySelector("details")?.open).map((a) => a.dataset.id));
+      block.innerHTML = event.data;
+      for (const id of open) block.querySelector(`article[data-id="${id}"] details`)?.setAttribute("open", "");
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED && state) state.textContent = "Live updates stopped: reload the page.";
+    });
+  }
 });
