@@ -396,8 +396,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if args.quick {
         println!(
-            "note: --quick: the uniform workload runs over a portal of {} memberships, not 1,000,000",
-            thousands(initial as u64)
+            "note: --quick: the uniform workload runs over a portal of {} memberships, not 1,000,000 (and the bound \
+             workload's chats, {} more)",
+            thousands((chats * args.members) as u64),
+            thousands((bound_chats * args.members) as u64)
         );
     }
     let busiest = rows.iter().map(|r| r.out.other_cpu_pct).fold(0.0, f64::max);
