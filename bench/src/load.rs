@@ -30,8 +30,14 @@ impl WorkList {
         Self { items, next: AtomicUsize::new(0) }
     }
 
-    fn take(&self) -> Option<Membership> {
-        self.items.get(self.next.fetch_add(1, Ordering::Relaxed)).copied()
+    /// The next membership and its position in the list.
+    fn take(&self) -> Option<(usize, Membership)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.items.get(i).map(|m| (i, *m))
+    }
+
+    pub fn items(&self) -> &[Membership] {
+        &self.items
     }
 
     pub fn len(&self) -> usize {
@@ -66,6 +72,20 @@ pub struct Spec {
     /// Processes whose CPU time is measured over the window: the server, then this one.
     pub server_pid: u32,
     pub sched: LoadgenSched,
+    /// For a `Delete` whose removals produce events: when each removal's 200 answer arrived, by list position.
+    pub acks: Option<Arc<Acks>>,
+}
+
+/// When the answer to each removal of a list arrived: nanoseconds after `epoch`, plus 1 (0: not answered).
+pub struct Acks {
+    pub epoch: Instant,
+    pub ns: Vec<AtomicU64>,
+}
+
+impl Acks {
+    pub fn new(epoch: Instant, len: usize) -> Self {
+        Self { epoch, ns: (0..len).map(|_| AtomicU64::new(0)).collect() }
+    }
 }
 
 /// Scheduling policy of the load generator's threads.
@@ -81,7 +101,7 @@ pub enum LoadgenSched {
 }
 
 /// Put the calling thread under `sched`, at nice 0 as before.
-fn apply_sched(sched: LoadgenSched) {
+pub fn apply_sched(sched: LoadgenSched) {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
     let policy = match sched {
         LoadgenSched::Batch => NormalThreadSchedulePolicy::Batch,
@@ -98,6 +118,8 @@ fn apply_sched(sched: LoadgenSched) {
 }
 
 pub struct Outcome {
+    /// When the run started: the measured window begins `warmup` later and lasts `window_s`.
+    pub base: Instant,
     /// Successful responses completed inside the measured window.
     pub measured: u64,
     /// Length of the measured window in seconds (shorter than the duration when the work ran out).
@@ -228,6 +250,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<Outcome> {
     };
     let first_errors = shared.first_errors.lock().unwrap().clone();
     Ok(Outcome {
+        base: shared.base,
         measured,
         window_s,
         rps: if window_s > 0.0 { measured as f64 / window_s } else { 0.0 },
@@ -288,7 +311,7 @@ async fn connection(shared: Arc<Shared>, index: u64) -> TaskResult {
         };
         tokio::spawn(conn);
         while Instant::now() < shared.end {
-            let Some((request, expect)) = shared.next_request(&mut rng) else {
+            let Some((request, expect, position)) = shared.next_request(&mut rng) else {
                 let _ = shared.dry_at_ns.compare_exchange(
                     0,
                     shared.base.elapsed().as_nanos() as u64,
@@ -324,6 +347,9 @@ async fn connection(shared: Arc<Shared>, index: u64) -> TaskResult {
                 continue;
             }
             shared.ok_total.fetch_add(1, Ordering::Relaxed);
+            if let (Some(acks), Some(i)) = (&shared.spec.acks, position) {
+                acks.ns[i].store(done.saturating_duration_since(acks.epoch).as_nanos() as u64 + 1, Ordering::Relaxed);
+            }
             if done >= shared.measure_start && done <= shared.end {
                 result.hist.saturating_record((done - started).as_micros().max(1) as u64);
                 result.measured += 1;
@@ -344,7 +370,9 @@ impl Shared {
         }
     }
 
-    fn next_request(&self, rng: &mut StdRng) -> Option<(Request<Full<Bytes>>, Expect)> {
+    /// The next request, what its answer must say, and for a list job the membership's position in the list.
+    fn next_request(&self, rng: &mut StdRng) -> Option<(Request<Full<Bytes>>, Expect, Option<usize>)> {
+        let mut position = None;
         let (method, body, expect) = match &self.spec.job {
             Job::ServerTime => ("server.time", None, Expect::TimeString),
             Job::GetLastId { chats } => {
@@ -353,7 +381,8 @@ impl Shared {
                 ("imopenlines.crm.chat.getLastId", Some(body), Expect::Id(chat))
             }
             Job::Delete(list) | Job::Add(list) => {
-                let m = list.take()?;
+                let (i, m) = list.take()?;
+                position = Some(i);
                 let body = format!(
                     r#"{{"CRM_ENTITY_TYPE":"deal","CRM_ENTITY":{},"USER_ID":{},"CHAT_ID":{}}}"#,
                     m.deal(),
@@ -378,7 +407,7 @@ impl Shared {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body))),
         };
-        Some((request.expect("valid request"), expect))
+        Some((request.expect("valid request"), expect, position))
     }
 }
 

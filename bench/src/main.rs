@@ -4,6 +4,7 @@
 //! (this binary re-executed as `crmchat-bench baseline`), then crmchat on the `unlimited` plan under six
 //! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`.
 
+mod events;
 mod load;
 mod portal;
 mod procs;
@@ -17,7 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use load::{Job, LoadgenSched, Outcome, Spec, WorkList};
+use load::{Acks, Job, LoadgenSched, Outcome, Spec, WorkList};
 use portal::{Partitions, Portal};
 use procs::{RssSampler, Server};
 
@@ -73,6 +74,15 @@ enum Sub {
 const MAX_EXPECTED_RPS: f64 = 60_000.0;
 const GOAL_RSS_MB: f64 = 150.0;
 const GOAL_P99_MS: f64 = 10.0;
+/// The bound workload gets chats of its own, added after the portal's N, sized for this rate over warm-up +
+/// window (a little above the unbound uniform workload's rate on a 2-core VM).
+const BOUND_EXPECTED_RPS: f64 = 32_000.0;
+/// The bound workload's goals: removals at least this share of the unbound uniform workload's rate, deliveries
+/// at least as fast as removals, and the oldest pending delivery younger than this when the window ends.
+const GOAL_BOUND_VS_UNIFORM: f64 = 0.85;
+const GOAL_OLDEST_PENDING_S: f64 = 1.0;
+/// How long the bench waits after the bound workload for the deliveries still on their way.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -97,6 +107,8 @@ struct Row {
     goal: Option<f64>,
     /// For deletes and the refill: memberships in the workload's list and how many were handed out.
     pool: Option<(usize, usize)>,
+    /// When the goal is a ratio to another workload rather than to the bare baseline: its title and req/s.
+    vs: Option<(&'static str, f64)>,
 }
 
 impl Row {
@@ -116,11 +128,16 @@ impl Row {
     fn pass(&self, bare_rps: f64) -> Option<bool> {
         let goal = self.goal?;
         let p99_ok = self.key != "delete_hot_64" || self.p(0.99) <= GOAL_P99_MS;
-        Some(self.ratio(bare_rps) >= goal && p99_ok && self.out.measured > 0)
+        let ratio = match self.vs {
+            Some((_, rps)) => self.ratio(rps),
+            None => self.ratio(bare_rps),
+        };
+        Some(ratio >= goal && p99_ok && self.out.measured > 0)
     }
 
     fn goal_text(&self) -> String {
         match (self.goal, self.key) {
+            (Some(g), _) if self.vs.is_some() => format!(">= {g:.2} x {}", self.vs.map_or("", |v| v.0)),
             (Some(g), "delete_hot_64") => format!(">= {g:.2}, p99 <= {GOAL_P99_MS} ms"),
             (Some(g), _) => format!(">= {g:.2}"),
             (None, key) if key.starts_with("bare") => "(ceiling)".into(),
@@ -135,15 +152,19 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let chats = args.chats.unwrap_or(if args.quick { 20_000 } else { 50_000 });
     let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if args.quick { 1.0 } else { 2.0 }));
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(if args.quick { 3.0 } else { 10.0 }));
+    // The bound workload's own chats, after the N of the other workloads.
+    let bound_chats =
+        (BOUND_EXPECTED_RPS * (warmup + duration).as_secs_f64() / args.members.max(1) as f64).ceil() as usize;
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let crmchat = procs::crmchat_binary()?;
     let build_s = started.elapsed().as_secs_f64();
-    let memberships = chats * args.members;
+    let memberships = (chats + bound_chats) * args.members;
     let load_at_start = procs::load_average();
     println!(
-        "crmchat-bench ({mode}): {} chats x {} members = {} memberships; {:.0} s warm-up + {:.0} s per workload",
+        "crmchat-bench ({mode}): ({} + {} bound) chats x {} members = {} memberships; {:.0} s warm-up + {:.0} s per workload",
         thousands(chats as u64),
+        thousands(bound_chats as u64),
         args.members,
         thousands(memberships as u64),
         warmup.as_secs_f64(),
@@ -155,7 +176,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // The portal.
     let t = Instant::now();
-    let portal = Portal::generate(chats, args.members, args.users, args.seed)?;
+    let portal = Portal::generate(chats + bound_chats, args.members, args.users, args.seed)?;
     let state_file = out_dir.join("portal.json");
     portal.write_state(&state_file)?;
     let generate_s = t.elapsed().as_secs_f64();
@@ -206,6 +227,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             webhook_code: portal::webhook_code(i),
             server_pid: server.pid(),
             sched: args.loadgen_sched,
+            acks: None,
         };
         runtime.block_on(load::run(spec))
     };
@@ -249,6 +271,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let need = (MAX_EXPECTED_RPS * (warmup + duration).as_secs_f64()).ceil() as usize;
     let mut parts = Partitions::new(&portal);
+    let bound = parts.tail(bound_chats, args.seed + 1);
     // The hot set: chats from the front, in id order, removed by both hot workloads. Three workloads of fixed
     // length at tens of thousands of removals a second need more than 1,000,000 memberships, so between the
     // two the members the first removed are added back (`user.add`, a row of its own, no goal), and the second
@@ -278,6 +301,58 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     deletes_ok += out.ok_total;
     let pool = Some((uniform.len(), uniform.used()));
     rows.push(finish_row("delete_uniform", "user.delete uniform", 64, out, sampler.take_max_mb(), Some(0.12), pool));
+
+    // The same removals with one handler bound to their event, over chats of their own, through webhook 7: the
+    // handler is bound (`event.bind`, with an OAuth token of the bench's application) right before and unbound
+    // right after, so that the other workloads produce no events.
+    let uniform_rps = rows.last().map_or(0.0, |r| r.out.rps);
+    let bound = Arc::new(WorkList::new(bound));
+    let epoch = Instant::now();
+    let acks = Arc::new(Acks::new(epoch, bound.len()));
+    let sink = events::Sink::start(bound.items(), epoch, args.loadgen_sched)?;
+    let token = runtime.block_on(events::access_token(&crmchat, &data_dir, server.addr))?;
+    runtime.block_on(events::bind(server.addr, &token, &sink.url, false))?;
+    let spec = Spec {
+        addr: server.addr,
+        conns: 64,
+        warmup,
+        duration,
+        job: Job::Delete(bound.clone()),
+        webhook_code: portal::webhook_code(7),
+        server_pid: server.pid(),
+        sched: args.loadgen_sched,
+        acks: Some(acks.clone()),
+    };
+    let window_end = tokio::time::Instant::now() + warmup + duration;
+    let (out, pending) =
+        runtime.block_on(async { tokio::join!(load::run(spec), events::pending_at(&db_url, window_end)) });
+    let (out, pending) = (out?, pending?);
+    let drained_in = runtime.block_on(events::drain(&sink, out.ok_total, DRAIN_LIMIT));
+    runtime.block_on(events::bind(server.addr, &token, &sink.url, true))?;
+    let measure_start = out.base + warmup;
+    let window = (measure_start, measure_start + Duration::from_secs_f64(out.window_s));
+    let deliveries = sink.figures(&acks, window);
+    sink.stop();
+    deletes_ok += out.ok_total;
+    let pool = Some((bound.len(), bound.used()));
+    let mut bound_row = finish_row(
+        "delete_uniform_bound",
+        "user.delete uniform+evt",
+        64,
+        out,
+        sampler.take_max_mb(),
+        Some(GOAL_BOUND_VS_UNIFORM),
+        pool,
+    );
+    bound_row.vs = Some(("uniform", uniform_rps));
+    let bound_events = Bound {
+        deliveries,
+        pending,
+        drained_in,
+        removals_rps: bound_row.out.rps,
+        acknowledged: bound_row.out.ok_total,
+    };
+    rows.push(bound_row);
     let rss_mb = sampler.finish();
     server.stop(Duration::from_secs(40))?;
 
@@ -304,6 +379,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         thousands(bare_end_rps.round() as u64)
     );
     let rss_pass = rss_mb <= GOAL_RSS_MB;
+    bound_events.print();
     println!(
         "server RSS: {idle_rss_mb:.1} MB idle after start, {rss_mb:.1} MB max with {} memberships loaded   goal <= {GOAL_RSS_MB} MB   {}",
         thousands(initial as u64),
@@ -320,8 +396,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if args.quick {
         println!(
-            "note: --quick: the uniform workload runs over a portal of {} memberships, not 1,000,000",
-            thousands(initial as u64)
+            "note: --quick: the uniform workload runs over a portal of {} memberships, not 1,000,000 (and the bound \
+             workload's chats, {} more)",
+            thousands((chats * args.members) as u64),
+            thousands((bound_chats * args.members) as u64)
         );
     }
     let busiest = rows.iter().map(|r| r.out.other_cpu_pct).fold(0.0, f64::max);
@@ -335,7 +413,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
 
     let row = |key: &str| rows.iter().find(|r| r.key == key).expect("every workload ran");
-    let goals_pass = rows.iter().filter_map(|r| r.pass(bare_rps)).all(|p| p) && rss_pass;
+    let goals_pass =
+        rows.iter().filter_map(|r| r.pass(bare_rps)).all(|p| p) && rss_pass && bound_events.passes().iter().all(|p| *p);
     let report = json!({
         "mode": mode,
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -350,6 +429,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         "delete_hot_64_p99_ms": round(row("delete_hot_64").p(0.99), 3),
         "delete_hot_256_rps": round(row("delete_hot_256").out.rps, 0),
         "delete_uniform_rps": round(row("delete_uniform").out.rps, 0),
+        "delete_uniform_bound_rps": round(row("delete_uniform_bound").out.rps, 0),
+        "delete_uniform_bound_ratio_to_uniform": round(row("delete_uniform_bound").ratio(uniform_rps), 3),
+        "events": bound_events.json(),
         "rss_mb": round(rss_mb, 1),
         "rss_idle_mb": round(idle_rss_mb, 1),
         "errors": errors,
@@ -390,7 +472,7 @@ fn finish_row(
     goal: Option<f64>,
     pool: Option<(usize, usize)>,
 ) -> Row {
-    let row = Row { key, title, conns, out, rss_mb, goal, pool };
+    let row = Row { key, title, conns, out, rss_mb, goal, pool, vs: None };
     let o = &row.out;
     println!(
         "  {:<24} {:>3} conns: {:>9} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}  CPU: server {:.0}%, loadgen {:.0}%, other {:.0}%",
@@ -487,11 +569,94 @@ fn row_json(r: &Row, bare_rps: f64) -> Value {
         "server_rss_max_mb": round(r.rss_mb, 1),
         "ratio_to_bare": round(r.ratio(bare_rps), 3),
         "goal_ratio": r.goal,
+        // A goal that is a ratio to another workload's req/s (the bound workload's, to the unbound uniform one).
+        "goal_relative_to": r.vs.map(|v| v.0),
+        "ratio_to_goal_base": r.vs.map(|v| round(r.ratio(v.1), 3)),
         "pass": r.pass(bare_rps),
         "partition_size": r.pool.map(|p| p.0),
         "partition_used": r.pool.map(|p| p.1),
         "ran_dry_at_s": o.ran_dry_at.map(|s| round(s, 2)),
     })
+}
+
+/// What the bound workload's handler received.
+struct Bound {
+    deliveries: events::Deliveries,
+    pending: events::Pending,
+    drained_in: Duration,
+    removals_rps: f64,
+    acknowledged: u64,
+}
+
+impl Bound {
+    /// Deliveries at least as fast as removals; the oldest pending delivery younger than the goal.
+    fn passes(&self) -> [bool; 2] {
+        [
+            self.deliveries.rps >= self.removals_rps && self.deliveries.rps > 0.0,
+            self.pending.oldest_s < GOAL_OLDEST_PENDING_S,
+        ]
+    }
+
+    fn print(&self) {
+        let d = &self.deliveries;
+        let [rate_pass, pending_pass] = self.passes();
+        println!(
+            "events ({} bound to the uniform+evt removals): {} deliveries/s in the window, removals {} req/s   goal >= removals   {}",
+            events::EVENT,
+            thousands(d.rps.round() as u64),
+            thousands(self.removals_rps.round() as u64),
+            verdict(rate_pass)
+        );
+        println!(
+            "  oldest pending delivery at the window's end: {:.3} s ({} pending)   goal < {GOAL_OLDEST_PENDING_S} s   {}",
+            self.pending.oldest_s,
+            thousands(self.pending.count.max(0) as u64),
+            verdict(pending_pass)
+        );
+        println!(
+            "  received {} of {} acknowledged removals' events after {:.1} s of draining{}; {} duplicates, {} unmatched",
+            thousands(d.unique),
+            thousands(self.acknowledged),
+            self.drained_in.as_secs_f64(),
+            if d.unique < self.acknowledged { " (gave up: still missing)" } else { "" },
+            thousands(d.duplicates),
+            thousands(d.unmatched),
+        );
+        println!(
+            "  lag, receipt less the removal's answer: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} arrived before the answer was read)",
+            d.lag_ms(0.50),
+            d.lag_ms(0.99),
+            d.lag.max() as f64 / 1000.0,
+            thousands(d.before_ack)
+        );
+    }
+
+    fn json(&self) -> Value {
+        let d = &self.deliveries;
+        let [rate_pass, pending_pass] = self.passes();
+        json!({
+            "event": events::EVENT,
+            "workload": "delete_uniform_bound",
+            "deliveries_rps": round(d.rps, 0),
+            "deliveries_in_window": d.in_window,
+            "removals_rps": round(self.removals_rps, 0),
+            "removals_acknowledged": self.acknowledged,
+            "deliveries_received": d.unique,
+            "posts": d.posts,
+            "duplicates": d.duplicates,
+            "unmatched": d.unmatched,
+            "drain_s": round(self.drained_in.as_secs_f64(), 3),
+            "pending_at_window_end": self.pending.count,
+            "oldest_pending_s": round(self.pending.oldest_s, 3),
+            "lag_p50_ms": round(d.lag_ms(0.50), 3),
+            "lag_p99_ms": round(d.lag_ms(0.99), 3),
+            "lag_max_ms": round(d.lag.max() as f64 / 1000.0, 3),
+            "arrived_before_answer": d.before_ack,
+            "goal_deliveries_rps_at_least_removals": rate_pass,
+            "goal_oldest_pending_s": GOAL_OLDEST_PENDING_S,
+            "oldest_pending_pass": pending_pass,
+        })
+    }
 }
 
 async fn count_memberships(url: &str) -> anyhow::Result<i64> {

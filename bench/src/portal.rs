@@ -104,6 +104,11 @@ impl Portal {
             let hook = json!({"user": WEBHOOK_USER, "code": webhook_code(i), "scopes": ["imopenlines", "im"]});
             write!(w, "{}{hook}", if i == 0 { "" } else { ",\n" })?;
         }
+        // The application the bound workload binds its handler with (through `event.bind`, not here: a binding in
+        // the file would make every workload's removals produce events).
+        let app = json!({"client_id": crate::events::APP_CLIENT_ID, "client_secret": crate::events::APP_SECRET,
+            "scopes": ["imopenlines", "im"], "application_token": crate::events::APP_TOKEN});
+        write!(w, "],\n\"apps\":[{app}")?;
         writeln!(w, "]}}")?;
         w.flush()?;
         Ok(())
@@ -113,20 +118,31 @@ impl Portal {
 /// The memberships the delete workloads remove, in whole chats. The hot set is a run of chats from the front
 /// (in id order: all members of chat 1, then chat 2, …), which both hot workloads remove, the bench adding back
 /// between them what the first removed; the uniform workload gets a shuffle of the memberships of all chats
-/// after the part of the hot set that was used.
+/// after the part of the hot set that was used. The bound workload's chats are set aside first, at the end.
 pub struct Partitions<'a> {
     portal: &'a Portal,
     /// Index of the first membership not yet handed to a workload; always at a chat boundary.
     cursor: usize,
+    /// One past the last membership the other workloads may have: the chats after it are set aside.
+    end: usize,
 }
 
 impl<'a> Partitions<'a> {
     pub fn new(portal: &'a Portal) -> Self {
-        Self { portal, cursor: 0 }
+        Self { portal, cursor: 0, end: portal.memberships.len() }
     }
 
     pub fn remaining(&self) -> usize {
-        self.portal.memberships.len() - self.cursor
+        self.end - self.cursor
+    }
+
+    /// Every membership of the last `chats` chats, shuffled, set aside from the other partitions.
+    pub fn tail(&mut self, chats: usize, seed: u64) -> Vec<Membership> {
+        let start = self.end.saturating_sub(chats * self.portal.members_per_chat).max(self.cursor);
+        let mut items = self.portal.memberships[start..self.end].to_vec();
+        items.shuffle(&mut StdRng::seed_from_u64(seed));
+        self.end = start;
+        items
     }
 
     /// The next `wanted` memberships (rounded up to whole chats) in chat order.
@@ -143,15 +159,15 @@ impl<'a> Partitions<'a> {
 
     /// Every membership of the chats not yet handed out, shuffled.
     pub fn uniform(&mut self, seed: u64) -> Vec<Membership> {
-        let mut items = self.portal.memberships[self.cursor..].to_vec();
+        let mut items = self.portal.memberships[self.cursor..self.end].to_vec();
         items.shuffle(&mut StdRng::seed_from_u64(seed));
-        self.cursor = self.portal.memberships.len();
+        self.cursor = self.end;
         items
     }
 
     fn chat_boundary(&self, index: usize) -> usize {
         let per = self.portal.members_per_chat;
-        (index.div_ceil(per) * per).min(self.portal.memberships.len())
+        (index.div_ceil(per) * per).min(self.end)
     }
 }
 
@@ -170,6 +186,10 @@ mod tests {
             assert_eq!(users.len(), 3);
         }
         let mut parts = Partitions::new(&portal);
+        let tail = parts.tail(2, 3);
+        assert_eq!(tail.len(), 6);
+        assert!(tail.iter().all(|m| m.chat >= 9));
+        assert_eq!(parts.remaining(), 24);
         let a = parts.hot(4);
         assert_eq!(a.len(), 6);
         parts.consume(4);
@@ -178,8 +198,8 @@ mod tests {
         assert_eq!(b.len(), 9);
         parts.consume(9);
         let c = parts.uniform(7);
-        assert_eq!(c.len(), 15);
-        assert!(c.iter().all(|m| m.chat >= 6));
+        assert_eq!(c.len(), 9);
+        assert!(c.iter().all(|m| (6..=8).contains(&m.chat)));
         assert_eq!(parts.remaining(), 0);
     }
 }

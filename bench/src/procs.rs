@@ -29,7 +29,7 @@ pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
         let profile = profile.filter(|p| p != "debug");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--bin", "crmchat"]);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "-p", "crmchat", "--bin", "crmchat"]);
         // `cargo run` hands its package variables to this process. Passed on, they change the fingerprint of
         // build scripts that watch them (ring watches CARGO_MANIFEST_DIR), and every run would rebuild.
         for (name, _) in std::env::vars_os() {
@@ -49,7 +49,7 @@ pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
         }
         let flag = profile.map(|p| format!(" --profile {p}")).unwrap_or_default();
         cmd.args(flag.split_whitespace());
-        println!("building crmchat: cargo build --bin crmchat{flag}");
+        println!("building crmchat: cargo build -p crmchat --bin crmchat{flag}");
         let status = cmd.status().context("running cargo build")?;
         anyhow::ensure!(status.success(), "cargo build --bin crmchat failed");
     }
