@@ -44,6 +44,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// Deliveries taken per look, and kept in flight by one process at most.
 const BATCH: i64 = 512;
 const MAX_IN_FLIGHT: usize = 2048;
+/// Deliveries of one handler leased at once (sent `per_handler` at a time).
+const LEASE_AHEAD: usize = 256;
 /// A delivery token is used for the deliveries of this long before a new one is minted: a token per
 /// delivery would add a token row per delivery, for an hour.
 const TOKEN_REUSE_MS: i64 = 10_000;
@@ -79,6 +81,7 @@ pub fn spawn(store: DynStore, clock: Arc<PortalClock>, settings: DeliverySetting
         http,
         tokens: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(InFlight::default()),
+        lanes: Mutex::new(HashMap::new()),
         freed: Notify::new(),
     });
     tokio::spawn(worker.run())
@@ -92,8 +95,18 @@ struct Worker {
     /// Delivery tokens by (application, user, depth): the clear token, its expiry and when it was minted.
     tokens: Mutex<HashMap<(String, i64, i64), MintedToken>>,
     in_flight: Mutex<InFlight>,
+    /// Per handler URL: the leased deliveries waiting for a sender, and how many senders it has.
+    lanes: Mutex<HashMap<String, Lane>>,
     /// Woken when deliveries finished, so that their handlers get the next ones at once.
     freed: Notify,
+}
+
+/// One handler's queue of leased deliveries, oldest first, worked off by up to `per_handler` senders: leasing
+/// many at once and sending them one after the other costs two small transactions per batch, not per delivery.
+#[derive(Default)]
+struct Lane {
+    queue: std::collections::VecDeque<(PendingDelivery, i64)>,
+    senders: usize,
 }
 
 #[derive(Clone)]
@@ -105,11 +118,15 @@ struct MintedToken {
 
 #[derive(Default)]
 struct InFlight {
+    /// Leased by this worker: queued in a lane or being sent.
     ids: HashSet<i64>,
     per_handler: HashMap<String, usize>,
     /// Handlers with a retry in flight: they get nothing else until it is answered, so that a handler coming
     /// back receives its backlog in order.
     retrying: HashSet<String>,
+    /// Handlers whose failed attempt is not recorded yet: until it is, the database would not hold their later
+    /// deliveries back, so nothing more is leased for them.
+    held: HashSet<String>,
 }
 
 impl Worker {
@@ -157,13 +174,13 @@ impl Worker {
                 if room == 0 {
                     break;
                 }
-                if in_flight.ids.contains(&d.id) {
+                if in_flight.ids.contains(&d.id) || in_flight.held.contains(&d.handler) {
                     continue;
                 }
                 let (count, limit) = taken.entry(&d.handler).or_insert_with(|| {
                     // Due deliveries come oldest first: the first one of a handler is its oldest pending one.
                     let retrying = d.attempts > 0 || in_flight.retrying.contains(&d.handler);
-                    (0, if retrying { 1 } else { self.settings.per_handler })
+                    (0, if retrying { 1 } else { LEASE_AHEAD })
                 });
                 let busy = in_flight.per_handler.get(&d.handler).copied().unwrap_or(0);
                 if busy + *count >= *limit {
@@ -190,25 +207,97 @@ impl Worker {
         let until_ms = now + lease.as_millis() as i64;
         let leased: HashSet<i64> = leased.into_iter().collect();
         let mut started = 0;
+        let mut lanes = self.lanes.lock().expect("lanes");
+        let mut in_flight = self.in_flight.lock().expect("in-flight set");
         for delivery in chosen.into_iter().filter(|d| leased.contains(&d.id)) {
-            {
-                let mut in_flight = self.in_flight.lock().expect("in-flight set");
-                in_flight.ids.insert(delivery.id);
-                *in_flight.per_handler.entry(delivery.handler.clone()).or_insert(0) += 1;
-                if delivery.attempts > 0 {
-                    in_flight.retrying.insert(delivery.handler.clone());
-                }
+            in_flight.ids.insert(delivery.id);
+            *in_flight.per_handler.entry(delivery.handler.clone()).or_insert(0) += 1;
+            if delivery.attempts > 0 {
+                in_flight.retrying.insert(delivery.handler.clone());
             }
             started += 1;
-            let worker = self.clone();
-            let done = done.clone();
-            tokio::spawn(async move {
-                let handler = delivery.handler.clone();
-                let outcome = worker.send(delivery, until_ms).await;
-                let _ = done.send((handler, outcome));
-            });
+            let handler = delivery.handler.clone();
+            let lane = lanes.entry(handler.clone()).or_default();
+            lane.queue.push_back((delivery, until_ms));
+            if lane.senders < self.settings.per_handler.max(1) {
+                lane.senders += 1;
+                tokio::spawn(self.clone().drive(handler, done.clone()));
+            }
         }
         Ok(started)
+    }
+
+    /// One sender of a handler's lane: sends its deliveries one after the other until the lane is empty. A
+    /// delivery whose lease would run out during the attempt is left for a later lease rather than risk a
+    /// second sender; after a failed attempt the rest of the lane is given back, so that the handler gets its
+    /// backlog in order once the retry went through.
+    async fn drive(self: Arc<Self>, handler: String, done: mpsc::UnboundedSender<(String, DeliveryOutcome)>) {
+        let margin = self.settings.timeout.as_millis() as i64 + 1_000;
+        loop {
+            let next = {
+                let mut lanes = self.lanes.lock().expect("lanes");
+                let lane = lanes.entry(handler.clone()).or_default();
+                match lane.queue.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        lane.senders -= 1;
+                        if lane.senders == 0 {
+                            lanes.remove(&handler);
+                        }
+                        return;
+                    }
+                }
+            };
+            let (delivery, until_ms) = next;
+            if until_ms - self.clock.unix_ms() < margin {
+                self.forget(&handler, &[delivery.id]);
+                continue;
+            }
+            let outcome = self.send(delivery, until_ms).await;
+            let failed = !matches!(outcome.next, NextStep::Delivered);
+            if failed {
+                self.in_flight.lock().expect("in-flight set").held.insert(handler.clone());
+            }
+            let _ = done.send((handler.clone(), outcome));
+            if failed {
+                self.give_back(&handler).await;
+            }
+        }
+    }
+
+    /// Takes the deliveries still queued for `handler` out of its lane and releases their leases.
+    async fn give_back(&self, handler: &str) {
+        let queued: Vec<(PendingDelivery, i64)> = {
+            let mut lanes = self.lanes.lock().expect("lanes");
+            lanes.get_mut(handler).map(|lane| lane.queue.drain(..).collect()).unwrap_or_default()
+        };
+        let mut by_lease: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (delivery, until_ms) in &queued {
+            by_lease.entry(*until_ms).or_default().push(delivery.id);
+        }
+        for (until_ms, ids) in by_lease {
+            // Should this fail, the leases run out by themselves.
+            if let Err(err) = self.store.apply(Change::ReleaseDeliveries { ids: ids.clone(), until_ms }).await {
+                tracing::warn!(error = %err, "giving back leased deliveries failed");
+            }
+            self.forget(handler, &ids);
+        }
+    }
+
+    /// Deliveries this worker no longer holds, unsent.
+    fn forget(&self, handler: &str, ids: &[i64]) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight set");
+        for id in ids {
+            in_flight.ids.remove(id);
+            if let Some(count) = in_flight.per_handler.get_mut(handler) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.per_handler.remove(handler);
+                }
+            }
+        }
+        drop(in_flight);
+        self.freed.notify_one();
     }
 
     /// Writes outcomes in batches. A batch that cannot be written is tried again: its deliveries stay
@@ -239,6 +328,9 @@ impl Worker {
                 in_flight.ids.remove(&outcome.id);
                 if outcome.attempt > 1 {
                     in_flight.retrying.remove(handler);
+                }
+                if !matches!(outcome.next, NextStep::Delivered) {
+                    in_flight.held.remove(handler);
                 }
                 if let Some(count) = in_flight.per_handler.get_mut(handler) {
                     *count -= 1;

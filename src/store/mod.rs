@@ -210,6 +210,12 @@ pub enum Change {
         now_ms: i64,
         until_ms: i64,
     },
+    /// Give back leased deliveries that were not sent: each of `ids` still held with lease `until_ms` is free to
+    /// be leased again at once.
+    ReleaseDeliveries {
+        ids: Vec<i64>,
+        until_ms: i64,
+    },
     /// The outcomes of delivery attempts (each only while its lease holds, see [`DeliveryOutcome`]).
     RecordDeliveries(Vec<DeliveryOutcome>),
     /// Delete up to `limit` finished deliveries that were finished before `before_ms` or are more than

@@ -153,6 +153,12 @@ impl Backend for PgStore {
                 }
                 ChangeOutcome::Leased(leased)
             }
+            Change::ReleaseDeliveries { ids, until_ms } => {
+                for id in ids {
+                    sqlx::query(sql::RELEASE_DELIVERY).bind(id).bind(until_ms).execute(&mut *tx).await?;
+                }
+                ChangeOutcome::Recorded
+            }
             Change::RecordDeliveries(outcomes) => {
                 for o in outcomes {
                     let next_ms = match o.next {

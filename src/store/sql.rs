@@ -229,6 +229,9 @@ pub(crate) mod statements {
     /// asked for so far, so a mark of [`REDELIVER`] left by an abandoned lease is cleared.
     pub const LEASE_DELIVERY: &str = "UPDATE deliveries SET lease_until_ms = $1, requeued = 0 \
          WHERE id = $2 AND state = 'pending' AND lease_until_ms <= $3";
+    /// Give a delivery back if it is still held with lease `$2`.
+    pub const RELEASE_DELIVERY: &str =
+        "UPDATE deliveries SET lease_until_ms = 0 WHERE id = $1 AND lease_until_ms = $2 AND state = 'pending'";
     pub const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status, error, \
          duration_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING";
     /// The attempt's outcome, if the delivery still holds the attempt's lease `$6`; then its attempt row is
@@ -290,7 +293,7 @@ pub(crate) mod statements {
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 33] = [
+    pub const ALL: [&str; 34] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -312,6 +315,7 @@ pub(crate) mod statements {
         NOTIFY_OFFLINE,
         INSERT_BINDING_DELIVERY,
         LEASE_DELIVERY,
+        RELEASE_DELIVERY,
         INSERT_ATTEMPT,
         FINISH_ATTEMPT,
         PRUNE_DELIVERIES,

@@ -320,6 +320,7 @@ struct Prepared<'c> {
     notify_offline: Statement<'c>,
     insert_binding_delivery: Statement<'c>,
     lease_delivery: Statement<'c>,
+    release_delivery: Statement<'c>,
     insert_attempt: Statement<'c>,
     finish_attempt: Statement<'c>,
     prune_deliveries: Statement<'c>,
@@ -355,6 +356,7 @@ impl<'c> Prepared<'c> {
             notify_offline: connection.prepare(sql::NOTIFY_OFFLINE)?,
             insert_binding_delivery: connection.prepare(sql::INSERT_BINDING_DELIVERY)?,
             lease_delivery: connection.prepare(sql::LEASE_DELIVERY)?,
+            release_delivery: connection.prepare(sql::RELEASE_DELIVERY)?,
             insert_attempt: connection.prepare(sql::INSERT_ATTEMPT)?,
             finish_attempt: connection.prepare(sql::FINISH_ATTEMPT)?,
             prune_deliveries: connection.prepare(sql::PRUNE_DELIVERIES)?,
@@ -672,6 +674,12 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
                 }
             }
             Ok(ChangeOutcome::Leased(leased))
+        }
+        Change::ReleaseDeliveries { ids, until_ms } => {
+            for id in ids {
+                s.release_delivery.execute(params![id, until_ms])?;
+            }
+            Ok(ChangeOutcome::Recorded)
         }
         Change::RecordDeliveries(outcomes) => {
             for o in outcomes {

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -246,6 +247,7 @@ test("every page: no console errors at 1280x800 and 390x844, a screenshot of eac
     credentials: "/_crmchat/ui/credentials",
     faults: "/_crmchat/ui/faults",
     requests: "/_crmchat/ui/requests",
+    events: "/_crmchat/ui/events",
   };
   // Something on the Requests page, an error among it.
   await rest("server.time", {});
@@ -455,4 +457,70 @@ test("Requests: a journal of 10,000 entries opens a page at a time", async () =>
   await shot(page, "requests-10000", "desktop");
   assert.deepEqual(page.errors, []);
   await page.context().close();
+});
+
+/** A local event handler: records each body, answers the statuses it is given in turn, then 200. */
+async function startSink(statuses) {
+  const received = [];
+  const sink = createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", () => {
+      received.push(body);
+      res.statusCode = statuses.shift() ?? 200;
+      res.end();
+    });
+  });
+  await new Promise((resolve) => sink.listen(0, "127.0.0.1", resolve));
+  return { sink, received, url: `http://127.0.0.1:${sink.address().port}/events` };
+}
+
+async function until(condition, what, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    assert.ok(Date.now() < deadline, `waited ${ms} ms for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+test("Events: a delivery that failed once and then arrived appears live with both attempts; Redeliver sends it again", async () => {
+  const { sink, received, url } = await startSink([500]);
+  const installed = await control("POST", "/apps/local.demo.app/install", { user_id: 1 });
+  const bound = await fetch(`${base}/rest/event.bind`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${installed.access_token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ event: "ONCRMCHATUSERDELETE", handler: url }),
+  });
+  assert.equal(bound.status, 200, await bound.text());
+
+  const page = await newPage();
+  await logIn(page);
+  await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Events" }).click();
+  await page.getByRole("heading", { name: "Events", level: 1 }).waitFor();
+  await page.locator("#no-events").waitFor();
+
+  const removed = await rest("imopenlines.crm.chat.user.delete", { CRM_ENTITY_TYPE: "deal", CRM_ENTITY: 288, USER_ID: 12 });
+  assert.equal(removed.status, 200, JSON.stringify(removed.body));
+  // Without a reload: the event, then its delivery delivered after the retry (about a second later).
+  const card = page.getByRole("article", { name: /ONCRMCHATUSERDELETE/ });
+  await card.waitFor();
+  await card.locator('tr[data-state="delivered"]').waitFor({ timeout: 15_000 });
+  const text = await card.textContent();
+  assert.match(text, /HTTP 500/);
+  assert.match(text, /HTTP 200/);
+  assert.equal(received.length, 2);
+  assert.match(received[1], /event=ONCRMCHATUSERDELETE/);
+
+  await card.getByRole("button", { name: "Redeliver" }).click();
+  await page.getByText(/queued again/).waitFor();
+  await until(() => received.length === 3, "the redelivery");
+  await page.getByRole("article", { name: /ONCRMCHATUSERDELETE/ }).getByText("HTTP 200").nth(1).waitFor();
+  await shot(page, "events-delivered", "desktop");
+
+  // The Overview counts what is pending; here nothing is.
+  await page.goto(`${base}/_crmchat/ui/`);
+  assert.equal((await page.locator('[data-count="pending-deliveries"]').textContent()).trim(), "0");
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+  sink.close();
 });
