@@ -183,13 +183,11 @@ pub async fn live(
             }
             if let Ok(events) = shown(&w.app, w.state).await {
                 let html = list(&w.login, &events).into_string();
+                // The first look is sent too: the list may have changed between the page and the stream.
                 if w.last.as_deref() != Some(html.as_str()) {
-                    let first = w.last.is_none();
                     w.last = Some(html.clone());
-                    // The page was rendered with the same list: the first look only remembers it.
-                    if !first {
-                        return Some((Ok::<Event, Infallible>(Event::default().event("list").data(html)), w));
-                    }
+                    let event = Event::default().event("list").retry(Duration::from_millis(500)).data(html);
+                    return Some((Ok::<Event, Infallible>(event), w));
                 }
             }
             tokio::select! {
