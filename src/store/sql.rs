@@ -278,13 +278,16 @@ pub(crate) mod statements {
     /// tokens an hour after they were minted.
     pub const PRUNE_TOKENS: &str =
         "DELETE FROM oauth_tokens WHERE refresh_expires_ms < $1 AND access_expires_ms < $1 - 86400000";
-    /// Due deliveries (see `Store::due_deliveries`).
+    /// Due deliveries (see `Store::due_deliveries`), in the order of their events. The pending ones are read
+    /// in the order of the `(state, event_id)` index so that the `LIMIT` ends the scan: the `+` keeps SQLite
+    /// from choosing the `next_attempt_ms` index instead, which made it read and sort every pending delivery
+    /// (with its event) on each look, however long the backlog.
     pub const DUE_DELIVERIES: &str = "SELECT d.id, d.event_id, d.binding_id, d.client_id, d.application_token, \
          d.handler, d.user_id, d.attempts, o.event, o.payload, o.created_ms, o.depth \
          FROM deliveries d JOIN outbox o ON o.id = d.event_id \
-         WHERE d.state = 'pending' AND d.next_attempt_ms <= $1 AND d.lease_until_ms <= $1 \
+         WHERE d.state = 'pending' AND +d.next_attempt_ms <= $1 AND d.lease_until_ms <= $1 \
          AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'pending' AND e.next_attempt_ms > $1 \
-         AND e.handler = d.handler AND e.id < d.id) ORDER BY d.id LIMIT $2";
+         AND e.handler = d.handler AND e.id < d.id) ORDER BY d.event_id, d.id LIMIT $2";
 
     /// The event that tells an application offline events were recorded for it.
     pub const OFFLINE_NOTICE: &str = "ONOFFLINEEVENT";

@@ -739,6 +739,19 @@ mod tests {
         }
     }
 
+    /// The due deliveries are read in index order, the `LIMIT` ending the scan: no sort of the whole backlog.
+    #[test]
+    fn due_deliveries_need_no_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = Connection::open(dir.path().join("t.db")).unwrap();
+        connection.execute_batch(&schema()).expect("the schema applies");
+        let mut plan = connection.prepare(&format!("EXPLAIN QUERY PLAN {}", sql::DUE_DELIVERIES)).unwrap();
+        let steps: Vec<String> =
+            plan.query_map(params![0, 512], |r| r.get::<_, String>(3)).unwrap().map(Result::unwrap).collect();
+        assert!(!steps.iter().any(|s| s.contains("TEMP B-TREE")), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("deliveries_by_state_event")), "{steps:?}");
+    }
+
     #[test]
     fn payloads_are_the_json_they_look_like() {
         let (notification, event) =
