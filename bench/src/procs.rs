@@ -11,19 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// `crmchat` next to this executable; built with `cargo build --bin crmchat` (same profile) when it is missing or
-/// older than this executable, so that `cargo run --profile perf -p crmchat-bench` always measures the current
-/// code.
+/// `crmchat` next to this executable, built first with `cargo build --bin crmchat` (same profile), so that
+/// `cargo run --profile perf -p crmchat-bench` always measures the current code: cargo, not a comparison of file
+/// times, decides whether the server is up to date (a change to the server alone leaves the bench's own
+/// executable as it was).
 pub fn crmchat_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let path = me.with_file_name("crmchat");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stale = match (modified(&path), modified(&me)) {
-        (None, _) => true,
-        (Some(server), Some(bench)) => server < bench,
-        (Some(_), None) => false,
-    };
-    if stale {
+    {
         // The profile is the name of the directory this executable was built into (`target/perf/`).
         let profile = me.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
         let profile = profile.filter(|p| p != "debug");
