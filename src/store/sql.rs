@@ -752,51 +752,21 @@ macro_rules! shared_sql {
 
                 async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64> {
                     let mut tx = self.begin_write().await?;
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO outgoing_webhooks (handler, application_token, created_ms) VALUES ($1, $2, $3) \
-                         RETURNING id",
-                    )
-                    .bind(&webhook.handler)
-                    .bind(&webhook.application_token)
-                    .bind(webhook.created_ms)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    for event in &webhook.events {
-                        sqlx::query("INSERT INTO outgoing_webhook_events (webhook_id, event) VALUES ($1, $2)")
-                            .bind(id)
-                            .bind(event)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    let def = fixtures::OutgoingWebhookDef {
+                        id: None,
+                        handler: webhook.handler.clone(),
+                        events: webhook.events.clone(),
+                        application_token: webhook.application_token.clone(),
+                    };
+                    let id = upsert_outgoing_webhook(&mut tx, &def, webhook.created_ms).await?;
                     bump_revision(&mut tx).await?;
                     tx.commit().await?;
                     Ok(id)
                 }
 
                 async fn list_outgoing_webhooks(&self) -> StoreResult<Vec<OutgoingWebhook>> {
-                    let rows = sqlx::query(
-                        "SELECT id, handler, application_token, created_ms FROM outgoing_webhooks ORDER BY id",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
-                    let events: Vec<(i64, String)> = sqlx::query_as(
-                        "SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
-                    Ok(rows
-                        .iter()
-                        .map(|r| {
-                            let id: i64 = r.get("id");
-                            OutgoingWebhook {
-                                id,
-                                handler: r.get("handler"),
-                                events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
-                                application_token: r.get("application_token"),
-                                created_ms: r.get("created_ms"),
-                            }
-                        })
-                        .collect())
+                    let mut conn = self.reader().acquire().await?;
+                    read_outgoing_webhooks(&mut conn).await
                 }
 
                 async fn remove_outgoing_webhook(&self, id: i64) -> StoreResult<bool> {
@@ -1470,22 +1440,16 @@ macro_rules! shared_sql {
                         min_timeout: r.get("min_timeout"),
                     });
                 }
-                let hooks = sqlx::query("SELECT id, handler, application_token FROM outgoing_webhooks ORDER BY id")
-                    .fetch_all(&mut *conn)
-                    .await?;
-                let events: Vec<(i64, String)> =
-                    sqlx::query_as("SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event")
-                        .fetch_all(&mut *conn)
-                        .await?;
-                for r in hooks {
-                    let id: i64 = r.get("id");
-                    state.outgoing_webhooks.push(fixtures::OutgoingWebhookDef {
-                        id: Some(id),
-                        handler: r.get("handler"),
-                        events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
-                        application_token: r.get("application_token"),
-                    });
-                }
+                state.outgoing_webhooks = read_outgoing_webhooks(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .map(|w| fixtures::OutgoingWebhookDef {
+                        id: Some(w.id),
+                        handler: w.handler,
+                        events: w.events,
+                        application_token: w.application_token,
+                    })
+                    .collect();
                 Ok(state)
             }
 
@@ -1883,7 +1847,32 @@ macro_rules! shared_sql {
 
             /// One outgoing webhook of a loaded state, with its events replaced whole: by its id when the file
             /// gives one, else by its application token (a new one is numbered by the database).
-            async fn upsert_outgoing_webhook(tx: &mut Tx, w: &fixtures::OutgoingWebhookDef, now: i64) -> StoreResult<()> {
+            /// Every outgoing webhook with its events, in id order.
+            async fn read_outgoing_webhooks(conn: &mut Connection) -> StoreResult<Vec<OutgoingWebhook>> {
+                let rows = sqlx::query("SELECT id, handler, application_token, created_ms FROM outgoing_webhooks ORDER BY id")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let events: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT webhook_id, event FROM outgoing_webhook_events ORDER BY webhook_id, event")
+                        .fetch_all(&mut *conn)
+                        .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let id: i64 = r.get("id");
+                        OutgoingWebhook {
+                            id,
+                            handler: r.get("handler"),
+                            events: events.iter().filter(|(w, _)| *w == id).map(|(_, e)| e.clone()).collect(),
+                            application_token: r.get("application_token"),
+                            created_ms: r.get("created_ms"),
+                        }
+                    })
+                    .collect())
+            }
+
+            /// Its id.
+            async fn upsert_outgoing_webhook(tx: &mut Tx, w: &fixtures::OutgoingWebhookDef, now: i64) -> StoreResult<i64> {
                 let id: i64 = match w.id {
                     Some(id) => {
                         sqlx::query(
@@ -1922,7 +1911,7 @@ macro_rules! shared_sql {
                         .execute(&mut **tx)
                         .await?;
                 }
-                Ok(())
+                Ok(id)
             }
 
             /// One binding of a loaded application. A binding id held by another application moves to this
