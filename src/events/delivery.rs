@@ -129,6 +129,19 @@ struct InFlight {
     held: HashSet<String>,
 }
 
+impl InFlight {
+    /// Delivery `id` of `handler` is no longer held: sent and recorded, or given back unsent.
+    fn release(&mut self, handler: &str, id: i64) {
+        self.ids.remove(&id);
+        if let Some(count) = self.per_handler.get_mut(handler) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_handler.remove(handler);
+            }
+        }
+    }
+}
+
 impl Worker {
     async fn run(self: Arc<Self>) {
         let (done, outcomes) = mpsc::unbounded_channel();
@@ -287,14 +300,8 @@ impl Worker {
     /// Deliveries this worker no longer holds, unsent.
     fn forget(&self, handler: &str, ids: &[i64]) {
         let mut in_flight = self.in_flight.lock().expect("in-flight set");
-        for id in ids {
-            in_flight.ids.remove(id);
-            if let Some(count) = in_flight.per_handler.get_mut(handler) {
-                *count -= 1;
-                if *count == 0 {
-                    in_flight.per_handler.remove(handler);
-                }
-            }
+        for &id in ids {
+            in_flight.release(handler, id);
         }
         drop(in_flight);
         self.freed.notify_one();
@@ -325,18 +332,12 @@ impl Worker {
             }
             let mut in_flight = self.in_flight.lock().expect("in-flight set");
             for (handler, outcome) in &batch {
-                in_flight.ids.remove(&outcome.id);
+                in_flight.release(handler, outcome.id);
                 if outcome.attempt > 1 {
                     in_flight.retrying.remove(handler);
                 }
                 if !matches!(outcome.next, NextStep::Delivered) {
                     in_flight.held.remove(handler);
-                }
-                if let Some(count) = in_flight.per_handler.get_mut(handler) {
-                    *count -= 1;
-                    if *count == 0 {
-                        in_flight.per_handler.remove(handler);
-                    }
                 }
             }
             drop(in_flight);
