@@ -143,15 +143,23 @@ async fn method_not_allowed(method: axum::http::Method, OriginalUri(uri): Origin
 /// `GET /readyz`: 200 once the database answers (the listeners open only after start-up loading finished, so
 /// answering at all means that part is done); 503 otherwise. Open, like `/healthz`.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    match app.store.revision().await {
-        Ok(_) => Json(json!({"status": "ready"})).into_response(),
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness check: the database does not answer");
-            let body = json!({"status": "unavailable", "reason": "the database does not answer"});
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
+    // A probe must get its answer before its own timeout, whatever the database is doing: a database that
+    // hangs is as unready as one that refuses.
+    let error = match tokio::time::timeout(READINESS_WAIT, app.store.revision()).await {
+        Ok(Ok(_)) => return Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => format!("no answer within {} ms", READINESS_WAIT.as_millis()),
+    };
+    if let Some(held_back) = READINESS_LOG.allow() {
+        tracing::warn!(error = %error, similar_lines_held_back = held_back, "readiness check: the database does not answer");
     }
+    let body = json!({"status": "unavailable", "reason": "the database does not answer"});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
+
+const READINESS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+static READINESS_LOG: crate::log_throttle::LogThrottle =
+    crate::log_throttle::LogThrottle::new(std::time::Duration::from_secs(10));
 
 /// A JSON answer with `Content-Type: application/json`.
 pub(crate) struct Json(pub serde_json::Value);

@@ -292,10 +292,21 @@ impl ApiError {
     }
 }
 
+static STORE_FAULT_LOG: [crate::log_throttle::LogThrottle; 3] =
+    [const { crate::log_throttle::LogThrottle::new(std::time::Duration::from_secs(10)) }; 3];
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        // Storage faults are logged with context and never shown: no SQL text reaches a client.
-        tracing::error!(error = %err, "storage fault");
+        // Storage faults are logged with context and never shown: no SQL text reaches a client. A fault that
+        // lasts (a full disk, a database that is down) hits every call: told once every 10 s per kind.
+        let throttle = match err {
+            crate::store::StoreError::DiskFull(_) => &STORE_FAULT_LOG[0],
+            crate::store::StoreError::Database(_) => &STORE_FAULT_LOG[1],
+            _ => &STORE_FAULT_LOG[2],
+        };
+        if let Some(held_back) = throttle.allow() {
+            tracing::error!(error = %err, similar_lines_held_back = held_back, "storage fault");
+        }
         Code::InternalServerError.into()
     }
 }

@@ -19,14 +19,58 @@ use async_trait::async_trait;
 use crate::domain::{Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, User};
 use crate::fixtures::{FixtureErrors, PortalState};
 
+/// Why the store failed, in words an operator can act on: a full disk is not a corrupt database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// SQLite's own connection (the writer thread) failed.
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    /// The disk (or the PostgreSQL server's disk) has no room for the change; nothing of it was kept.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    /// A file operation of the store itself failed (creating the data directory, syncing the WAL).
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A part of the store is not running (its thread could not start or has stopped).
+    #[error("the store is not running: {0}")]
+    Unavailable(String),
+    /// What was read back breaks a rule the store keeps (an unknown enum value, a missing hash).
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// An I/O error, told apart when it is the disk being full (ENOSPC, EDQUOT).
+    pub fn io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        match err.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreError::DiskFull(format!("{what}: {err}"))
+            }
+            _ => StoreError::Io(format!("{what}: {err}")),
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        // SQLITE_FULL is result code 13; PostgreSQL's disk_full is SQLSTATE 53100.
+        let full = match &err {
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("13") | Some("53100")),
+            sqlx::Error::Io(io) => {
+                matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            }
+            _ => false,
+        };
+        if full { StoreError::DiskFull(err.to_string()) } else { StoreError::Database(err) }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

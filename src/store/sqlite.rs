@@ -35,7 +35,7 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt(format!("create {dir:?}: {e}")))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(format_args!("creating {dir:?}"), &e))?;
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -41,6 +41,7 @@ use tokio::sync::oneshot;
 use super::sql::statements as sql;
 use super::{Cause, Change, ChangeOutcome, NextStep, StoreError, StoreResult, offline};
 use crate::domain::rules;
+use crate::log_throttle::LogThrottle;
 
 /// The most changes committed together; more wait for the next group.
 const MAX_GROUP: usize = 1024;
@@ -53,8 +54,19 @@ const MAX_CACHED_CHATS: usize = 4096;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A WAL of more frames than this (64 MiB of the default 4 KiB pages) is started over by the writer (see the module
-/// documentation); it is also the size the file is cut back to when it starts over.
+/// documentation), whatever the database's size.
 const WAL_RESTART_FRAMES: i64 = 16_000;
+
+/// The WAL is also started over once it holds more frames than the database has pages, down to this many (4 MiB
+/// of 4 KiB pages): on a small database a WAL of 64 MiB would hold the disk space of several databases, and a
+/// disk that filled up would fill up again as soon as space was freed.
+const MIN_WAL_FRAMES: i64 = 1_024;
+
+/// The most frames the WAL of a database of `database_pages` pages may hold before it is started over, and
+/// the size (in frames) it is cut back to when it starts over.
+fn wal_bound(database_pages: i64) -> i64 {
+    database_pages.clamp(MIN_WAL_FRAMES, WAL_RESTART_FRAMES)
+}
 
 type Reply = oneshot::Sender<StoreResult<ChangeOutcome>>;
 
@@ -81,9 +93,9 @@ impl GroupWriter {
         let (to_syncer, handed_over) = mpsc::channel::<Committed>();
         // One slot: commits made while a checkpoint runs or waits are covered by the next one.
         let (committed, wake_checkpointer) = mpsc::sync_channel::<()>(1);
-        let restart_wal = Arc::new(AtomicBool::new(false));
+        let restart_wal = Arc::new(AtomicI64::new(0));
         let checkpoints = Checkpoints { committed, restart_wal: restart_wal.clone() };
-        let thread_error = |e: std::io::Error| StoreError::Corrupt(format!("starting the writer threads: {e}"));
+        let thread_error = |e: std::io::Error| StoreError::Unavailable(format!("starting the writer threads: {e}"));
         thread::Builder::new()
             .name("crmchat-syncer".into())
             .spawn(move || {
@@ -104,8 +116,9 @@ impl GroupWriter {
 
     pub async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { change, reply }).map_err(|_| StoreError::Corrupt("the writer thread stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Corrupt("the writer thread stopped".into()))?
+        let stopped = || StoreError::Unavailable("the writer thread stopped".into());
+        self.jobs.send(Job { change, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -124,7 +137,16 @@ fn raise_syncer_priority() {
 }
 
 fn sqlite_error(err: rusqlite::Error) -> StoreError {
-    StoreError::Corrupt(format!("sqlite: {err}"))
+    classify(&err)
+}
+
+/// What a failed SQLite call means for the operator: SQLITE_FULL (the WAL or the database could not grow) is
+/// told as a full disk.
+fn classify(err: &rusqlite::Error) -> StoreError {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(format!("sqlite: {err}")),
+        _ => StoreError::Sqlite(err.to_string()),
+    }
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -138,10 +160,16 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
          PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32000;",
     )?;
-    // A WAL frame holds one page.
-    let page_size: i64 = connection.pragma_query_value(None, "page_size", |r| r.get(0))?;
-    connection.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * page_size)?;
+    let pages: i64 = connection.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    limit_wal(&connection, wal_bound(pages))?;
     Ok(connection)
+}
+
+/// Sets the size a WAL of the writer's connection is cut back to when it starts over, in frames (a frame holds
+/// one page).
+fn limit_wal(connection: &Connection, frames: i64) -> rusqlite::Result<()> {
+    let page_size: i64 = connection.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    connection.pragma_update(None, "journal_size_limit", frames * page_size)
 }
 
 /// The checkpoint thread's connection. A checkpoint syncs the WAL before it copies it and the database file
@@ -163,17 +191,21 @@ fn checkpoint(connection: &Connection) -> rusqlite::Result<(i64, i64)> {
 struct Checkpoints {
     /// Tells the checkpoint thread that something was committed.
     committed: mpsc::SyncSender<()>,
-    /// Set by the checkpoint thread when the WAL has grown past [`WAL_RESTART_FRAMES`].
-    restart_wal: Arc<AtomicBool>,
+    /// Set by the checkpoint thread to the WAL's bound (in frames) when the WAL has grown past it; 0 otherwise.
+    restart_wal: Arc<AtomicI64>,
 }
 
 impl Checkpoints {
     fn after_commit(&self, connection: &Connection) {
         // A full slot means the checkpoint thread will run anyway.
         let _ = self.committed.try_send(());
-        if self.restart_wal.swap(false, Ordering::Relaxed) {
+        let bound = self.restart_wal.swap(0, Ordering::Relaxed);
+        if bound > 0 {
             // The checkpoint thread copied all but the last few frames; copy those too, so the next group
-            // starts the WAL over.
+            // starts the WAL over, and cut it back to the bound as it does.
+            if let Err(err) = limit_wal(connection, bound) {
+                tracing::warn!(error = %err, "setting the WAL's size limit failed");
+            }
             if let Err(err) = checkpoint(connection) {
                 tracing::warn!(error = %err, "checkpointing the WAL failed");
             }
@@ -182,18 +214,28 @@ impl Checkpoints {
 }
 
 /// The checkpoint thread: after each commit (at most every [`CHECKPOINT_INTERVAL`]), copies the WAL into the
-/// database file, and asks the writer to start the WAL over when it holds more than `restart_after` frames.
+/// database file, and asks the writer to start the WAL over when it holds more frames than the database's
+/// [`wal_bound`], or than `most_frames`.
 fn checkpoint_in_background(
     connection: Connection,
     committed: mpsc::Receiver<()>,
-    restart_wal: Arc<AtomicBool>,
-    restart_after: i64,
+    restart_wal: Arc<AtomicI64>,
+    most_frames: i64,
 ) {
+    let database_pages = |c: &Connection| c.pragma_query_value(None, "page_count", |r| r.get::<_, i64>(0));
     while committed.recv().is_ok() {
-        match checkpoint(&connection) {
-            Ok((frames, _)) if frames > restart_after => restart_wal.store(true, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "checkpointing the WAL failed"),
+        match checkpoint(&connection).and_then(|(frames, _)| Ok((frames, database_pages(&connection)?))) {
+            Ok((frames, pages)) => {
+                let bound = wal_bound(pages).min(most_frames);
+                if frames > bound {
+                    restart_wal.store(bound, Ordering::Relaxed);
+                }
+            }
+            Err(err) => {
+                if let Some(held_back) = CHECKPOINT_LOG.allow() {
+                    tracing::warn!(error = %err, similar_lines_held_back = held_back, "checkpointing the WAL failed");
+                }
+            }
         }
         thread::sleep(CHECKPOINT_INTERVAL);
     }
@@ -212,7 +254,7 @@ fn wal_file(db: &Path) -> StoreResult<File> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| StoreError::Corrupt(format!("opening {} to sync it: {e}", path.display())))
+        .map_err(|e| StoreError::io(format_args!("opening {} to sync it", path.display()), &e))
 }
 
 fn run(
@@ -282,17 +324,26 @@ fn sync_handed_over(wal: File, handed_over: mpsc::Receiver<Committed>) {
 /// not be on disk.
 fn answer_once_synced(wal: &File, committed: Committed) {
     let synced = wal.sync_data();
-    if let Err(err) = &synced {
-        tracing::error!(error = %err, "syncing the WAL failed");
+    if let Err(err) = &synced
+        && let Some(held_back) = SYNC_LOG.allow()
+    {
+        tracing::error!(error = %err, similar_lines_held_back = held_back, "syncing the WAL failed");
     }
     for (reply, outcome) in committed {
         let answer = match &synced {
             Ok(()) => outcome,
-            Err(_) => Err(StoreError::Corrupt("syncing the WAL failed".into())),
+            Err(err) => Err(StoreError::io("syncing the WAL", err)),
         };
         let _ = reply.send(answer);
     }
 }
+
+// A fault of the disk hits every group until it is mended: told once every 10 s, with a count, so that a full
+// disk is not filled further by its own log.
+static SYNC_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+static CHANGE_FAILED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+static COMMIT_FAILED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+static CHECKPOINT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
 
 /// The writer's statements, prepared once for the life of the connection: finding a statement in rusqlite's
 /// cache hashes its text, which cost a tenth of the writer's time at five statements a removal.
@@ -482,12 +533,12 @@ fn commit_group(s: &mut Prepared, members: &mut MemberCache, group: &[Job]) -> V
     'attempt: loop {
         members.produced.clear();
         if let Err(err) = s.begin.execute([]) {
-            return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect();
+            return group.iter().map(|_| Err(classify(&err))).collect();
         }
         if let Err(err) = members.check_current(s) {
             members.forget_all();
             let _ = s.rollback.execute([]);
-            return group.iter().map(|_| Err(sqlite_error(clone_error(&err)))).collect();
+            return group.iter().map(|_| Err(classify(&err))).collect();
         }
         for (index, job) in group.iter().enumerate() {
             if failed[index] {
@@ -496,16 +547,16 @@ fn commit_group(s: &mut Prepared, members: &mut MemberCache, group: &[Job]) -> V
             match apply(s, members, &job.change) {
                 Ok(outcome) => outcomes[index] = Some(Ok(outcome)),
                 Err(err) => {
-                    tracing::warn!(error = %err, "a change failed; applying the rest of its group again");
+                    if let Some(held_back) = CHANGE_FAILED_LOG.allow() {
+                        tracing::warn!(error = %err, similar_lines_held_back = held_back,
+                            "a change failed; applying the rest of its group again");
+                    }
                     failed[index] = true;
                     outcomes[index] = Some(Err(sqlite_error(err)));
                     members.forget_all();
                     if let Err(err) = s.rollback.execute([]) {
                         tracing::error!(error = %err, "rolling back a group failed");
-                        return group
-                            .iter()
-                            .map(|_| Err(StoreError::Corrupt("group rollback failed".into())))
-                            .collect();
+                        return group.iter().map(|_| Err(classify(&err))).collect();
                     }
                     continue 'attempt;
                 }
@@ -513,21 +564,19 @@ fn commit_group(s: &mut Prepared, members: &mut MemberCache, group: &[Job]) -> V
         }
         if let Err(err) = s.commit.execute([]) {
             members.forget_all();
-            tracing::error!(error = %err, "group commit failed");
+            if let Some(held_back) = COMMIT_FAILED_LOG.allow() {
+                tracing::error!(error = %err, similar_lines_held_back = held_back, "group commit failed");
+            }
             let _ = s.rollback.execute([]);
-            return group.iter().map(|_| Err(StoreError::Corrupt("group commit failed".into()))).collect();
+            return group.iter().map(|_| Err(classify(&err))).collect();
         }
         crate::telemetry::events_produced(&members.produced);
         members.produced.clear();
         return outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(StoreError::Corrupt("not applied".into()))))
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Unavailable("a change was not applied".into()))))
             .collect();
     }
-}
-
-fn clone_error(err: &rusqlite::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(err.to_string().into())
 }
 
 /// Writes `event` with a delivery for every online handler bound to it (of `client_id` only, when given);
@@ -841,7 +890,7 @@ mod tests {
         let wal_len = || std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
         let checkpointer = open_checkpointer(&path).unwrap();
         let (committed, _woken) = mpsc::sync_channel(1);
-        let checkpoints = Checkpoints { committed, restart_wal: Arc::new(AtomicBool::new(false)) };
+        let checkpoints = Checkpoints { committed, restart_wal: Arc::new(AtomicI64::new(0)) };
 
         write_rows(&writer, 20);
         // A reader keeps the background checkpoint from catching up, as the writer's next group does under load.
@@ -858,9 +907,10 @@ mod tests {
         write_rows(&writer, 1);
         assert!(wal_len() > before, "not asked, the writer leaves the WAL alone");
 
-        checkpoints.restart_wal.store(true, Ordering::Relaxed);
+        // A bound of one frame: the WAL is cut back to almost nothing, so its length shows what was written since.
+        checkpoints.restart_wal.store(1, Ordering::Relaxed);
         checkpoints.after_commit(&writer);
-        assert!(!checkpoints.restart_wal.load(Ordering::Relaxed));
+        assert_eq!(checkpoints.restart_wal.load(Ordering::Relaxed), 0);
         write_rows(&writer, 1);
         assert!(wal_len() < before / 4, "the WAL started over: {} bytes, {before} before", wal_len());
         let rows: i64 = checkpointer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
@@ -875,13 +925,49 @@ mod tests {
         write_rows(&writer, 20);
         let (frames, _) = checkpoint(&open_checkpointer(&path).unwrap()).unwrap();
         for (limit, asked) in [(frames, false), (frames - 1, true)] {
-            let restart_wal = Arc::new(AtomicBool::new(false));
+            let restart_wal = Arc::new(AtomicI64::new(0));
             let (committed, woken) = mpsc::sync_channel(1);
             committed.send(()).unwrap();
             drop(committed);
             checkpoint_in_background(open_checkpointer(&path).unwrap(), woken, restart_wal.clone(), limit);
-            assert_eq!(restart_wal.load(Ordering::Relaxed), asked, "limit {limit}, {frames} frames");
+            assert_eq!(restart_wal.load(Ordering::Relaxed) > 0, asked, "limit {limit}, {frames} frames");
         }
+    }
+
+    #[test]
+    fn the_wal_bound_follows_the_database_between_4_and_64_mib() {
+        assert_eq!(wal_bound(0), MIN_WAL_FRAMES);
+        assert_eq!(wal_bound(10), MIN_WAL_FRAMES);
+        assert_eq!(wal_bound(5_000), 5_000);
+        assert_eq!(wal_bound(1_000_000), WAL_RESTART_FRAMES);
+    }
+
+    /// Rows changed over and over make a WAL many times the database's size: past the database's bound (here the
+    /// minimum, 4 MiB) the writer is asked to start it over, long before the 64 MiB of a big database.
+    #[test]
+    fn a_small_database_keeps_a_small_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = test_database(dir.path());
+        write_rows(&writer, 100);
+        for _ in 0..15 {
+            writer.execute("UPDATE t SET payload = randomblob(3000)", []).unwrap();
+        }
+        let checkpointer = open_checkpointer(&path).unwrap();
+        let (frames, _) = checkpoint(&checkpointer).unwrap();
+        let pages: i64 = checkpointer.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+        assert!(frames > MIN_WAL_FRAMES && pages < MIN_WAL_FRAMES, "{frames} frames, {pages} pages");
+        let restart_wal = Arc::new(AtomicI64::new(0));
+        let (committed, woken) = mpsc::sync_channel(1);
+        committed.send(()).unwrap();
+        drop(committed);
+        checkpoint_in_background(checkpointer, woken, restart_wal.clone(), WAL_RESTART_FRAMES);
+        assert_eq!(restart_wal.load(Ordering::Relaxed), MIN_WAL_FRAMES);
+        let checkpoints = Checkpoints { committed: mpsc::sync_channel(1).0, restart_wal };
+        checkpoints.after_commit(&writer);
+        write_rows(&writer, 1);
+        let page_size: u64 = writer.pragma_query_value(None, "page_size", |r| r.get(0)).unwrap();
+        let wal_len = std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
+        assert!(wal_len <= MIN_WAL_FRAMES as u64 * (page_size + 24) + 32, "the WAL was cut back: {wal_len} bytes");
     }
 
     fn job(change: Change) -> Job {

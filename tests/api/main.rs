@@ -31,6 +31,7 @@ mod message_add;
 mod metrics;
 mod oauth;
 mod operating_time;
+mod outages;
 mod outgoing_webhooks;
 mod power_loss;
 mod rate_limit;

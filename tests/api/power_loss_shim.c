@@ -20,6 +20,10 @@
  * unlink and directory syncs (the test never creates or removes the watched files while it runs), and
  * writes through a shared writable mmap (SQLite maps only the -shm file, which is not watched: it is rebuilt
  * from the WAL after a crash).
+ *
+ * A full disk, for the disk-full test: while the file named by POWERCUT_FULL_FLAG exists, a write to a watched
+ * file that would make it longer fails with ENOSPC, as on a filesystem with no free block (rewriting bytes the
+ * file already has still works there too).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -72,6 +76,7 @@ static int (*real_openat64)(int, const char *, int, ...);
 static const char *watch_dir;
 static const char *log_dir;
 static const char *suffixes;
+static const char *full_flag;
 
 __attribute__((constructor)) static void init(void) {
     real_write = dlsym(RTLD_NEXT, "write");
@@ -94,13 +99,23 @@ __attribute__((constructor)) static void init(void) {
     watch_dir = getenv("POWERCUT_WATCH_DIR");
     log_dir = getenv("POWERCUT_LOG_DIR");
     suffixes = getenv("POWERCUT_SUFFIXES");
+    full_flag = getenv("POWERCUT_FULL_FLAG");
 }
+
 
 static void die(const char *what) {
     char message[256];
     int n = snprintf(message, sizeof message, "powercut shim: %s: %s\n", what, strerror(errno));
     real_write(2, message, n > 0 ? (size_t)n : 0);
     abort();
+}
+
+/* Would writing up to `end` make the file longer while the disk is "full"? */
+static int no_room(int fd, uint64_t end) {
+    if (!full_flag || access(full_flag, F_OK) != 0) return 0;
+    struct stat st;
+    if (fstat(fd, &st) != 0) die("fstat");
+    return end > (uint64_t)st.st_size;
 }
 
 /* Does `path` name a file in the watched directory with a watched suffix? */
@@ -243,6 +258,11 @@ ssize_t pwrite64(int fd, const void *data, size_t len, off64_t offset) {
     struct watched *w = watched(fd);
     if (!w) return real_pwrite64(fd, data, len, offset);
     pthread_mutex_lock(&lock);
+    if (no_room(fd, (uint64_t)offset + len)) {
+        pthread_mutex_unlock(&lock);
+        errno = ENOSPC;
+        return -1;
+    }
     remember(fd, w, (uint64_t)offset, len);
     ssize_t n = real_pwrite64(fd, data, len, offset);
     pthread_mutex_unlock(&lock);
@@ -257,6 +277,11 @@ ssize_t write(int fd, const void *data, size_t len) {
     pthread_mutex_lock(&lock);
     off64_t offset = lseek64(fd, 0, SEEK_CUR);
     if (offset < 0) die("lseek");
+    if (no_room(fd, (uint64_t)offset + len)) {
+        pthread_mutex_unlock(&lock);
+        errno = ENOSPC;
+        return -1;
+    }
     remember(fd, w, (uint64_t)offset, len);
     ssize_t n = real_write(fd, data, len);
     pthread_mutex_unlock(&lock);
@@ -275,6 +300,11 @@ ssize_t writev(int fd, const struct iovec *iov, int count) {
     pthread_mutex_lock(&lock);
     off64_t offset = lseek64(fd, 0, SEEK_CUR);
     if (offset < 0) die("lseek");
+    if (no_room(fd, (uint64_t)offset + iov_len(iov, count))) {
+        pthread_mutex_unlock(&lock);
+        errno = ENOSPC;
+        return -1;
+    }
     remember(fd, w, (uint64_t)offset, iov_len(iov, count));
     ssize_t n = real_writev(fd, iov, count);
     pthread_mutex_unlock(&lock);
@@ -285,6 +315,11 @@ ssize_t pwritev(int fd, const struct iovec *iov, int count, off_t offset) {
     struct watched *w = watched(fd);
     if (!w) return real_pwritev(fd, iov, count, offset);
     pthread_mutex_lock(&lock);
+    if (no_room(fd, (uint64_t)offset + iov_len(iov, count))) {
+        pthread_mutex_unlock(&lock);
+        errno = ENOSPC;
+        return -1;
+    }
     remember(fd, w, (uint64_t)offset, iov_len(iov, count));
     ssize_t n = real_pwritev(fd, iov, count, offset);
     pthread_mutex_unlock(&lock);
@@ -312,6 +347,11 @@ int fallocate64(int fd, int mode, off64_t offset, off64_t len) {
     struct watched *w = watched(fd);
     if (!w) return real_fallocate64(fd, mode, offset, len);
     pthread_mutex_lock(&lock);
+    if (no_room(fd, (uint64_t)offset + (uint64_t)len)) {
+        pthread_mutex_unlock(&lock);
+        errno = ENOSPC;
+        return -1;
+    }
     remember(fd, w, (uint64_t)offset, (uint64_t)len);
     int r = real_fallocate64(fd, mode, offset, len);
     pthread_mutex_unlock(&lock);
@@ -325,6 +365,10 @@ int posix_fallocate64(int fd, off64_t offset, off64_t len) {
     struct watched *w = watched(fd);
     if (!w) return real_posix_fallocate64(fd, offset, len);
     pthread_mutex_lock(&lock);
+    if (no_room(fd, (uint64_t)offset + (uint64_t)len)) {
+        pthread_mutex_unlock(&lock);
+        return ENOSPC; /* posix_fallocate returns the error instead of setting errno */
+    }
     remember(fd, w, (uint64_t)offset, (uint64_t)len);
     int r = real_posix_fallocate64(fd, offset, len);
     pthread_mutex_unlock(&lock);
