@@ -124,6 +124,10 @@ pub async fn overview(
             }
         }
     }
+    let buckets = match plan {
+        Some(_) => app.requests.levels(&portal.domain, SHOWN_BUCKETS).await,
+        None => Vec::new(),
+    };
     let flash = login.take_flash();
     let content = html! {
         h1 { "Overview" }
@@ -176,6 +180,34 @@ pub async fn overview(
                 }
             }
         }
+        section aria-labelledby="buckets-h" {
+            h2 id="buckets-h" { "Request limit" }
+            @match plan {
+                None => p { "Plan " code { (portal.plan) } ": requests are not limited." },
+                Some(plan) => {
+                    p { "Each client address has a bucket of " (plan.burst) " requests that drains "
+                        (plan.per_second) " a second; a request that finds it full is answered 503 "
+                        code { "QUERY_LIMIT_EXCEEDED" } "." }
+                    @if buckets.is_empty() {
+                        p { "Every bucket is empty." }
+                    } @else {
+                        div class="table-wrap" {
+                            table {
+                                thead { tr { th scope="col" { "Client address" } th scope="col" { "Requests in the bucket" }
+                                    th scope="col" { "Full" } } }
+                                tbody {
+                                    @for bucket in &buckets {
+                                        tr { td { code { (bucket.client) } }
+                                            td data-bucket=(bucket.client) { (format!("{:.1}", bucket.requests)) " of " (plan.burst) }
+                                            td { (yes_no(bucket.requests + 1.0 > f64::from(plan.burst))) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         section aria-labelledby="limits-h" {
             h2 id="limits-h" { "Operating time" }
             @if operating.is_empty() {
@@ -206,6 +238,9 @@ pub async fn overview(
     };
     Ok(layout("Overview", Nav::Overview, &login, content).into_response())
 }
+
+/// The request buckets the Overview lists, fullest first.
+const SHOWN_BUCKETS: usize = 50;
 
 fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }

@@ -129,6 +129,34 @@ pub trait RequestLimits: Send + Sync {
     /// Forget the buckets of the portal `domain` (a reset of the control API). The in-memory limiter of one
     /// instance serves one portal and forgets all of them.
     async fn clear(&self, domain: &str);
+    /// The portal's buckets that are not empty, fullest first, at most `most` (for the inspector).
+    async fn levels(&self, domain: &str, most: usize) -> Vec<BucketLevel>;
+}
+
+/// How full one client's request bucket is now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketLevel {
+    /// The client address the bucket counts.
+    pub client: String,
+    /// Requests in the bucket (it drains by the plan's rate; a request finding it at the burst is refused).
+    pub requests: f64,
+}
+
+impl BucketLevel {
+    /// The bucket of `key` (see [`request_key`]) of the portal `domain` at `level` micro-requests; `None` for
+    /// another portal's key or an empty bucket.
+    pub fn of(domain: &str, key: &str, level: u64) -> Option<Self> {
+        let client = key.strip_prefix(domain)?.strip_prefix('|')?;
+        (level > 0)
+            .then(|| BucketLevel { client: client.to_string(), requests: level as f64 / LeakyBucket::UNIT as f64 })
+    }
+
+    /// Fullest first, then by address; at most `most`.
+    pub fn fullest(mut levels: Vec<Self>, most: usize) -> Vec<Self> {
+        levels.sort_by(|a, b| b.requests.total_cmp(&a.requests).then_with(|| a.client.cmp(&b.client)));
+        levels.truncate(most);
+        levels
+    }
 }
 
 /// The request-intensity bucket's key: one per portal and client address.
@@ -210,6 +238,17 @@ impl RequestLimits for RequestLimiter {
 
     async fn clear(&self, _domain: &str) {
         self.lock().map.clear();
+    }
+
+    async fn levels(&self, domain: &str, most: usize) -> Vec<BucketLevel> {
+        let now = unix_micros(self.clock.now());
+        let levels = self
+            .lock()
+            .map
+            .iter()
+            .filter_map(|(key, bucket)| BucketLevel::of(domain, key, bucket.level_at(now)))
+            .collect();
+        BucketLevel::fullest(levels, most)
     }
 }
 
@@ -500,6 +539,24 @@ mod tests {
 
     fn limiter(clock: &Arc<ManualClock>, max_keys: usize) -> RequestLimiter {
         RequestLimiter::new(clock.clone(), max_keys)
+    }
+
+    #[tokio::test]
+    async fn levels_are_the_portals_nonempty_buckets_fullest_first() {
+        let clock = clock();
+        let l = limiter(&clock, 100);
+        admitted(&l, &request_key("a.example", "10.0.0.1"), Plan::STANDARD, 3);
+        admitted(&l, &request_key("a.example", "10.0.0.2"), Plan::STANDARD, 10);
+        admitted(&l, &request_key("b.example", "10.0.0.3"), Plan::STANDARD, 20);
+        let shown = |levels: Vec<BucketLevel>| levels.into_iter().map(|b| (b.client, b.requests)).collect::<Vec<_>>();
+        assert_eq!(
+            shown(l.levels("a.example", 10).await),
+            [("10.0.0.2".to_string(), 10.0), ("10.0.0.1".to_string(), 3.0)]
+        );
+        assert_eq!(shown(l.levels("a.example", 1).await), [("10.0.0.2".to_string(), 10.0)]);
+        // 2 a second drain: after 2 s the first bucket is empty and left out, the second holds 6.
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(shown(l.levels("a.example", 10).await), [("10.0.0.2".to_string(), 6.0)]);
     }
 
     fn admitted(l: &RequestLimiter, key: &str, plan: Plan, n: usize) -> usize {

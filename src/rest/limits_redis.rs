@@ -22,8 +22,8 @@ use std::sync::Arc;
 use crate::clock::PortalClock;
 
 use super::limits::{
-    LeakyBucket, OPERATING_LIMIT_SECS, OperatingStatus, OperatingTime, OperatingTimeLimits, Plan, RequestLimiter,
-    RequestLimits,
+    BucketLevel, LeakyBucket, OPERATING_LIMIT_SECS, OperatingStatus, OperatingTime, OperatingTimeLimits, Plan,
+    RequestLimiter, RequestLimits,
 };
 
 /// How long one Redis round trip may take before the local limiter answers instead.
@@ -31,6 +31,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failure, Redis is not tried again for this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 const KEY_PREFIX: &str = "crmchat:limits:";
+/// The most request buckets of one portal read from Redis for the inspector.
+const MAX_LEVELS_READ: usize = 200;
 
 /// The leaky bucket of `LeakyBucket::try_admit`, in Lua. Numbers are written with %.0f: Lua's default
 /// formatting would turn microsecond timestamps into lossy scientific notation.
@@ -53,6 +55,19 @@ redis.call('HSET', KEYS[1], 'level', string.format('%.0f', level), 'updated', st
   'rate', string.format('%.0f', rate))
 redis.call('PEXPIRE', KEYS[1], math.floor(level / rate / 1000) + 1000)
 return 1
+"#;
+
+/// `LeakyBucket::level_at`: the bucket's level now, read only.
+const LEVEL_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+local state = redis.call('HMGET', KEYS[1], 'level', 'updated', 'rate')
+local level = tonumber(state[1]) or 0
+local elapsed = now - (tonumber(state[2]) or now)
+if elapsed < 0 then elapsed = 0 end
+level = level - elapsed * (tonumber(state[3]) or 0)
+if level < 0 then level = 0 end
+return string.format('%.0f', level)
 "#;
 
 /// `OperatingWindow::status`: the sum of the last ten minutes and when the oldest of them expires.
@@ -92,6 +107,7 @@ pub struct RedisLimits {
     local_requests: RequestLimiter,
     local_operating: OperatingTime,
     admit: Script,
+    level: Script,
     status: Script,
     record: Script,
 }
@@ -114,6 +130,7 @@ impl RedisLimits {
             local_requests,
             local_operating,
             admit: Script::new(ADMIT_LUA),
+            level: Script::new(LEVEL_LUA),
             status: Script::new(STATUS_LUA),
             record: Script::new(RECORD_LUA),
         })
@@ -176,16 +193,11 @@ impl RedisLimits {
             tracing::warn!("redis unreachable: the portal's shared limits were not cleared by the reset");
             return;
         };
-        let pattern = format!("{KEY_PREFIX}{pattern}");
         let mut cursor: u64 = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
-            let step = scan.query_async::<(u64, Vec<String>)>(&mut connection);
-            let (next, keys) = match tokio::time::timeout(REDIS_TIMEOUT, step).await {
-                Ok(Ok(page)) => page,
-                Ok(Err(err)) => return self.lost(&err.to_string()).await,
-                Err(_) => return self.lost("command timed out").await,
+            let (next, keys) = match self.scan_page(&mut connection, pattern, cursor).await {
+                Ok(page) => page,
+                Err(reason) => return self.lost(&reason).await,
             };
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
@@ -202,6 +214,54 @@ impl RedisLimits {
             }
             cursor = next;
         }
+    }
+
+    /// One step of `SCAN` over the keys under [`KEY_PREFIX`] matching `pattern`: the next cursor (0 at the end)
+    /// and the keys found, in full.
+    async fn scan_page(
+        &self,
+        connection: &mut MultiplexedConnection,
+        pattern: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<String>), String> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(format!("{KEY_PREFIX}{pattern}")).arg("COUNT").arg(1000);
+        match tokio::time::timeout(REDIS_TIMEOUT, scan.query_async::<(u64, Vec<String>)>(connection)).await {
+            Ok(Ok(page)) => Ok(page),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("command timed out".into()),
+        }
+    }
+
+    /// The portal's request buckets in Redis, read with [`LEVEL_LUA`]; `None` when Redis failed.
+    async fn shared_levels(&self, domain: &str) -> Option<Vec<BucketLevel>> {
+        let mut connection = self.connection().await?;
+        let pattern = format!("req:{}|*", glob_escape(domain));
+        let (mut keys, mut cursor) = (Vec::new(), 0);
+        // The inspector shows a page of buckets: a portal with more clients than this is shown in part.
+        while keys.len() < MAX_LEVELS_READ {
+            let (next, page) = match self.scan_page(&mut connection, &pattern, cursor).await {
+                Ok(page) => page,
+                Err(reason) => {
+                    self.lost(&reason).await;
+                    return None;
+                }
+            };
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let offset = [self.clock.offset_us().to_string()];
+        let mut levels = Vec::new();
+        for key in keys.iter().take(MAX_LEVELS_READ) {
+            let short = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
+            let level: String = self.run(&self.level, short, &offset).await?;
+            let bucket = short.strip_prefix("req:").unwrap_or(short);
+            levels.extend(BucketLevel::of(domain, bucket, level.parse().unwrap_or(0)));
+        }
+        Some(levels)
     }
 
     /// A command failed: drop the connection and mark Redis down, as [`Self::run`] does.
@@ -254,6 +314,13 @@ impl RequestLimits for RedisLimits {
     async fn clear(&self, domain: &str) {
         self.delete_matching(&format!("req:{}|*", glob_escape(domain))).await;
         RequestLimits::clear(&self.local_requests, domain).await;
+    }
+
+    async fn levels(&self, domain: &str, most: usize) -> Vec<BucketLevel> {
+        match self.shared_levels(domain).await {
+            Some(levels) => BucketLevel::fullest(levels, most),
+            None => self.local_requests.levels(domain, most).await,
+        }
     }
 }
 

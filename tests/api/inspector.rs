@@ -424,3 +424,47 @@ async fn inspector_every_form_refuses_a_forged_csrf_token() {
     assert_eq!(clock.json::<Value>().await.unwrap()["offset_s"], 0.0);
     assert_eq!(page(&app, &session, &format!("{UI}/")).await.status, 200);
 }
+
+/// The level the Overview shows for the bucket of 127.0.0.1 (`None`: no row for it).
+fn shown_bucket(html: &str) -> Option<f64> {
+    let marker = "data-bucket=\"127.0.0.1\">";
+    let start = html.find(marker)? + marker.len();
+    html[start..].split(' ').next()?.parse().ok()
+}
+
+/// The Overview shows each client address's request bucket as the limiter holds it: in memory, or in Redis when
+/// the limits are shared.
+#[tokio::test]
+async fn inspector_overview_shows_the_request_buckets() {
+    let domain = format!("t{:016x}.crmchat.localhost", rand::random::<u64>());
+    let fixture = demo_with(|f| {
+        f["portal"]["plan"] = json!("standard");
+        f["portal"]["domain"] = json!(domain);
+    });
+    for redis in [false, true] {
+        let mut args = vec!["--control-token", TOKEN];
+        if redis {
+            args.extend(["--redis", "redis://127.0.0.1:6379"]);
+        }
+        let app = spawn_app_with_args(fixture.clone(), &args).await;
+        let cookie = login(&app).await;
+        let overview = page(&app, &cookie, &format!("{UI}/")).await;
+        assert_eq!(overview.status, 200, "{}", overview.text);
+        assert!(overview.text.contains("Request limit"), "{}", overview.text);
+        assert_eq!(shown_bucket(&overview.text), None, "no call made yet (redis: {redis}): {}", overview.text);
+        for _ in 0..20 {
+            let resp = app.get(&app.method_path("server.time")).await;
+            assert_eq!(resp.status, 200, "{}", resp.text);
+        }
+        let overview = page(&app, &cookie, &format!("{UI}/")).await;
+        let level = shown_bucket(&overview.text).unwrap_or_else(|| panic!("a bucket for 127.0.0.1: {}", overview.text));
+        // 20 requests, drained at 2 a second for as long as they took.
+        assert!(level > 10.0 && level <= 20.0, "level {level} (redis: {redis})");
+        assert!(overview.text.contains(" of 50"), "{}", overview.text);
+        if redis {
+            let mut conn = redis::Client::open("redis://127.0.0.1:6379").unwrap().get_connection().unwrap();
+            let _: i64 =
+                redis::cmd("DEL").arg(format!("crmchat:limits:req:{domain}|127.0.0.1")).query(&mut conn).unwrap();
+        }
+    }
+}
