@@ -25,7 +25,7 @@ use crate::clock::PortalClock;
 use crate::domain::PortalSettings;
 use crate::secrets::sha256_hex;
 use crate::store::{
-    AppRecord, Change, ChangeOutcome, DeliveryOutcome, DynStore, NextStep, PendingDelivery, StoreResult, TokenRecord,
+    Change, ChangeOutcome, DeliveryOutcome, DynStore, NextStep, PendingDelivery, StoreResult, TokenRecord,
 };
 use crate::telemetry;
 
@@ -114,6 +114,17 @@ struct MintedToken {
     access: String,
     expires_ms: i64,
     minted_ms: i64,
+    /// The application's scopes when the token was minted, comma-separated: a reused token carries the scopes
+    /// it was issued with, so reusing it needs no read of the application.
+    scope: String,
+}
+
+/// The token part of a delivery's `auth`.
+struct DeliveryToken {
+    access: String,
+    expires_ms: i64,
+    scope: String,
+    refresh: Option<String>,
 }
 
 #[derive(Default)]
@@ -448,19 +459,20 @@ impl Worker {
         let server_endpoint = format!("{base}/oauth/rest/");
         let member_id = sha256_hex(&portal.domain)[..32].to_string();
         let mut auth = Map::new();
-        let app = match d.user_id {
+        let now = self.clock.unix_ms();
+        let token = match d.user_id {
             0 => None,
             _ if WITHOUT_TOKENS.contains(&d.event.as_str()) => None,
-            _ => self.store.app(&d.client_id).await?,
+            _ => {
+                let with_refresh = WITH_REFRESH_TOKEN.contains(&d.event.as_str());
+                self.token(&d.client_id, d.user_id, d.depth + 1, with_refresh, now).await?
+            }
         };
-        if let Some(app) = app {
-            let now = self.clock.unix_ms();
-            let with_refresh = WITH_REFRESH_TOKEN.contains(&d.event.as_str());
-            let (access, expires_ms, refresh) = self.token(&app, d.user_id, d.depth + 1, with_refresh, now).await?;
+        if let Some(DeliveryToken { access, expires_ms, scope, refresh }) = token {
             auth.insert("access_token".into(), json!(access));
             auth.insert("expires".into(), json!(expires_ms.div_euclid(1000)));
             auth.insert("expires_in".into(), json!((expires_ms - now).div_euclid(1000)));
-            auth.insert("scope".into(), json!(app.scopes.join(",")));
+            auth.insert("scope".into(), json!(scope));
             auth.insert("domain".into(), json!(portal.domain));
             auth.insert("server_endpoint".into(), json!(server_endpoint));
             auth.insert("status".into(), json!("L"));
@@ -480,23 +492,31 @@ impl Worker {
         Ok(Value::Object(auth))
     }
 
-    /// A working access token of `user_id` for the application (with a refresh token when asked for, which is
-    /// then always a new pair); tokens without one are reused for [`TOKEN_REUSE_MS`].
+    /// A working access token of `user_id` for the application `client_id` (with a refresh token when asked for,
+    /// which is then always a new pair); tokens without one are reused for [`TOKEN_REUSE_MS`]. `None` when the
+    /// application is gone.
     async fn token(
         &self,
-        app: &AppRecord,
+        client_id: &str,
         user_id: i64,
         depth: i64,
         with_refresh: bool,
         now: i64,
-    ) -> StoreResult<(String, i64, Option<String>)> {
-        let key = (app.client_id.clone(), user_id, depth);
+    ) -> StoreResult<Option<DeliveryToken>> {
+        let key = (client_id.to_string(), user_id, depth);
         if !with_refresh {
             let cached = self.tokens.lock().expect("token cache").get(&key).cloned();
             if let Some(t) = cached.filter(|t| now - t.minted_ms < TOKEN_REUSE_MS && t.expires_ms > now) {
-                return Ok((t.access, t.expires_ms, None));
+                return Ok(Some(DeliveryToken {
+                    access: t.access,
+                    expires_ms: t.expires_ms,
+                    scope: t.scope,
+                    refresh: None,
+                }));
             }
         }
+        let Some(app) = self.store.app(client_id).await? else { return Ok(None) };
+        let scope = app.scopes.join(",");
         let (access, refresh) = (new_secret(), new_secret());
         let expires_ms = now + self.settings.access_token_ttl_secs as i64 * 1000;
         let record = TokenRecord {
@@ -512,11 +532,11 @@ impl Worker {
         };
         self.store.add_tokens(&record).await?;
         if with_refresh {
-            return Ok((access, expires_ms, Some(refresh)));
+            return Ok(Some(DeliveryToken { access, expires_ms, scope, refresh: Some(refresh) }));
         }
-        let minted = MintedToken { access: access.clone(), expires_ms, minted_ms: now };
+        let minted = MintedToken { access: access.clone(), expires_ms, minted_ms: now, scope: scope.clone() };
         self.tokens.lock().expect("token cache").insert(key, minted);
-        Ok((access, expires_ms, None))
+        Ok(Some(DeliveryToken { access, expires_ms, scope, refresh: None }))
     }
 }
 

@@ -61,6 +61,37 @@ fn build_shim(dir: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// A server on [`busy_portal`] with the shim loaded, watching its database and WAL, and the shim's disk-full
+/// mode following the file `full_flag` (absent: not full).
+struct Shimmed {
+    app: TestApp,
+    data_path: PathBuf,
+    log_dir: tempfile::TempDir,
+    full_flag: PathBuf,
+    _shim_dir: tempfile::TempDir,
+}
+
+async fn spawn_shimmed() -> Shimmed {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim = build_shim(shim_dir.path()).unwrap_or_else(|reason| panic!("cannot build the shim: {reason}"));
+    let log_dir = tempfile::tempdir().unwrap();
+    // The harness makes the data directory; the shim must know it before the server opens its database, so the
+    // server runs in a directory of ours.
+    let data_dir = tempfile::Builder::new().prefix("crmchat-powercut-").tempdir().unwrap();
+    let data_path = data_dir.path().canonicalize().unwrap();
+    let full_flag = shim_dir.path().join("disk-is-full");
+    let env = [
+        ("LD_PRELOAD", shim.to_str().unwrap().to_string()),
+        ("POWERCUT_WATCH_DIR", data_path.display().to_string()),
+        ("POWERCUT_LOG_DIR", log_dir.path().display().to_string()),
+        ("POWERCUT_SUFFIXES", ".db,.db-wal".to_string()),
+        ("POWERCUT_FULL_FLAG", full_flag.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = spawn_app_in(data_dir, busy_portal(), &env).await;
+    Shimmed { app, data_path, log_dir, full_flag, _shim_dir: shim_dir }
+}
+
 /// `CHATS` chats of `MEMBERS_PER_CHAT` employees each, on deals `DEAL_OFFSET + chat`, plan `unlimited`, with the
 /// demo's admin webhook.
 fn busy_portal() -> Value {
@@ -179,21 +210,7 @@ async fn acknowledged_removals_survive_power_cuts_under_load() {
         !std::env::var("CRMCHAT_TEST_DATABASE").is_ok_and(|url| url.starts_with("postgres")),
         "the power-loss test is for the embedded SQLite database (PostgreSQL syncs itself): unset CRMCHAT_TEST_DATABASE"
     );
-    let shim_dir = tempfile::tempdir().unwrap();
-    let shim = build_shim(shim_dir.path()).unwrap_or_else(|reason| panic!("cannot build the shim: {reason}"));
-    let log_dir = tempfile::tempdir().unwrap();
-    // The harness makes the data directory; the shim must know it before the server opens its database, so the
-    // server runs in a directory of ours.
-    let data_dir = tempfile::Builder::new().prefix("crmchat-powercut-").tempdir().unwrap();
-    let data_path = data_dir.path().canonicalize().unwrap();
-    let env = [
-        ("LD_PRELOAD", shim.to_str().unwrap().to_string()),
-        ("POWERCUT_WATCH_DIR", data_path.display().to_string()),
-        ("POWERCUT_LOG_DIR", log_dir.path().display().to_string()),
-        ("POWERCUT_SUFFIXES", ".db,.db-wal".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut app = spawn_app_in(data_dir, busy_portal(), &env).await;
+    let Shimmed { mut app, data_path, log_dir, .. } = spawn_shimmed().await;
     let database = data_path.join("crmchat.db");
 
     let mut expected = memberships(&app.export());
@@ -317,21 +334,7 @@ async fn a_full_disk_is_told_as_such_once_in_a_while_and_survived() {
         !std::env::var("CRMCHAT_TEST_DATABASE").is_ok_and(|url| url.starts_with("postgres")),
         "the disk-full test is for the embedded SQLite database: unset CRMCHAT_TEST_DATABASE"
     );
-    let shim_dir = tempfile::tempdir().unwrap();
-    let shim = build_shim(shim_dir.path()).unwrap_or_else(|reason| panic!("cannot build the shim: {reason}"));
-    let log_dir = tempfile::tempdir().unwrap();
-    let data_dir = tempfile::Builder::new().prefix("crmchat-diskfull-").tempdir().unwrap();
-    let data_path = data_dir.path().canonicalize().unwrap();
-    let full_flag = shim_dir.path().join("disk-is-full");
-    let env = [
-        ("LD_PRELOAD", shim.to_str().unwrap().to_string()),
-        ("POWERCUT_WATCH_DIR", data_path.display().to_string()),
-        ("POWERCUT_LOG_DIR", log_dir.path().display().to_string()),
-        ("POWERCUT_SUFFIXES", ".db,.db-wal".to_string()),
-        ("POWERCUT_FULL_FLAG", full_flag.display().to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut app = spawn_app_in(data_dir, busy_portal(), &env).await;
+    let Shimmed { mut app, data_path, log_dir, full_flag, _shim_dir } = spawn_shimmed().await;
     let url = app.url(&app.method_path(METHOD));
     let mut order: Vec<(i64, i64)> = memberships(&app.export()).into_iter().collect();
     use rand::seq::SliceRandom;
