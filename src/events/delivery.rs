@@ -257,6 +257,8 @@ impl Worker {
     /// backlog in order once the retry went through.
     async fn drive(self: Arc<Self>, handler: String, done: mpsc::UnboundedSender<(String, DeliveryOutcome)>) {
         let margin = self.settings.timeout.as_millis() as i64 + 1_000;
+        // Parsed once per sender rather than by the client for every delivery.
+        let url = reqwest::Url::parse(&handler).map_err(|e| format!("the handler URL: {e}"));
         loop {
             let next = {
                 let mut lanes = self.lanes.lock().expect("lanes");
@@ -277,7 +279,7 @@ impl Worker {
                 self.forget(&handler, &[delivery.id]);
                 continue;
             }
-            let outcome = self.send(delivery, until_ms).await;
+            let outcome = self.send(delivery, &url, until_ms).await;
             let failed = !matches!(outcome.next, NextStep::Delivered);
             if failed {
                 self.in_flight.lock().expect("in-flight set").held.insert(handler.clone());
@@ -394,11 +396,19 @@ impl Worker {
     }
 
     /// One attempt: the POST and its outcome, to be recorded only while the lease `lease_until_ms` holds.
-    async fn send(&self, delivery: PendingDelivery, lease_until_ms: i64) -> DeliveryOutcome {
+    async fn send(
+        &self,
+        delivery: PendingDelivery,
+        url: &Result<reqwest::Url, String>,
+        lease_until_ms: i64,
+    ) -> DeliveryOutcome {
         let attempt = delivery.attempts + 1;
         let at_ms = self.clock.unix_ms();
         let started = Instant::now();
-        let result = self.post(&delivery).await;
+        let result = match url {
+            Ok(url) => self.post(&delivery, url.clone()).await,
+            Err(err) => Err(err.clone()),
+        };
         let took = started.elapsed();
         telemetry::delivery_attempted(took);
         let duration_ms = took.as_millis() as i64;
@@ -423,11 +433,11 @@ impl Worker {
     }
 
     /// POSTs the delivery; the HTTP status, or why there was none.
-    async fn post(&self, delivery: &PendingDelivery) -> Result<u16, String> {
+    async fn post(&self, delivery: &PendingDelivery, url: reqwest::Url) -> Result<u16, String> {
         let body = self.body(delivery).await.map_err(|e| format!("preparing the delivery: {e}"))?;
         let request = self
             .http
-            .post(&delivery.handler)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body)
             .timeout(self.settings.timeout);

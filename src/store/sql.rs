@@ -202,6 +202,21 @@ pub(crate) mod statements {
          SELECT $1, w.id, '', w.application_token, w.handler, 0, 'pending', 0, $2, 0, $2 \
          FROM outgoing_webhook_events e JOIN outgoing_webhooks w ON w.id = e.webhook_id \
          WHERE e.event = $3 AND $4 IS NULL ORDER BY w.id";
+    /// Where the deliveries of event `$1` go: its online bindings (in id order, with their application's token)
+    /// and then its outgoing webhooks (binding id the webhook's; no client, no user). The SQLite writer keeps
+    /// these per event, as it keeps [`LISTENED_EVENTS`], and writes an event's deliveries from them.
+    pub const EVENT_TARGETS: &str = "SELECT 0, b.id, b.client_id, a.application_token, b.handler, b.user_id \
+         FROM event_bindings b JOIN apps a ON a.client_id = b.client_id WHERE b.event = $1 AND b.handler <> '' \
+         UNION ALL SELECT 1, w.id, '', w.application_token, w.handler, 0 \
+         FROM outgoing_webhook_events e JOIN outgoing_webhooks w ON w.id = e.webhook_id WHERE e.event = $1 \
+         ORDER BY 1, 2";
+    /// An event whose deliveries are written by the caller ([`EVENT_TARGETS`]).
+    pub const INSERT_EVENT_ROW: &str =
+        "INSERT INTO outbox (event, payload, created_ms, user_id, depth) VALUES ($1, $2, $3, $4, $5)";
+    /// One delivery of event `$1`, pending and due at `$7`.
+    pub const INSERT_DELIVERY_ROW: &str = "INSERT INTO deliveries (event_id, binding_id, client_id, \
+         application_token, handler, user_id, state, attempts, next_attempt_ms, lease_until_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, 0, $7)";
     /// The events some offline binding records (SQLite's writer keeps them, like [`LISTENED_EVENTS`]).
     pub const LISTENED_OFFLINE_EVENTS: &str = "SELECT DISTINCT event FROM event_bindings WHERE handler = ''";
     /// An offline event for every offline binding of event `$1` (of application `$6` when not NULL), except the
@@ -296,7 +311,7 @@ pub(crate) mod statements {
     pub const MAX_EVENT_DEPTH: i64 = 7;
 
     #[cfg(test)]
-    pub const ALL: [&str; 34] = [
+    pub const ALL: [&str; 37] = [
         DELETE_MEMBER,
         COUNT_AFTER_LEAVE,
         DECREMENT_MEMBER_COUNT,
@@ -313,6 +328,9 @@ pub(crate) mod statements {
         INSERT_EVENT,
         INSERT_DELIVERIES,
         INSERT_WEBHOOK_DELIVERIES,
+        EVENT_TARGETS,
+        INSERT_EVENT_ROW,
+        INSERT_DELIVERY_ROW,
         LISTENED_OFFLINE_EVENTS,
         INSERT_OFFLINE,
         NOTIFY_OFFLINE,

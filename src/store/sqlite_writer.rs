@@ -364,8 +364,9 @@ struct Prepared<'c> {
     insert_notification: Statement<'c>,
     listened_events: Statement<'c>,
     insert_event: Statement<'c>,
-    insert_deliveries: Statement<'c>,
-    insert_webhook_deliveries: Statement<'c>,
+    event_targets: Statement<'c>,
+    insert_event_row: Statement<'c>,
+    insert_delivery_row: Statement<'c>,
     listened_offline_events: Statement<'c>,
     insert_offline: Statement<'c>,
     notify_offline: Statement<'c>,
@@ -400,8 +401,9 @@ impl<'c> Prepared<'c> {
             insert_notification: connection.prepare(sql::INSERT_NOTIFICATION)?,
             listened_events: connection.prepare(sql::LISTENED_EVENTS)?,
             insert_event: connection.prepare(sql::INSERT_EVENT)?,
-            insert_deliveries: connection.prepare(sql::INSERT_DELIVERIES)?,
-            insert_webhook_deliveries: connection.prepare(sql::INSERT_WEBHOOK_DELIVERIES)?,
+            event_targets: connection.prepare(sql::EVENT_TARGETS)?,
+            insert_event_row: connection.prepare(sql::INSERT_EVENT_ROW)?,
+            insert_delivery_row: connection.prepare(sql::INSERT_DELIVERY_ROW)?,
             listened_offline_events: connection.prepare(sql::LISTENED_OFFLINE_EVENTS)?,
             insert_offline: connection.prepare(sql::INSERT_OFFLINE)?,
             notify_offline: connection.prepare(sql::NOTIFY_OFFLINE)?,
@@ -447,11 +449,25 @@ struct MemberCache {
     listened: Option<std::collections::HashSet<String>>,
     /// The same for offline bindings.
     offline_listened: Option<std::collections::HashSet<String>>,
+    /// Per event, where its deliveries go ([`sql::EVENT_TARGETS`]), read when first needed and forgotten with
+    /// `listened`: a removal's event and delivery are then two plain inserts.
+    targets: HashMap<&'static str, Vec<Target>>,
     /// `PRAGMA data_version` when the cache was last known to be current.
     data_version: Option<i64>,
     /// The events the group being applied wrote, counted once it committed (not a cache: emptied before
     /// every attempt at a group).
     produced: Vec<&'static str>,
+}
+
+/// One place an event's deliveries go: an online binding of an application, or an outgoing webhook.
+struct Target {
+    webhook: bool,
+    binding_id: i64,
+    client_id: String,
+    application_token: String,
+    handler: String,
+    /// The binding's user; 0: the user who caused the event (an outgoing webhook gets no user at all).
+    user_id: i64,
 }
 
 /// A chat as the database holds it: `member_count` is its stored count, not the list's length.
@@ -469,6 +485,7 @@ impl MemberCache {
             self.chats.clear();
             self.listened = None;
             self.offline_listened = None;
+            self.targets.clear();
             self.data_version = Some(version);
         }
         Ok(())
@@ -478,6 +495,7 @@ impl MemberCache {
         self.chats.clear();
         self.listened = None;
         self.offline_listened = None;
+        self.targets.clear();
     }
 
     fn is_recorded_offline(&mut self, s: &mut Prepared, event: &str) -> rusqlite::Result<bool> {
@@ -486,6 +504,24 @@ impl MemberCache {
             self.offline_listened = Some(events.collect::<rusqlite::Result<_>>()?);
         }
         Ok(self.offline_listened.as_ref().is_some_and(|events| events.contains(event)))
+    }
+
+    fn targets(&mut self, s: &mut Prepared, event: &'static str) -> rusqlite::Result<&[Target]> {
+        if !self.targets.contains_key(event) {
+            let rows = s.event_targets.query_map([event], |r| {
+                Ok(Target {
+                    webhook: r.get::<_, i64>(0)? == 1,
+                    binding_id: r.get(1)?,
+                    client_id: r.get(2)?,
+                    application_token: r.get(3)?,
+                    handler: r.get(4)?,
+                    user_id: r.get(5)?,
+                })
+            })?;
+            let targets = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            self.targets.insert(event, targets);
+        }
+        Ok(&self.targets[event])
     }
 
     fn is_listened(&mut self, s: &mut Prepared, event: &str) -> rusqlite::Result<bool> {
@@ -597,15 +633,42 @@ fn produce(
     if !cache.is_listened(s, event)? {
         return Ok(0);
     }
-    let inserted = s
-        .insert_event
-        .query_row(params![event, payload, at_ms, cause.user_id, cause.depth, client_id], |r| r.get::<_, i64>(0))
-        .optional()?;
-    let Some(id) = inserted else { return Ok(0) };
+    // The rules of INSERT_EVENT, INSERT_DELIVERIES and INSERT_WEBHOOK_DELIVERIES (which PostgreSQL runs), on the
+    // cached targets: an event of one application goes to that application's bindings only, never to outgoing
+    // webhooks; no target, no event.
+    let targets: Vec<&Target> = cache
+        .targets(s, event)?
+        .iter()
+        .filter(|t| match client_id {
+            Some(client) => !t.webhook && t.client_id == client,
+            None => true,
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    let id = s.insert_event_row.insert(params![event, payload, at_ms, cause.user_id, cause.depth])?;
+    for t in &targets {
+        let user_id = if t.webhook {
+            0
+        } else if t.user_id > 0 {
+            t.user_id
+        } else {
+            cause.user_id
+        };
+        s.insert_delivery_row.execute(params![
+            id,
+            t.binding_id,
+            t.client_id,
+            t.application_token,
+            t.handler,
+            user_id,
+            at_ms
+        ])?;
+    }
+    let delivered = targets.len() as u64;
     cache.produced.push(event);
-    let bound = s.insert_deliveries.execute(params![id, cause.user_id, at_ms, event, client_id])?;
-    let webhooks = s.insert_webhook_deliveries.execute(params![id, at_ms, event, client_id])?;
-    Ok((bound + webhooks) as u64)
+    Ok(delivered)
 }
 
 /// Records `event` for the offline bindings listening to it, and queues `ONOFFLINEEVENT` for the applications
