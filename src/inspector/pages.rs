@@ -193,7 +193,7 @@ pub async fn overview(
                     } @else {
                         div class="table-wrap" {
                             table {
-                                thead { tr { th scope="col" { "Client address" } th scope="col" { "Requests in the bucket" }
+                                thead { tr { th scope="col" { "Client" } th scope="col" { "In the bucket" }
                                     th scope="col" { "Full" } } }
                                 tbody {
                                     @for bucket in &buckets {
