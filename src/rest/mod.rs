@@ -27,13 +27,13 @@ use self::envelope::{Format, Timing, render_error, render_success};
 use self::error::{ApiError, Code, Variant};
 use self::limits::{OperatingStatus, Plan, operating_key, request_key};
 use self::registry::{Kind, MethodDef};
-use crate::app::{AppState, Transport};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
 use crate::journal::{self, Auth, AuthType};
 use crate::log_throttle::LogThrottle;
 use crate::methods::{CallContext, Output, Params};
 use crate::read_timeout::ResetSwitch;
+use crate::server_state::{AppState, Transport};
 use crate::telemetry;
 
 /// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.

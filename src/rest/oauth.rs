@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::envelope::{Format, render};
 use super::error::{ApiError, Code, Variant};
 use super::params;
-use crate::app::AppState;
 use crate::secrets::sha256_hex;
+use crate::server_state::AppState;
 use crate::store::{AppRecord, TokenRecord};
 
 /// Refresh tokens live 180 days.

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::Request;
-use crmchat::app::{AppState, router};
+use crmchat::app::router;
 use crmchat::clock::SystemClock;
 use crmchat::config::Settings;
+use crmchat::server_state::AppState;
 use crmchat::store::{AuthCode, DynStore};
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::Request;
-use crmchat::app::{AppState, LIMITER_MAX_KEYS, router};
+use crmchat::app::router;
 use crmchat::config::Settings;
 use crmchat::rest::limits::{ManualClock, OperatingTime};
+use crmchat::server_state::{AppState, LIMITER_MAX_KEYS};
 use crmchat::store::{AuthCode, DynStore};
 use serde_json::{Value, json};
 use tower::ServiceExt;
