@@ -25,7 +25,7 @@ use axum::response::Response;
 use self::body_budget::{BodyBudget, Share};
 use self::envelope::{Format, Timing, render_error, render_success};
 use self::error::{ApiError, Code, Variant};
-use self::limits::{OperatingStatus, Plan, operating_key, request_key};
+use self::limits::{OperatingStatus, Plan, WINDOW_SECS, operating_key, request_key};
 use self::registry::{Kind, MethodDef};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
@@ -436,7 +436,8 @@ async fn process(
             let output = batch::run(app, &caller, &portal, &params, draft, request.reset).await;
             let finish = std::time::Instant::now();
             // The outer batch is not charged operating time; its commands are.
-            let operating = OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + 600, blocked: false };
+            let operating =
+                OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + WINDOW_SECS, blocked: false };
             (output, timing(&start, start.instant, finish, &operating))
         }
         Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
