@@ -440,7 +440,7 @@ async fn process(
                 OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + WINDOW_SECS, blocked: false };
             (output, timing(&start, start.instant, finish, &operating))
         }
-        Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
+        Kind::Method(_) => run_in_scope(app, &caller, &portal, method, &params, start).await?,
     };
     Ok((output, timing))
 }
@@ -493,7 +493,7 @@ fn secret_of(credentials: &auth::Credentials) -> &str {
     }
 }
 
-fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError> {
+pub(crate) fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError> {
     match method.scope {
         Some(scope) if !caller.has_scope(scope) => Err(caller.insufficient_scope()),
         _ => Ok(()),
@@ -510,6 +510,19 @@ pub(crate) async fn invoke(
     start: Start,
 ) -> Result<(Output, Timing), ApiError> {
     check_scope(caller, method)?;
+    run_in_scope(app, caller, portal, method, params, start).await
+}
+
+/// [`invoke`] once the caller's scope was checked (a call and a batch command check it before their fault
+/// rules): the operating-time limit, the method itself.
+pub(crate) async fn run_in_scope(
+    app: &AppState,
+    caller: &auth::Caller,
+    portal: &Arc<PortalSettings>,
+    method: &MethodDef,
+    params: &Params,
+    start: Start,
+) -> Result<(Output, Timing), ApiError> {
     let Kind::Method(handler) = method.kind else {
         return Err(Code::BatchMethodNotAllowed.into());
     };
