@@ -17,6 +17,7 @@ pub mod methods;
 pub mod read_timeout;
 pub mod rest;
 pub mod secrets;
+pub mod server_state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -18,6 +18,14 @@ pub fn hash_matches(secret: &str, expected_sha256: &str) -> bool {
     sha256_hex(secret).as_bytes().ct_eq(expected_sha256.as_bytes()).into()
 }
 
+/// A new random secret: 32 bytes as hex (access and refresh tokens, client secrets, application tokens).
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// A new random alphanumeric secret of `len` characters (webhook codes, authorization codes).
 pub fn random_alphanumeric(len: usize) -> String {
     use rand::Rng;
@@ -37,5 +45,7 @@ mod tests {
         assert!(!hash_matches("demo-secreT", &hash));
         assert_eq!(random_alphanumeric(24).len(), 24);
         assert_ne!(random_alphanumeric(24), random_alphanumeric(24));
+        assert_eq!(new_secret().len(), 64);
+        assert_ne!(new_secret(), new_secret());
     }
 }

@@ -20,12 +20,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::load::{Acks, LoadgenSched, apply_sched};
-use crate::portal::{Membership, WEBHOOK_USER};
+use crate::portal::{APP_CLIENT_ID, APP_SECRET, Membership, WEBHOOK_USER};
 
-/// The bench's application in the portal file (no bindings there: the workload binds and unbinds its own).
-pub const APP_CLIENT_ID: &str = "local.bench.app";
-pub const APP_SECRET: &str = "crmchatBenchAppSecret";
-pub const APP_TOKEN: &str = "crmchatBenchAppToken";
 pub const EVENT: &str = "ONCRMCHATUSERDELETE";
 
 /// An axum server on a thread of its own (one single-threaded runtime, under the load generator's scheduling

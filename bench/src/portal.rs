@@ -16,6 +16,11 @@ use serde_json::json;
 pub const WEBHOOK_USER: i64 = 1;
 pub const WEBHOOKS: usize = 8;
 
+/// The bench's application in the portal file (no bindings there: the workload binds and unbinds its own).
+pub const APP_CLIENT_ID: &str = "local.bench.app";
+pub const APP_SECRET: &str = "crmchatBenchAppSecret";
+pub const APP_TOKEN: &str = "crmchatBenchAppToken";
+
 pub fn webhook_code(workload: usize) -> String {
     format!("crmchatBenchHook{workload:04}")
 }
@@ -106,8 +111,8 @@ impl Portal {
         }
         // The application the bound workload binds its handler with (through `event.bind`, not here: a binding in
         // the file would make every workload's removals produce events).
-        let app = json!({"client_id": crate::events::APP_CLIENT_ID, "client_secret": crate::events::APP_SECRET,
-            "scopes": ["imopenlines", "im"], "application_token": crate::events::APP_TOKEN});
+        let app = json!({"client_id": APP_CLIENT_ID, "client_secret": APP_SECRET,
+            "scopes": ["imopenlines", "im"], "application_token": APP_TOKEN});
         write!(w, "],\n\"apps\":[{app}")?;
         writeln!(w, "]}}")?;
         w.flush()?;

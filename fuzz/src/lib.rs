@@ -14,12 +14,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crmchat::app::AppState;
 use crmchat::config::Settings;
 use crmchat::domain::PortalSettings;
 use crmchat::rest::auth::{AuthKind, Caller};
 use crmchat::rest::limits::SystemClock;
 use crmchat::rest::params::{self, Limits, Tree};
+use crmchat::server_state::AppState;
 use serde_json::{Map, Value};
 
 /// The content types `params_parse_str` chooses from with its first byte.

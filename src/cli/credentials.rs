@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 
 use super::{AppCommand, WebhookCommand};
 use crate::events::{HandlerUrlError, check_handler, lifecycle};
-use crate::rest::oauth::new_secret;
 use crate::rest::registry::all_scopes;
+use crate::secrets::new_secret;
 use crate::secrets::{random_alphanumeric, sha256_hex};
 use crate::store::{self, AppRecord, AuthCode, DynStore, OutgoingWebhook};
 

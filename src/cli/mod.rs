@@ -20,9 +20,10 @@ pub fn parse() -> Parsed {
     config_file::parse_from(std::env::args_os().collect()).unwrap_or_else(|e| e.exit())
 }
 
-use crate::app::{self, AppState, Bound};
+use crate::app::{self, Bound};
 use crate::config::{ServeArgs, Settings, StorageArgs};
 use crate::fixtures::{self, demo};
+use crate::server_state::AppState;
 use crate::store::{self, LoadError};
 
 #[derive(Debug, Parser)]
@@ -346,7 +347,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         public_url: args.public_url.as_deref().map(|url| url.trim_end_matches('/').to_string()),
         ..Settings::default()
     };
-    let control = crate::control::Control {
+    let control = crate::server_state::Control {
         token: control_token.as_ref().map(|(token, _)| token.clone()),
         startup,
         snapshots_dir: args.storage.data_dir.join("snapshots"),

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ControlError, Json};
-use crate::app::AppState;
 use crate::events::{HandlerUrlError, check_handler, lifecycle};
+use crate::server_state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()

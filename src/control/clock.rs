@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ControlError, Json};
-use crate::app::AppState;
 use crate::clock::PortalClock;
+use crate::server_state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/clock", get(show).post(change).delete(reset))

@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::{ControlError, Json};
-use crate::app::AppState;
 use crate::events::log::{DEFAULT_LIMIT, MAX_LIMIT, event_json};
+use crate::server_state::AppState;
 use crate::store::{DeliveryState, EventLogFilter};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {

@@ -11,8 +11,8 @@ use axum::routing::{delete, get};
 use serde_json::json;
 
 use super::{ControlError, Json};
-use crate::app::AppState;
 use crate::rest::faults::{self, RuleSpec};
+use crate::server_state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()

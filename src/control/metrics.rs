@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{ControlError, Json, bearer};
-use crate::app::AppState;
+use crate::server_state::AppState;
 use crate::telemetry;
 
 /// The exposition format's content type, version 0.0.4 (what Prometheus scrapes).

@@ -15,7 +15,6 @@ pub mod requests;
 pub mod snapshots;
 pub mod state;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -26,26 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::config::ControlToken;
-use crate::fixtures::PortalState;
-
-/// The control API's own settings, and what a reset goes back to.
-pub struct Control {
-    /// `None`: the control API is off and `/_crmchat/*` answers 404.
-    pub token: Option<ControlToken>,
-    /// The portal as it was once start-up loading finished (the `--fixture` file, the demo portal, or what the
-    /// database held), kept parsed and validated so that a reset is only the database's work.
-    pub startup: Arc<PortalState>,
-    /// Where named snapshots are written (`<data-dir>/snapshots`).
-    pub snapshots_dir: PathBuf,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Self { token: None, startup: Arc::default(), snapshots_dir: PathBuf::from("snapshots") }
-    }
-}
+use crate::server_state::AppState;
 
 /// The largest state document accepted (a portal of a million memberships is some 10 MB of JSON).
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;

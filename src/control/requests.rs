@@ -9,8 +9,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{ControlError, Json};
-use crate::app::AppState;
 use crate::journal::Filter;
+use crate::server_state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/requests", get(list).delete(clear))

@@ -19,8 +19,8 @@ use serde_json::json;
 
 use super::state::{export_text, replace_with};
 use super::{ControlError, Json};
-use crate::app::AppState;
 use crate::fixtures::{self, Format};
+use crate::server_state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()

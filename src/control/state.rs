@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ControlError, Json, json_text};
-use crate::app::AppState;
 use crate::fixtures::{self, Document, Format, PortalState};
+use crate::server_state::AppState;
 use crate::store::LoadError;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use super::wire::form_body;
 use crate::clock::PortalClock;
 use crate::domain::PortalSettings;
-use crate::secrets::sha256_hex;
+use crate::secrets::{new_secret, sha256_hex};
 use crate::store::{
     Change, ChangeOutcome, DeliveryOutcome, DynStore, NextStep, PendingDelivery, StoreResult, TokenRecord,
 };
@@ -552,12 +552,6 @@ impl Worker {
 
 /// Refresh tokens handed out with deliveries live as long as those of the token endpoint: 180 days.
 const REFRESH_TOKEN_TTL_MS: i64 = 180 * 24 * 3600 * 1000;
-
-fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill(&mut bytes);
-    hex::encode(bytes)
-}
 
 /// Retries after the first attempt (`portal.events.retries`; 0 is the vendor's single attempt).
 fn retries(portal: &PortalSettings) -> i64 {

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use super::pages::flash_box;
 use super::session::Flash;
 use super::{BASE, Login, Nav, layout};
-use crate::app::AppState;
 use crate::journal::rfc3339_ms;
+use crate::server_state::AppState;
 use crate::store::{DeliveryState, EventLogFilter, LoggedEvent};
 
 /// Events shown: the newest of the filter.

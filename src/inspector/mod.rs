@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use crate::app::{AppState, Transport};
+use crate::server_state::{AppState, Transport};
 pub(crate) use session::Login;
 use session::Sessions;
 

@@ -12,11 +12,11 @@ use serde::Deserialize;
 
 use super::session::Flash;
 use super::{BASE, Login, Nav, error_page, layout};
-use crate::app::AppState;
 use crate::domain::rules::{chat_belongs_to_record, last_chat};
 use crate::domain::{CrmEntityType, User};
 use crate::fixtures::demo::{DEMO_WEBHOOK_CODE, DEMO_WEBHOOK_USER};
 use crate::rest::limits::Plan;
+use crate::server_state::AppState;
 use crate::store::{StoreError, WebhookInfo, ms_to_rfc3339};
 
 /// Members shown per page of a chat: a chat of 10,000 members opens as fast as one of 100.

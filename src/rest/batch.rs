@@ -9,7 +9,7 @@ use super::auth::{self, Caller};
 use super::envelope::php_array;
 use super::error::{ApiError, Code};
 use super::registry::{self, Kind};
-use super::{AppState, Draft, invoke, params};
+use super::{AppState, Draft, params, run_in_scope};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
 use crate::journal;
@@ -172,15 +172,14 @@ async fn run_command(
         seen.params = params.clone();
     }
     // A command's own scope is checked first, as for a call of its own.
-    if method.scope.is_none_or(|scope| caller.has_scope(scope))
-        && let Some(fired) = app.faults.check(&super::fault_target(method.name, caller))
-    {
+    super::check_scope(caller, method)?;
+    if let Some(fired) = app.faults.check(&super::fault_target(method.name, caller)) {
         if let Some(seen) = seen {
             seen.fault = Some(fired.id);
         }
         super::apply_fault(fired, reset).await?;
     }
-    invoke(app, caller, portal, method, &params, start).await
+    run_in_scope(app, caller, portal, method, &params, start).await
 }
 
 const REFERENCE_KINDS: [&str; 5] = ["result", "error", "time", "next", "total"];

@@ -36,6 +36,8 @@ pub const OPERATING_LIMIT_SECS: f64 = 480.0;
 pub const MIN_COUNTED: Duration = Duration::from_millis(100);
 /// Number of one-minute buckets in the operating-time window.
 pub const WINDOW_MINUTES: usize = 10;
+/// The operating-time window's length in seconds.
+pub const WINDOW_SECS: i64 = WINDOW_MINUTES as i64 * 60;
 /// How often (at most) the in-memory maps are swept for entries that carry no state any more.
 pub const PRUNE_INTERVAL_SECS: i64 = 60;
 
@@ -261,7 +263,7 @@ pub struct OperatingStatus {
     /// Seconds consumed by the key within the window (`time.operating`).
     pub operating: f64,
     /// Unix time (s) the oldest non-empty minute of the window expires (`time.operating_reset_at`); with nothing
-    /// recorded, now + 600 rounded down.
+    /// recorded, now + [`WINDOW_SECS`] rounded down.
     pub reset_at: i64,
     /// The sum exceeds [`OPERATING_LIMIT_SECS`]: refuse the next call with 429.
     pub blocked: bool,
@@ -324,7 +326,7 @@ impl OperatingWindow {
         let total = self.total_us(now_us);
         let reset_at = match self.live(now_us).map(|b| b.minute).min() {
             Some(oldest) => (oldest + WINDOW_MINUTES as i64) * 60,
-            None => now_us.div_euclid(MICROS) + WINDOW_MINUTES as i64 * 60,
+            None => now_us.div_euclid(MICROS) + WINDOW_SECS,
         };
         OperatingStatus { operating: total as f64 / MICROS as f64, reset_at, blocked: total > OPERATING_LIMIT_US }
     }

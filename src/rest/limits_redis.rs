@@ -23,7 +23,7 @@ use crate::clock::PortalClock;
 
 use super::limits::{
     BucketLevel, LeakyBucket, OPERATING_LIMIT_SECS, OperatingStatus, OperatingTime, OperatingTimeLimits, Plan,
-    RequestLimiter, RequestLimits,
+    RequestLimiter, RequestLimits, WINDOW_MINUTES,
 };
 
 /// How long one Redis round trip may take before the local limiter answers instead.
@@ -70,10 +70,12 @@ if level < 0 then level = 0 end
 return string.format('%.0f', level)
 "#;
 
-/// `OperatingWindow::status`: the sum of the last ten minutes and when the oldest of them expires.
+/// `OperatingWindow::status`: the sum of the window's minutes (`ARGV[2]` = [`WINDOW_MINUTES`]) and when the oldest
+/// of them expires.
 const STATUS_LUA: &str = r#"
 local now = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
-local oldest = math.floor(now / 60) - 9
+local window = tonumber(ARGV[2])
+local oldest = math.floor(now / 60) - (window - 1)
 local fields = redis.call('HGETALL', KEYS[1])
 local total, first = 0, nil
 for i = 1, #fields, 2 do
@@ -85,16 +87,17 @@ for i = 1, #fields, 2 do
     redis.call('HDEL', KEYS[1], fields[i])
   end
 end
-local reset = now + 600
-if first ~= nil then reset = (first + 10) * 60 end
+local reset = now + window * 60
+if first ~= nil then reset = (first + window) * 60 end
 return {string.format('%.0f', total), reset}
 "#;
 
-/// `OperatingWindow::record` (the caller drops calls under 0.1 s).
+/// `OperatingWindow::record` (the caller drops calls under 0.1 s); the hash expires a minute later than the window
+/// is long (`ARGV[3]` = [`WINDOW_MINUTES`]), so it outlives the minute just charged.
 const RECORD_LUA: &str = r#"
 local minute = math.floor((tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2])) / 60)
 redis.call('HINCRBY', KEYS[1], minute, ARGV[1])
-redis.call('EXPIRE', KEYS[1], 660)
+redis.call('EXPIRE', KEYS[1], (tonumber(ARGV[3]) + 1) * 60)
 return 1
 "#;
 
@@ -327,7 +330,10 @@ impl RequestLimits for RedisLimits {
 #[async_trait]
 impl OperatingTimeLimits for RedisLimits {
     async fn status(&self, key: &str) -> OperatingStatus {
-        match self.run::<(String, i64)>(&self.status, &format!("op:{key}"), &[self.offset_secs()]).await {
+        match self
+            .run::<(String, i64)>(&self.status, &format!("op:{key}"), &[self.offset_secs(), WINDOW_MINUTES.to_string()])
+            .await
+        {
             Some((total_us, reset_at)) => {
                 let operating = total_us.parse::<f64>().unwrap_or(0.0) / 1e6;
                 OperatingStatus { operating, reset_at, blocked: operating > OPERATING_LIMIT_SECS }
@@ -341,7 +347,11 @@ impl OperatingTimeLimits for RedisLimits {
             return;
         }
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).to_string();
-        if self.run::<i64>(&self.record, &format!("op:{key}"), &[micros, self.offset_secs()]).await.is_none() {
+        if self
+            .run::<i64>(&self.record, &format!("op:{key}"), &[micros, self.offset_secs(), WINDOW_MINUTES.to_string()])
+            .await
+            .is_none()
+        {
             self.local_operating.record(key, duration);
         }
     }

@@ -25,15 +25,15 @@ use axum::response::Response;
 use self::body_budget::{BodyBudget, Share};
 use self::envelope::{Format, Timing, render_error, render_success};
 use self::error::{ApiError, Code, Variant};
-use self::limits::{OperatingStatus, Plan, operating_key, request_key};
+use self::limits::{OperatingStatus, Plan, WINDOW_SECS, operating_key, request_key};
 use self::registry::{Kind, MethodDef};
-use crate::app::{AppState, Transport};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
 use crate::journal::{self, Auth, AuthType};
 use crate::log_throttle::LogThrottle;
 use crate::methods::{CallContext, Output, Params};
 use crate::read_timeout::ResetSwitch;
+use crate::server_state::{AppState, Transport};
 use crate::telemetry;
 
 /// The parts of a `/rest/...` path: `{method}`, `{method}/`, `{user}/{code}/{method}`, `{user}/{code}/{method}/`.
@@ -436,10 +436,11 @@ async fn process(
             let output = batch::run(app, &caller, &portal, &params, draft, request.reset).await;
             let finish = std::time::Instant::now();
             // The outer batch is not charged operating time; its commands are.
-            let operating = OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + 600, blocked: false };
+            let operating =
+                OperatingStatus { operating: 0.0, reset_at: start.unix as i64 + WINDOW_SECS, blocked: false };
             (output, timing(&start, start.instant, finish, &operating))
         }
-        Kind::Method(_) => invoke(app, &caller, &portal, method, &params, start).await?,
+        Kind::Method(_) => run_in_scope(app, &caller, &portal, method, &params, start).await?,
     };
     Ok((output, timing))
 }
@@ -492,7 +493,7 @@ fn secret_of(credentials: &auth::Credentials) -> &str {
     }
 }
 
-fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError> {
+pub(crate) fn check_scope(caller: &auth::Caller, method: &MethodDef) -> Result<(), ApiError> {
     match method.scope {
         Some(scope) if !caller.has_scope(scope) => Err(caller.insufficient_scope()),
         _ => Ok(()),
@@ -509,6 +510,19 @@ pub(crate) async fn invoke(
     start: Start,
 ) -> Result<(Output, Timing), ApiError> {
     check_scope(caller, method)?;
+    run_in_scope(app, caller, portal, method, params, start).await
+}
+
+/// [`invoke`] once the caller's scope was checked (a call and a batch command check it before their fault
+/// rules): the operating-time limit, the method itself.
+pub(crate) async fn run_in_scope(
+    app: &AppState,
+    caller: &auth::Caller,
+    portal: &Arc<PortalSettings>,
+    method: &MethodDef,
+    params: &Params,
+    start: Start,
+) -> Result<(Output, Timing), ApiError> {
     let Kind::Method(handler) = method.kind else {
         return Err(Code::BatchMethodNotAllowed.into());
     };

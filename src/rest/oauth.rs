@@ -6,25 +6,17 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
-use rand::RngCore;
 use serde_json::{Value, json};
 
 use super::envelope::{Format, render};
 use super::error::{ApiError, Code, Variant};
 use super::params;
-use crate::app::AppState;
-use crate::secrets::sha256_hex;
+use crate::secrets::{new_secret, sha256_hex};
+use crate::server_state::AppState;
 use crate::store::{AppRecord, TokenRecord};
 
 /// Refresh tokens live 180 days.
 pub const REFRESH_TOKEN_TTL_MS: i64 = 180 * 24 * 3600 * 1000;
-
-/// A new random secret: 32 bytes as hex.
-pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
 
 pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let result = grant(&app, request).await;

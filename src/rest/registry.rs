@@ -1,7 +1,11 @@
-//! The method registry: every vendor method crmchat serves, with its scope and handler.
+//! The method registry: every vendor method crmchat serves, with its scope and handler; and the global methods
+//! that describe this table to a caller (`scope`, `methods`, `method.get`).
+
+use serde_json::{Value, json};
 
 use super::introspection;
-use crate::methods::{Handler, crm_chat, event, event_offline, im_chat, message};
+use crate::methods::args::is_empty;
+use crate::methods::{CallContext, Handler, MethodResult, Params, crm_chat, event, event_offline, im_chat, message};
 
 pub enum Kind {
     Method(Handler),
@@ -25,9 +29,9 @@ macro_rules! method {
 
 pub static METHODS: &[MethodDef] = &[
     MethodDef { name: "batch", scope: None, kind: Kind::Batch },
-    method!("scope", None, introspection::scope),
-    method!("methods", None, introspection::methods),
-    method!("method.get", None, introspection::method_get),
+    method!("scope", None, scope),
+    method!("methods", None, methods),
+    method!("method.get", None, method_get),
     method!("server.time", None, introspection::server_time),
     method!("profile", None, introspection::profile),
     method!("app.info", None, introspection::app_info),
@@ -63,6 +67,39 @@ pub fn all_scopes() -> Vec<&'static str> {
     scopes.sort_unstable();
     scopes.dedup();
     scopes
+}
+
+/// PHP truthiness of a flag such as `full=true`.
+fn flag(params: &Params, name: &str) -> bool {
+    !is_empty(params.get(name))
+}
+
+pub async fn scope(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
+    if flag(params, "full") {
+        return Ok(json!(all_scopes()).into());
+    }
+    Ok(json!(ctx.scopes).into())
+}
+
+pub async fn methods(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
+    let names: Vec<&str> = if flag(params, "full") {
+        METHODS.iter().map(|m| m.name).collect()
+    } else if let Some(Value::String(scope)) = params.get("scope") {
+        METHODS.iter().filter(|m| m.scope == Some(scope.as_str())).map(|m| m.name).collect()
+    } else {
+        METHODS.iter().filter(|m| m.scope.is_none_or(|s| ctx.scopes.iter().any(|g| g == s))).map(|m| m.name).collect()
+    };
+    Ok(json!(names).into())
+}
+
+pub async fn method_get(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
+    let name = match params.get("name") {
+        Some(Value::String(s)) => s.to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    let method = find(&name);
+    let available = method.is_some_and(|m| m.scope.is_none_or(|s| ctx.scopes.iter().any(|g| g == s)));
+    Ok(json!({"isExisting": method.is_some(), "isAvailable": available}).into())
 }
 
 #[cfg(test)]

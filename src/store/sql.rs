@@ -549,7 +549,7 @@ macro_rules! shared_sql {
                 }
 
                 async fn chat(&self, id: i64) -> StoreResult<Option<Chat>> {
-                    let row = sqlx::query("SELECT id, line_id, connector_id, author_id FROM chats WHERE id = $1")
+                    let row = sqlx::query("SELECT id, line_id, connector_id FROM chats WHERE id = $1")
                         .bind(id)
                         .fetch_optional(self.reader())
                         .await?;

@@ -9,21 +9,12 @@ const GET: &str = "imopenlines.crm.chat.get";
 
 const NO_ACCESS: (&str, &str) = ("ACCESS_DENIED", "Access denied! You dont have access to this action");
 
-fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
-    assert_error(resp, status, code, description);
-}
-
 fn record(entity_type: Value, entity: Value) -> Value {
     json!({"CRM_ENTITY_TYPE": entity_type, "CRM_ENTITY": entity})
 }
 
 fn deal() -> Value {
     record(json!("deal"), json!(288))
-}
-
-fn with(mut params: Value, key: &str, value: Value) -> Value {
-    params[key] = value;
-    params
 }
 
 fn item(chat_id: &str, connector_id: &str, connector_title: &str) -> Value {

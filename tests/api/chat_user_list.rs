@@ -10,10 +10,6 @@ const LIST: &str = "im.chat.user.list";
 const EMPTY: (&str, &str) = ("CHAT_ID_EMPTY", "Chat ID can't be empty");
 const NOT_FOUND: (&str, &str) = ("CHAT_NOT_FOUND", "Chat not found");
 
-fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
-    assert_error(resp, status, code, description);
-}
-
 fn assert_members(resp: &Resp, members: &[i64]) {
     assert_success(resp, json!(members));
     assert!(resp.body["result"].as_array().unwrap().iter().all(Value::is_i64), "integer ids: {}", resp.text);

@@ -6,14 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::Request;
-use crmchat::app::{AppState, router};
+use crmchat::app::router;
 use crmchat::clock::SystemClock;
 use crmchat::config::Settings;
-use crmchat::store::{AuthCode, DynStore};
+use crmchat::server_state::AppState;
+use crmchat::store::DynStore;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use crate::helpers::DEMO_HOOK;
+use crate::helpers::{DEMO_HOOK, demo_code_grant, demo_store, send_in_process};
 
 struct InProcess {
     app: axum::Router,
@@ -23,19 +23,14 @@ struct InProcess {
 }
 
 async fn in_process() -> InProcess {
-    let dir = tempfile::Builder::new().prefix("crmchat-clock-").tempdir().unwrap();
-    let store = crmchat::store::open(&format!("sqlite://{}/crmchat.db", dir.path().display())).await.unwrap();
-    store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo portal");
+    let (dir, store) = demo_store("crmchat-clock-").await;
     let state = Arc::new(AppState::new(store.clone(), Settings::default(), Arc::new(SystemClock)));
     InProcess { app: router(state.clone()), state, store, _dir: dir }
 }
 
 impl InProcess {
     async fn send(&self, request: Request<Body>) -> (u16, Value) {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
+        send_in_process(&self.app, request).await
     }
 
     async fn call(&self, path: &str, params: Value) -> (u16, Value) {
@@ -78,14 +73,7 @@ async fn clock_expires_tokens_and_drains_the_bucket() {
     // A token issued through the real token endpoint lives one hour on the portal clock.
     let code = "clocktestauthcode0123456789";
     let expires_ms = s.state.clock.unix_ms() + 30_000;
-    let grant = AuthCode { client_id: "local.demo.app".into(), user_id: 1, expires_ms };
-    s.store.add_auth_code(&crmchat::secrets::sha256_hex(code), &grant).await.unwrap();
-    let body = format!("grant_type=authorization_code&client_id=local.demo.app&client_secret=demo-secret&code={code}");
-    let request = Request::post("/oauth/token/")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(body))
-        .unwrap();
-    let (status, token) = s.send(request).await;
+    let (status, token) = s.send(demo_code_grant(&s.store, code, expires_ms).await).await;
     assert_eq!(status, 200, "{token}");
     let expires = token["expires"].as_i64().unwrap();
     assert!((expires as f64 - (real_now() + 3600.0)).abs() < 5.0, "{token}");

@@ -10,10 +10,6 @@ const LAST_ID: &str = "imopenlines.crm.chat.getLastId";
 const EMPTY_CRM: (&str, &str) = ("CRM_CHAT_EMPTY_CRM_DATA", "Empty CRM data");
 const NOT_FOUND: (&str, &str) = ("CRM_CHAT_EMPTY_CRM_DATA", "Could not find CRM entity");
 
-fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
-    assert_error(resp, status, code, description);
-}
-
 fn assert_last(resp: &Resp, chat_id: i64) {
     assert_success(resp, json!(chat_id));
     assert!(resp.body["result"].is_i64(), "the chat id is a JSON integer: {}", resp.text);

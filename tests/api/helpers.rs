@@ -722,6 +722,23 @@ pub fn add_webhook_with_scopes(fixture: &mut Value, user: i64, code: &str, scope
     hook(user, code)
 }
 
+/// The vendor's error `(code, description)` with `status`, exactly (see [`assert_error`]).
+pub fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
+    assert_error(resp, status, code, description);
+}
+
+/// `params` with `key` set to `value` (`Value::Null` for "absent" is spelled with [`without`]).
+pub fn with(mut params: Value, key: &str, value: Value) -> Value {
+    params[key] = value;
+    params
+}
+
+/// `params` without `key`.
+pub fn without(mut params: Value, key: &str) -> Value {
+    params.as_object_mut().unwrap().remove(key);
+    params
+}
+
 // ---- added for the OAuth, credentials, limits and hostile-input tests ----
 
 /// Like [`spawn_app_with`], with extra `serve` flags (`--access-token-ttl 1`). A later `restart()` starts the
@@ -1057,4 +1074,41 @@ pub async fn count_rows(data_dir: &Path, table: &str) -> i64 {
         let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("opening the SQLite database");
         sqlx::query_scalar(&sql).fetch_one(&mut conn).await.expect(&sql)
     }
+}
+
+// ---- in-process: the router driven without a server process ----
+
+/// A store holding the demo portal, in a SQLite database of a new temporary directory named `prefix…`.
+pub async fn demo_store(prefix: &str) -> (TempDir, crmchat::store::DynStore) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let store = crmchat::store::open(&format!("sqlite://{}/crmchat.db", dir.path().display())).await.unwrap();
+    store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo portal");
+    (dir, store)
+}
+
+/// One request through `router`: the answer's status and JSON body.
+pub async fn send_in_process(router: &axum::Router, request: axum::http::Request<axum::body::Body>) -> (u16, Value) {
+    use tower::ServiceExt;
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("a JSON answer ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, body)
+}
+
+/// Stores the authorization code `code` of the demo application for user 1, valid until `expires_ms`, and returns
+/// the request that trades it for a token at the real token endpoint.
+pub async fn demo_code_grant(
+    store: &crmchat::store::DynStore,
+    code: &str,
+    expires_ms: i64,
+) -> axum::http::Request<axum::body::Body> {
+    let grant = crmchat::store::AuthCode { client_id: "local.demo.app".into(), user_id: 1, expires_ms };
+    store.add_auth_code(&crmchat::secrets::sha256_hex(code), &grant).await.unwrap();
+    let body = format!("grant_type=authorization_code&client_id=local.demo.app&client_secret=demo-secret&code={code}");
+    axum::http::Request::post("/oauth/token/")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .unwrap()
 }

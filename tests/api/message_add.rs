@@ -12,23 +12,9 @@ const USER_NO_ACCESS: (&str, &str) = ("ACCESS_DENIED", "Access denied! User dont
 const NOT_IN_CRM: (&str, &str) = ("CHAT_NOT_IN_CRM", "Chat does not belong to the CRM entity being checked");
 const NOT_ADDED: (&str, &str) = ("MESSAGE_ADD_ERROR", "Message isn't added");
 
-fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
-    assert_error(resp, status, code, description);
-}
-
 /// A message from `user` into deal 288's chat 8773.
 fn message(user: Value) -> Value {
     json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": user, "CHAT_ID": 8773, "MESSAGE": "Hello"})
-}
-
-fn with(mut params: Value, key: &str, value: Value) -> Value {
-    params[key] = value;
-    params
-}
-
-fn without(mut params: Value, key: &str) -> Value {
-    params.as_object_mut().unwrap().remove(key);
-    params
 }
 
 const EMPTIES: [&str; 7] = ["null", "\"\"", "\"0\"", "0", "false", "[]", "{}"];

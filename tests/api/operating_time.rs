@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::Request;
-use crmchat::app::{AppState, LIMITER_MAX_KEYS, router};
+use crmchat::app::router;
 use crmchat::config::Settings;
 use crmchat::rest::limits::{ManualClock, OperatingTime};
-use crmchat::store::{AuthCode, DynStore};
+use crmchat::server_state::{AppState, LIMITER_MAX_KEYS};
+use crmchat::store::DynStore;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use crate::helpers::DEMO_HOOK;
+use crate::helpers::{DEMO_HOOK, demo_code_grant, demo_store, send_in_process};
 
 const GET_LAST_ID: &str = "imopenlines.crm.chat.getlastid";
 const OPERATOR_HOOK: &str = "/rest/12/operatorhookcode12/";
@@ -36,9 +36,7 @@ struct InProcess {
 }
 
 async fn in_process() -> InProcess {
-    let dir = tempfile::Builder::new().prefix("crmchat-optime-").tempdir().unwrap();
-    let store = crmchat::store::open(&format!("sqlite://{}/crmchat.db", dir.path().display())).await.unwrap();
-    store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo portal");
+    let (dir, store) = demo_store("crmchat-optime-").await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let t0 = now - now % 60;
     let clock = Arc::new(ManualClock::at_unix(t0 + 5));
@@ -72,11 +70,7 @@ struct Answer {
 
 impl InProcess {
     async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("a JSON answer ({e}): {}", String::from_utf8_lossy(&bytes)));
+        let (status, body) = send_in_process(&self.app, request).await;
         Answer { status, body }
     }
 
@@ -258,14 +252,7 @@ async fn keys_are_per_auth_type_credential_and_method() {
     // An OAuth token for user 1 of the demo application, issued through the real token endpoint.
     let code = "inprocessauthcode0123456789";
     let expires_ms = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64) + 30_000;
-    let grant = AuthCode { client_id: "local.demo.app".into(), user_id: 1, expires_ms };
-    s.store.add_auth_code(&crmchat::secrets::sha256_hex(code), &grant).await.unwrap();
-    let body = format!("grant_type=authorization_code&client_id=local.demo.app&client_secret=demo-secret&code={code}");
-    let request = Request::post("/oauth/token/")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(body))
-        .unwrap();
-    let answer = s.send(request).await;
+    let answer = s.send(demo_code_grant(&s.store, code, expires_ms).await).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let token = answer.body["access_token"].as_str().unwrap().to_string();
     let oauth_last_id = || {

@@ -24,10 +24,6 @@ const TARGET_NO_HISTORY: (&str, &str) = (
 /// Row 10's argument, built by the reference from the text "Empty USER_ID".
 const EMPTY_USER_ARG: &str = "Empty USER_ID";
 
-fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
-    assert_error(resp, status, code, description);
-}
-
 /// A success: the chat id as a JSON integer.
 fn assert_added(resp: &Resp, chat_id: i64) {
     assert_success(resp, json!(chat_id));
@@ -37,16 +33,6 @@ fn assert_added(resp: &Resp, chat_id: i64) {
 /// Deal 288 (active chat 8773) with `user`.
 fn deal(user: Value) -> Value {
     json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": user})
-}
-
-fn with(mut params: Value, key: &str, value: Value) -> Value {
-    params[key] = value;
-    params
-}
-
-fn without(mut params: Value, key: &str) -> Value {
-    params.as_object_mut().unwrap().remove(key);
-    params
 }
 
 const OTTO: i64 = 40; // reads every record, views the history of every line: a valid target.

@@ -15,24 +15,9 @@ const NO_LINE_PERM: (&str, &str) =
 const NOT_ACTIVE: (&str, &str) = ("CRM_CHAT_USER_NOT_ACTIVE", "User not active");
 const NOT_MEMBER: (&str, &str) = ("USER_NOT_FOUND", "The specified user is not in chat.");
 
-fn expect(resp: &Resp, status: u16, (code, description): (&str, &str)) {
-    assert_error(resp, status, code, description);
-}
-
 /// Deal 288 (chat 8773) with `user`.
 fn deal(user: Value) -> Value {
     json!({"CRM_ENTITY_TYPE": "deal", "CRM_ENTITY": 288, "USER_ID": user})
-}
-
-/// `params` with `key` set to `value` (`Value::Null` for "absent" is spelled with `without`).
-fn with(mut params: Value, key: &str, value: Value) -> Value {
-    params[key] = value;
-    params
-}
-
-fn without(mut params: Value, key: &str) -> Value {
-    params.as_object_mut().unwrap().remove(key);
-    params
 }
 
 #[tokio::test]
