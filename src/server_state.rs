@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, PortalClock};
 use crate::config::{ControlToken, Settings};
-use crate::fixtures::PortalState;
 use crate::journal::Journal;
 use crate::rest::body_budget::BodyBudget;
 use crate::rest::faults::Faults;
 use crate::rest::limits::{OperatingTime, OperatingTimeLimits, RequestLimiter, RequestLimits};
 use crate::rest::limits_redis::RedisLimits;
+use crate::state::PortalState;
 use crate::store::DynStore;
 
 pub struct AppState {

@@ -93,7 +93,7 @@ impl BatchHarness {
                 .await
                 .expect("opening the store");
             if !store.is_initialized().await.expect("reading the store") {
-                store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo");
+                store.load_state(crmchat::state::demo::demo_state(), true, 0).await.expect("loading the demo");
             }
             let portal = store.portal().await.expect("the portal");
             let user = store.user(1).await.expect("reading user 1").expect("user 1 exists");

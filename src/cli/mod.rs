@@ -22,8 +22,8 @@ pub fn parse() -> Parsed {
 
 use crate::app::{self, Bound};
 use crate::config::{ServeArgs, Settings, StorageArgs};
-use crate::fixtures::{self, demo};
 use crate::server_state::AppState;
+use crate::state::{self, demo};
 use crate::store::{self, LoadError};
 
 #[derive(Debug, Parser)]
@@ -241,7 +241,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn load_file(store: &store::DynStore, file: &std::path::Path) -> anyhow::Result<()> {
     let document =
-        fixtures::read_document(file).map_err(|e| anyhow::anyhow!("{}: invalid portal state:\n{e}", file.display()))?;
+        state::read_document(file).map_err(|e| anyhow::anyhow!("{}: invalid portal state:\n{e}", file.display()))?;
     match store.load_state(document.state, document.has_portal, real_time_ms()).await {
         Ok(()) => Ok(()),
         Err(LoadError::Invalid(errors)) => {
@@ -303,7 +303,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Only the portal's settings are loaded: every other row stays as it is.
         let mut portal = store.export_structure().await?.portal;
         portal.plan = plan.clone();
-        let state = fixtures::PortalState { portal, ..Default::default() };
+        let state = state::PortalState { portal, ..Default::default() };
         store
             .load_state(state, true, real_time_ms())
             .await

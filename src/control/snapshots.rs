@@ -19,8 +19,8 @@ use serde_json::json;
 
 use super::state::{export_text, replace_with};
 use super::{ControlError, Json};
-use crate::fixtures::{self, Format};
 use crate::server_state::AppState;
+use crate::state::{self, Format};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -114,8 +114,8 @@ async fn restore(State(app): State<Arc<AppState>>, UrlPath(name): UrlPath<String
         Err(err) => return Err(io_error("reading the snapshot", err)),
     };
     // A snapshot edited by hand is checked like any state document.
-    let document = fixtures::parse_document(&text, Format::Json).map_err(|e| ControlError::invalid_state(e.0))?;
-    let state = fixtures::validate(document.state).map_err(|e| ControlError::invalid_state(e.0))?;
+    let document = state::parse_document(&text, Format::Json).map_err(|e| ControlError::invalid_state(e.0))?;
+    let state = state::validate(document.state).map_err(|e| ControlError::invalid_state(e.0))?;
     replace_with(&app, &state, false).await?;
     Ok(Json(json!({"ok": true, "took_ms": started.elapsed().as_millis() as u64})).into_response())
 }

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ControlError, Json, json_text};
-use crate::fixtures::{self, Document, Format, PortalState};
 use crate::server_state::AppState;
+use crate::state::{self, Document, Format, PortalState};
 use crate::store::LoadError;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -63,7 +63,7 @@ fn document(headers: &HeaderMap, body: &Bytes) -> Result<Document, ControlError>
     };
     let text = std::str::from_utf8(body)
         .map_err(|_| ControlError::invalid_state(vec!["the document is not UTF-8 text".into()]))?;
-    fixtures::parse_document(text, format).map_err(|e| ControlError::invalid_state(e.0))
+    state::parse_document(text, format).map_err(|e| ControlError::invalid_state(e.0))
 }
 
 /// `POST /state`: upsert a document into the portal, like `crmchat state load`.
@@ -84,7 +84,7 @@ async fn load(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes)
 async fn replace(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ControlError> {
     let started = Instant::now();
     let document = document(&headers, &body)?;
-    let state = fixtures::validate(document.state).map_err(|e| ControlError::invalid_state(e.0))?;
+    let state = state::validate(document.state).map_err(|e| ControlError::invalid_state(e.0))?;
     replace_with(&app, &state, false).await?;
     Ok(done(started))
 }

@@ -14,9 +14,9 @@ use super::session::Flash;
 use super::{BASE, Login, Nav, error_page, layout};
 use crate::domain::rules::{chat_belongs_to_record, last_chat};
 use crate::domain::{CrmEntityType, User};
-use crate::fixtures::demo::{DEMO_WEBHOOK_CODE, DEMO_WEBHOOK_USER};
 use crate::rest::limits::Plan;
 use crate::server_state::AppState;
+use crate::state::demo::{DEMO_WEBHOOK_CODE, DEMO_WEBHOOK_USER};
 use crate::store::{StoreError, WebhookInfo, ms_to_rfc3339};
 
 /// Members shown per page of a chat: a chat of 10,000 members opens as fast as one of 100.
@@ -617,10 +617,10 @@ pub async fn chat(
     Ok(layout(&heading, Nav::Records, &login, content).into_response())
 }
 
-fn status_name(status: &crate::fixtures::StatusDef) -> String {
+fn status_name(status: &crate::state::StatusDef) -> String {
     match status {
-        crate::fixtures::StatusDef::Name(name) => name.clone(),
-        crate::fixtures::StatusDef::Code(code) => code.to_string(),
+        crate::state::StatusDef::Name(name) => name.clone(),
+        crate::state::StatusDef::Code(code) => code.to_string(),
     }
 }
 

@@ -22,7 +22,7 @@ use super::{
 use crate::domain::{
     Chat, CrmEntityType, CrmRecord, Line, LineLevel, PortalSettings, ReadLevel, SessionLink, User, UserKind,
 };
-use crate::fixtures::PortalState;
+use crate::state::PortalState;
 
 /// The read model's maps: keyed by ids and hashes from the database, not by what clients send, so they need no
 /// SipHash against flooding; a lookup is a fraction of its cost.
@@ -116,7 +116,7 @@ fn structure_of(state: &PortalState) -> PortalState {
     let chats = state
         .chats
         .iter()
-        .map(|c| crate::fixtures::ChatDef {
+        .map(|c| crate::state::ChatDef {
             id: c.id,
             line: c.line,
             connector: c.connector.clone(),
@@ -186,7 +186,7 @@ fn build(state: PortalState, revision: i64) -> StoreResult<Snapshot> {
     for chat in state.chats {
         let (title, active) = connectors.get(&(chat.line, chat.connector.clone())).cloned().unwrap_or_default();
         for session in &chat.sessions {
-            let status = crate::fixtures::validate::session_status(&session.status)
+            let status = crate::state::validate::session_status(&session.status)
                 .ok_or_else(|| corrupt(format!("session {} status", session.id)))?;
             let modified = super::rfc3339_to_ms(&session.modified)?;
             for r in &session.crm {

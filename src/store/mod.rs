@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::{Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, User};
-use crate::fixtures::{FixtureErrors, PortalState};
+use crate::state::{FixtureErrors, PortalState};
 
 /// Why the store failed, in words an operator can act on: a full disk is not a corrupt database.
 #[derive(Debug, thiserror::Error)]
@@ -183,9 +183,9 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatDetail {
     pub author: Option<i64>,
-    pub sessions: Vec<crate::fixtures::SessionDef>,
+    pub sessions: Vec<crate::state::SessionDef>,
     /// The last messages asked for, oldest first.
-    pub messages: Vec<crate::fixtures::MessageDef>,
+    pub messages: Vec<crate::state::MessageDef>,
     pub message_count: i64,
 }
 
@@ -454,7 +454,7 @@ pub trait Store: Send + Sync + 'static {
     /// nothing. New memberships and webhooks are stamped `now_ms` (the portal clock of the loading server).
     async fn load_state(&self, incoming: PortalState, has_portal: bool, now_ms: i64) -> Result<(), LoadError>;
     /// Make the stored portal exactly `state`, which must be validated (an export, or the output of
-    /// `fixtures::validate`): everything not in it is gone, issued OAuth codes and tokens included. One
+    /// `state::validate`): everything not in it is gone, issued OAuth codes and tokens included. One
     /// transaction; `clear_history` also empties the notifications and the outbox (a reset).
     async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()>;
     /// Row counts of the portal (the inspector's overview).

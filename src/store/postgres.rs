@@ -22,7 +22,7 @@ use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
 use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult, offline};
 use crate::domain::{CrmEntityType, rules};
-use crate::fixtures::PortalState;
+use crate::state::PortalState;
 
 pub struct PgStore {
     pool: PgPool,

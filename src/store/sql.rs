@@ -14,7 +14,7 @@ use sqlx::{Database, Pool, Transaction};
 
 use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::domain::{LineLevel, PortalSettings, ReadLevel};
-use crate::fixtures::{self, PortalState};
+use crate::state::{self, PortalState};
 
 /// What a backend provides; [`shared_sql!`] builds the rest of [`super::Store`] on it.
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -135,8 +135,8 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-impl From<&fixtures::PortalSettings> for PortalSettings {
-    fn from(p: &fixtures::PortalSettings) -> Self {
+impl From<&state::PortalSettings> for PortalSettings {
+    fn from(p: &state::PortalSettings) -> Self {
         PortalSettings {
             domain: p.domain.clone(),
             language: p.language.clone(),
@@ -443,7 +443,7 @@ macro_rules! shared_sql {
             use $crate::domain::{
                 Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
             };
-            use $crate::fixtures::{self, PortalState};
+            use $crate::state::{self, PortalState};
             use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DeliveryState, EventBinding, EventLogFilter, ExportDetail, LoadError, LoggedAttempt, LoggedDelivery, LoggedEvent, PendingDelivery, PendingStats, Store, StoreError, StoreResult, TokenRecord,
@@ -464,7 +464,7 @@ macro_rules! shared_sql {
                     .fetch_optional(self.reader())
                     .await?;
                     let Some(row) = row else {
-                        return Ok(PortalSettings::from(&fixtures::PortalSettings::default()).into());
+                        return Ok(PortalSettings::from(&state::PortalSettings::default()).into());
                     };
                     Ok(std::sync::Arc::new(PortalSettings {
                         domain: row.get("domain"),
@@ -658,7 +658,7 @@ macro_rules! shared_sql {
                 }
 
                 async fn chat_detail(&self, chat_id: i64, last_messages: i64) -> StoreResult<Option<ChatDetail>> {
-                    use $crate::fixtures::{CrmRefDef, MessageDef, SessionDef, StatusDef};
+                    use $crate::state::{CrmRefDef, MessageDef, SessionDef, StatusDef};
                     let Some(row) = sqlx::query("SELECT author_id FROM chats WHERE id = $1")
                         .bind(chat_id)
                         .fetch_optional(self.reader())
@@ -770,7 +770,7 @@ macro_rules! shared_sql {
 
                 async fn add_outgoing_webhook(&self, webhook: &OutgoingWebhook) -> StoreResult<i64> {
                     let mut tx = self.begin_write().await?;
-                    let def = fixtures::OutgoingWebhookDef {
+                    let def = state::OutgoingWebhookDef {
                         id: None,
                         handler: webhook.handler.clone(),
                         events: webhook.events.clone(),
@@ -1285,17 +1285,17 @@ macro_rules! shared_sql {
             /// The whole portal as a state file. Consistent only inside a snapshot or with writers shut out.
             pub(crate) async fn export(conn: &mut Connection, detail: ExportDetail) -> StoreResult<PortalState> {
                 use futures::TryStreamExt as _;
-                use $crate::fixtures::*;
+                use $crate::state::*;
                 let mut state = PortalState::default();
                 if let Some(r) = sqlx::query("SELECT * FROM portal WHERE id = 1").fetch_optional(&mut *conn).await? {
-                    state.portal = fixtures::PortalSettings {
+                    state.portal = state::PortalSettings {
                         domain: r.get("domain"),
                         language: r.get("language"),
                         modules: split_list(r.get("modules")),
                         plan: r.get("plan"),
                         strict_line_permissions: r.get("strict_line_permissions"),
                         require_https: r.get("require_https"),
-                        events: fixtures::EventSettingsDef { retries: r.get("event_retries") },
+                        events: state::EventSettingsDef { retries: r.get("event_retries") },
                     };
                 }
                 for r in sqlx::query("SELECT * FROM users ORDER BY id").fetch_all(&mut *conn).await? {
@@ -1461,7 +1461,7 @@ macro_rules! shared_sql {
                 state.outgoing_webhooks = read_outgoing_webhooks(&mut *conn)
                     .await?
                     .into_iter()
-                    .map(|w| fixtures::OutgoingWebhookDef {
+                    .map(|w| state::OutgoingWebhookDef {
                         id: Some(w.id),
                         handler: w.handler,
                         events: w.events,
@@ -1474,32 +1474,32 @@ macro_rules! shared_sql {
             /// A load in the caller's write transaction: the stored rows the file touches are read, merged with
             /// it and validated; the file's rows are written. Counted in the load metrics (rows read, written).
             pub(crate) async fn load(tx: &mut Tx, incoming: PortalState, has_portal: bool, now: i64) -> Result<(), LoadError> {
-                let keys = fixtures::LoadKeys::of(&incoming);
+                let keys = state::LoadKeys::of(&incoming);
                 let (scope, rows_read) = load_scope(tx, &keys).await?;
-                let rows = fixtures::merge_for_load(scope, incoming, has_portal).map_err(LoadError::Invalid)?;
+                let rows = state::merge_for_load(scope, incoming, has_portal).map_err(LoadError::Invalid)?;
                 write_state(tx, &rows, now).await?;
                 $crate::telemetry::state_loaded(rows_read, rows.row_count());
                 Ok(())
             }
 
-            /// The part of the stored state a load of a file must see ([`fixtures::LoadKeys`]), read with one
+            /// The part of the stored state a load of a file must see ([`state::LoadKeys`]), read with one
             /// point query per key, and how many rows that read. Only what merging and validating use is
             /// filled in: a stored row in the scope is neither checked again nor written back (see
-            /// [`fixtures::merge_for_load`]), so the users, records and sessions stand in by their keys.
-            pub(crate) async fn load_scope(conn: &mut Connection, keys: &fixtures::LoadKeys) -> StoreResult<(PortalState, u64)> {
-                use $crate::fixtures::*;
+            /// [`state::merge_for_load`]), so the users, records and sessions stand in by their keys.
+            pub(crate) async fn load_scope(conn: &mut Connection, keys: &state::LoadKeys) -> StoreResult<(PortalState, u64)> {
+                use $crate::state::*;
                 let mut rows_read = 0u64;
                 let mut scope = PortalState::default();
                 if let Some(r) = sqlx::query("SELECT * FROM portal WHERE id = 1").fetch_optional(&mut *conn).await? {
                     rows_read += 1;
-                    scope.portal = fixtures::PortalSettings {
+                    scope.portal = state::PortalSettings {
                         domain: r.get("domain"),
                         language: r.get("language"),
                         modules: split_list(r.get("modules")),
                         plan: r.get("plan"),
                         strict_line_permissions: r.get("strict_line_permissions"),
                         require_https: r.get("require_https"),
-                        events: fixtures::EventSettingsDef { retries: r.get("event_retries") },
+                        events: state::EventSettingsDef { retries: r.get("event_retries") },
                     };
                 }
                 let stand_in = |id: i64| UserDef {
@@ -1625,7 +1625,7 @@ macro_rules! shared_sql {
                 Ok(())
             }
 
-            /// Write the rows of a load ([`fixtures::merge_for_load`]): each is upserted (never deleted, which
+            /// Write the rows of a load ([`state::merge_for_load`]): each is upserted (never deleted, which
             /// would cascade to issued tokens) and the lists inside it (members, sessions, queue, …) replaced;
             /// stored rows the load does not bring stay untouched. Notifications and the outbox are history,
             /// not state, and stay. New memberships and webhooks are stamped `now`, the loader's clock.
@@ -1767,7 +1767,7 @@ macro_rules! shared_sql {
                         .await?;
                     }
                     for s in &c.sessions {
-                        let status = $crate::fixtures::validate::session_status(&s.status).ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
+                        let status = $crate::state::validate::session_status(&s.status).ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
                         sqlx::query("INSERT INTO sessions (id, chat_id, status, modified_ms) VALUES ($1, $2, $3, $4)")
                             .bind(s.id)
                             .bind(c.id)
@@ -1890,7 +1890,7 @@ macro_rules! shared_sql {
             }
 
             /// Its id.
-            async fn upsert_outgoing_webhook(tx: &mut Tx, w: &fixtures::OutgoingWebhookDef, now: i64) -> StoreResult<i64> {
+            async fn upsert_outgoing_webhook(tx: &mut Tx, w: &state::OutgoingWebhookDef, now: i64) -> StoreResult<i64> {
                 let id: i64 = match w.id {
                     Some(id) => {
                         sqlx::query(
@@ -1934,7 +1934,7 @@ macro_rules! shared_sql {
 
             /// One binding of a loaded application. A binding id held by another application moves to this
             /// one: the file says whose it is.
-            async fn insert_binding(tx: &mut Tx, client_id: &str, b: &fixtures::BindingDef, now: i64) -> StoreResult<()> {
+            async fn insert_binding(tx: &mut Tx, client_id: &str, b: &state::BindingDef, now: i64) -> StoreResult<()> {
                 let handler = if b.offline { "" } else { b.handler.as_str() };
                 let query = match b.id {
                     Some(id) => sqlx::query(
@@ -2079,7 +2079,7 @@ macro_rules! shared_sql {
                 v.clear();
                 for c in &state.chats {
                     for s in &c.sessions {
-                        let status = $crate::fixtures::validate::session_status(&s.status)
+                        let status = $crate::state::validate::session_status(&s.status)
                             .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
                         v.extend([Val::Int(s.id), Val::Int(c.id), Val::Int(status.0), Val::Int(rfc3339_to_ms(&s.modified)?)]);
                     }

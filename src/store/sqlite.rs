@@ -13,7 +13,7 @@ use sqlx::{Sqlite, Transaction};
 use super::sql::{Backend, Col, shared_sql};
 use super::sqlite_writer::GroupWriter;
 use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
-use crate::fixtures::PortalState;
+use crate::state::PortalState;
 
 pub struct SqliteStore {
     readers: SqlitePool,

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use super::{Change, ChangeOutcome, DynStore};
 use crate::domain::CrmEntityType;
-use crate::fixtures::{self, ChatDef, PortalState, UserDef};
+use crate::state::{self, ChatDef, PortalState, UserDef};
 
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Chats 9000.. of the test portal: members 12 (employee, the author), 20 (bot) and 30 (connector).
@@ -118,7 +118,7 @@ impl Drop for TestDb {
 
 /// The demo portal and `chats` more chats.
 fn portal(chats: i64) -> PortalState {
-    let mut state = fixtures::demo::demo_state();
+    let mut state = state::demo::demo_state();
     for id in FIRST_CHAT..FIRST_CHAT + chats {
         state.chats.push(ChatDef {
             id,

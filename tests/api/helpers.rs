@@ -45,7 +45,7 @@ const SCRUBBED_ENV: &[&str] = &[
 
 /// The demo portal of `crmchat serve --demo`, as a state file to change per test.
 pub fn demo_fixture() -> Value {
-    serde_json::from_str(crmchat::fixtures::demo::DEMO_JSON).expect("the demo fixture is JSON")
+    serde_json::from_str(crmchat::state::demo::DEMO_JSON).expect("the demo fixture is JSON")
 }
 
 /// The demo fixture changed by `f`.
@@ -1082,7 +1082,7 @@ pub async fn count_rows(data_dir: &Path, table: &str) -> i64 {
 pub async fn demo_store(prefix: &str) -> (TempDir, crmchat::store::DynStore) {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let store = crmchat::store::open(&format!("sqlite://{}/crmchat.db", dir.path().display())).await.unwrap();
-    store.load_state(crmchat::fixtures::demo::demo_state(), true, 0).await.expect("loading the demo portal");
+    store.load_state(crmchat::state::demo::demo_state(), true, 0).await.expect("loading the demo portal");
     (dir, store)
 }
 

@@ -58,7 +58,7 @@ async fn export_shows_hashes_only() {
     assert!(!text.contains(DEMO_CODE) && !text.contains("operatorhookcode12") && !text.contains("demo-secret"));
     let hooks = export["webhooks"].as_array().unwrap();
     let demo = hooks.iter().find(|w| w["user"] == 1).unwrap();
-    assert_eq!(demo["code_sha256"], json!(crmchat::fixtures::validate::sha256_hex(DEMO_CODE)));
+    assert_eq!(demo["code_sha256"], json!(crmchat::state::validate::sha256_hex(DEMO_CODE)));
     assert!(hooks.iter().all(|w| w.get("code").is_none() && w["code_sha256"].as_str().is_some_and(|h| h.len() == 64)));
     let app_row = &export["apps"][0];
     assert!(app_row.get("client_secret").is_none() && app_row["secret_sha256"].is_string());
