@@ -15,10 +15,10 @@ use axum_server::Handle;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::error::Code;
 use crate::read_timeout::ReadTimeoutAcceptor;
 use crate::rest;
 use crate::rest::envelope::{Format, render_error};
-use crate::rest::error::Code;
 use crate::server_state::{AppState, Transport};
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connections;
 pub mod control;
 pub mod domain;
+pub mod error;
 pub mod events;
 pub mod inspector;
 pub mod journal;

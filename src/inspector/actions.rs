@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 use super::session::Flash;
 use super::{BASE, Login};
 use crate::clock::Start;
+use crate::error::{ApiError, Code};
 use crate::methods::Params;
 use crate::rest;
 use crate::rest::auth::{AuthKind, Caller};
 use crate::rest::envelope::success_body;
-use crate::rest::error::{ApiError, Code};
 use crate::server_state::AppState;
 
 #[derive(Deserialize)]

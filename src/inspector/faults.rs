@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::pages::flash_box;
 use super::session::Flash;
 use super::{BASE, Login, Nav, layout};
-use crate::rest::error::Code;
+use crate::error::Code;
 use crate::rest::faults::{CONNECTION_RESET, MAX_DELAY_MS, RuleSpec};
 use crate::server_state::AppState;
 use crate::store::ms_to_rfc3339;

@@ -187,7 +187,7 @@ pub async fn overview(
                 Some(plan) => {
                     p { "Each client address has a bucket of " (plan.burst) " requests that drains "
                         (plan.per_second) " a second; a request that finds it full is answered 503 "
-                        code { (crate::rest::error::Code::QueryLimitExceeded.as_str()) } "." }
+                        code { (crate::error::Code::QueryLimitExceeded.as_str()) } "." }
                     @if buckets.is_empty() {
                         p { "Every bucket is empty." }
                     } @else {

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BASE, Login, Nav, layout};
+use crate::error::Code;
 use crate::journal::{Cursor, Filter};
-use crate::rest::error::Code;
 use crate::server_state::AppState;
 
 /// Entries per page; also the most a live page keeps.

@@ -6,7 +6,7 @@ use super::args::{is_empty, php_numeric_int, strict_int};
 use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::{can_read_record, chat_belongs_to_record, last_chat, line_allows, record_chats};
 use crate::domain::{CrmEntityType, CrmRecord, SessionLink};
-use crate::rest::error::{ApiError, Code, Variant};
+use crate::error::{ApiError, Code, Variant};
 use crate::store::{Change, ChangeOutcome};
 
 /// `imopenlines.crm.chat.user.delete`: remove a user or bot from the chat of a CRM record.

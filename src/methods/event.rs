@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::args::{as_text, is_empty};
 use super::{CallContext, MethodResult, Params};
+use crate::error::{ApiError, Code, Variant};
 use crate::events::{self, EVENTS, HandlerUrlError};
-use crate::rest::error::{ApiError, Code, Variant};
 use crate::store::{BindingFilter, Change, EventBinding};
 
 /// The parameters by upper-cased name (PHP's `array_change_key_case`: of two spellings, the later wins).

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::args::as_text;
 use super::{CallContext, MethodResult, Output, Params};
-use crate::rest::error::{ApiError, Code};
+use crate::error::{ApiError, Code};
 use crate::store::offline::{self as queue, Condition, Field, Op, Owner, Query, Selection};
 
 /// Rows per `event.offline.get` batch by default, and per `event.offline.list` page.

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::args::{is_empty, strict_int};
 use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::can_read_record;
-use crate::rest::error::{ApiError, Code};
+use crate::error::{ApiError, Code};
 
 pub async fn user_list(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let value = params.get("CHAT_ID").or_else(|| params.get("chat_id"));

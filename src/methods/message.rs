@@ -6,7 +6,7 @@ use super::args::{as_text, is_empty, strict_int};
 use super::crm_chat::{crm_entity, ensure_chat_in_record, readable_record};
 use super::{CallContext, MethodResult, Params};
 use crate::domain::rules::can_read_record;
-use crate::rest::error::{ApiError, Code, Variant};
+use crate::error::{ApiError, Code, Variant};
 use crate::store::{Change, ChangeOutcome};
 
 pub async fn add(ctx: &CallContext<'_>, params: &Params) -> MethodResult {

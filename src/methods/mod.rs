@@ -13,7 +13,7 @@ use std::pin::Pin;
 use serde_json::{Map, Value};
 
 use crate::domain::{PortalSettings, User};
-use crate::rest::error::ApiError;
+use crate::error::ApiError;
 use crate::store::DynStore;
 
 pub type Params = Map<String, Value>;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use serde_json::Value;
 
-use super::error::{ApiError, Code, Variant};
 use crate::domain::User;
+use crate::error::{ApiError, Code, Variant};
 use crate::methods::Params;
 use crate::secrets::sha256_hex;
 use crate::store::{DynStore, TokenRecord};

@@ -7,11 +7,11 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Caller};
 use super::envelope::php_array;
-use super::error::{ApiError, Code};
 use super::registry::{self, Kind};
 use super::{AppState, Draft, params, run_in_scope};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
+use crate::error::{ApiError, Code};
 use crate::journal;
 use crate::methods::args::is_empty;
 use crate::methods::{Output, Params};

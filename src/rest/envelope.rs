@@ -6,7 +6,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
+use crate::error::ApiError;
 use crate::methods::Output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, Code, Variant};
+use crate::error::{ApiError, Code, Variant};
 
 /// The pseudo error code that closes the connection instead of answering.
 pub const CONNECTION_RESET: &str = "connection_reset";

@@ -4,7 +4,7 @@ pub mod auth;
 pub mod batch;
 pub mod body_budget;
 pub mod envelope;
-pub mod error;
+
 pub mod faults;
 pub mod introspection;
 pub mod limits;
@@ -24,11 +24,11 @@ use axum::response::Response;
 
 use self::body_budget::{BodyBudget, Share};
 use self::envelope::{Format, Timing, render_error, render_success};
-use self::error::{ApiError, Code, Variant};
 use self::limits::{OperatingStatus, Plan, WINDOW_SECS, operating_key, request_key};
 use self::registry::{Kind, MethodDef};
 use crate::clock::Start;
 use crate::domain::PortalSettings;
+use crate::error::{ApiError, Code, Variant};
 use crate::journal::{self, Auth, AuthType};
 use crate::log_throttle::LogThrottle;
 use crate::methods::{CallContext, Output, Params};

@@ -9,8 +9,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::envelope::{Format, render};
-use super::error::{ApiError, Code, Variant};
 use super::params;
+use crate::error::{ApiError, Code, Variant};
 use crate::secrets::{new_secret, sha256_hex};
 use crate::server_state::AppState;
 use crate::store::{AppRecord, TokenRecord};

@@ -369,6 +369,7 @@ mod tests {
     #[test]
     fn methods_and_protocol_use_the_catalogue() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let root_file = root.join("error.rs");
         let mut stack = vec![root];
         let mut checked = 0;
         while let Some(dir) = stack.pop() {
@@ -378,7 +379,7 @@ mod tests {
                     stack.push(path);
                     continue;
                 }
-                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("rest/error.rs") {
+                if path.extension().is_none_or(|e| e != "rs") || path == root_file {
                     continue;
                 }
                 let source = std::fs::read_to_string(&path).unwrap();
