@@ -2,7 +2,8 @@
 //!
 //! Generates a portal of N chats × M members, loads it with `crmchat state load`, measures a bare-axum baseline
 //! (this binary re-executed as `crmchat-bench baseline`), then crmchat on the `unlimited` plan under six
-//! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`.
+//! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`. With
+//! `--instructions`, counts instructions per request under callgrind instead (`instr`).
 
 mod events;
 mod instr;
