@@ -74,6 +74,9 @@ pub struct Spec {
     pub sched: LoadgenSched,
     /// For a `Delete` whose removals produce events: when each removal's 200 answer arrived, by list position.
     pub acks: Option<Arc<Acks>>,
+    /// At most this many requests over the whole run (warm-up included): the run ends, as if its work ran out,
+    /// once all are answered. `None`: as many as fit in the warm-up and the window.
+    pub requests: Option<u64>,
 }
 
 /// When the answer to each removal of a list arrived: nanoseconds after `epoch`, plus 1 (0: not answered).
@@ -163,6 +166,8 @@ struct Shared {
     errors: AtomicU64,
     first_errors: Mutex<Vec<String>>,
     ok_total: AtomicU64,
+    /// Requests handed out so far (counted against `spec.requests`).
+    sent: AtomicU64,
 }
 
 struct TaskResult {
@@ -204,6 +209,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<Outcome> {
         errors: AtomicU64::new(0),
         first_errors: Mutex::new(Vec::new()),
         ok_total: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
     });
     let cpu = tokio::spawn(measure_cpu(shared.clone()));
     // One thread per core, each with its own single-threaded runtime and its share of the connections, as wrk
@@ -372,6 +378,9 @@ impl Shared {
 
     /// The next request, what its answer must say, and for a list job the membership's position in the list.
     fn next_request(&self, rng: &mut StdRng) -> Option<(Request<Full<Bytes>>, Expect, Option<usize>)> {
+        if self.spec.requests.is_some_and(|n| self.sent.fetch_add(1, Ordering::Relaxed) >= n) {
+            return None;
+        }
         let mut position = None;
         let (method, body, expect) = match &self.spec.job {
             Job::ServerTime => ("server.time", None, Expect::TimeString),

@@ -2,9 +2,11 @@
 //!
 //! Generates a portal of N chats × M members, loads it with `crmchat state load`, measures a bare-axum baseline
 //! (this binary re-executed as `crmchat-bench baseline`), then crmchat on the `unlimited` plan under six
-//! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`.
+//! workloads, and compares each to the baseline. Prints a table and writes `target/bench/report.json`. With
+//! `--instructions`, counts instructions per request under callgrind instead (`instr`).
 
 mod events;
+mod instr;
 mod load;
 mod portal;
 mod procs;
@@ -57,6 +59,22 @@ struct Args {
     /// Scheduling policy of the load generator's threads: `batch` (the default) or `normal`. See bench/README.md.
     #[arg(long, value_enum, default_value_t = LoadgenSched::Batch)]
     loadgen_sched: LoadgenSched,
+    /// Instead of the throughput workloads: instructions per request under callgrind, crmchat against the bare
+    /// server (see "Instructions per request" in bench/README.md). The portal defaults to 500 chats.
+    #[arg(long)]
+    instructions: bool,
+    /// With --instructions: requests of the first of the two measured runs of each workload.
+    #[arg(long, default_value_t = 300)]
+    n1: u64,
+    /// With --instructions: requests of the second run; the cost per request is the difference over N2 - N1.
+    #[arg(long, default_value_t = 900)]
+    n2: u64,
+    /// With --instructions: how many times each workload's pair of runs is repeated (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: u64,
+    /// The crmchat binary to measure, instead of building the one of the bench's own profile.
+    #[arg(long, value_name = "PATH")]
+    crmchat_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +106,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Some(Sub::Baseline { addr }) => procs::serve_baseline(addr).map(|()| ExitCode::SUCCESS),
+        None if args.instructions => instr::run(&args),
         None => run(args),
     };
     result.unwrap_or_else(|e| {
@@ -157,7 +176,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         (BOUND_EXPECTED_RPS * (warmup + duration).as_secs_f64() / args.members.max(1) as f64).ceil() as usize;
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let crmchat = procs::crmchat_binary()?;
+    let crmchat = crmchat_binary(&args)?;
     let build_s = started.elapsed().as_secs_f64();
     let memberships = (chats + bound_chats) * args.members;
     let load_at_start = procs::load_average();
@@ -183,24 +202,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_mb = std::fs::metadata(&state_file)?.len() as f64 / 1e6;
     println!("generated {} ({state_mb:.1} MB) in {generate_s:.1} s", state_file.display());
     let data_dir = out_dir.join("data");
-    if data_dir.exists() {
-        std::fs::remove_dir_all(&data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
-    }
     let t = Instant::now();
-    let status = Command::new(&crmchat)
-        .arg("state")
-        .arg("load")
-        .arg(&state_file)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stderr(std::fs::File::create(out_dir.join("load.log"))?)
-        .status()
-        .context("running crmchat state load")?;
-    anyhow::ensure!(
-        status.success(),
-        "crmchat state load failed ({status}); see {}",
-        out_dir.join("load.log").display()
-    );
+    load_state(&crmchat, &state_file, &data_dir, &out_dir.join("load.log"))?;
     let load_s = t.elapsed().as_secs_f64();
     // This runtime only coordinates: database counts and the CPU sampling. The load generator brings its own
     // threads (see `load::run`), so worker threads here would only sit beside it on the same cores.
@@ -228,6 +231,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             server_pid: server.pid(),
             sched: args.loadgen_sched,
             acks: None,
+            requests: None,
         };
         runtime.block_on(load::run(spec))
     };
@@ -322,6 +326,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         server_pid: server.pid(),
         sched: args.loadgen_sched,
         acks: Some(acks.clone()),
+        requests: None,
     };
     let window_end = tokio::time::Instant::now() + warmup + duration;
     let (out, pending) =
@@ -450,7 +455,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         "settings": {
             "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(), "seed": args.seed,
-            "server_log": args.server_log,
+            "server_log": args.server_log, "crmchat_bin": args.crmchat_bin,
             "loadgen_sched": clap::ValueEnum::to_possible_value(&args.loadgen_sched).map(|v| v.get_name().to_string()),
         },
         "workloads": rows.iter().map(|r| row_json(r, bare_rps)).collect::<Vec<_>>(),
@@ -657,6 +662,35 @@ impl Bound {
             "oldest_pending_pass": pending_pass,
         })
     }
+}
+
+/// The server to measure: `--crmchat-bin`, or the one of the bench's profile, built first.
+fn crmchat_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.crmchat_bin {
+        Some(path) => {
+            anyhow::ensure!(path.is_file(), "--crmchat-bin {}: no such file", path.display());
+            Ok(std::path::absolute(path)?)
+        }
+        None => procs::crmchat_binary(),
+    }
+}
+
+/// `crmchat state load STATE --data-dir DATA` into a fresh DATA (removed first), its output in `log`.
+fn load_state(crmchat: &Path, state_file: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<()> {
+    if data_dir.exists() {
+        std::fs::remove_dir_all(data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+    }
+    let status = Command::new(crmchat)
+        .arg("state")
+        .arg("load")
+        .arg(state_file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stderr(std::fs::File::create(log)?)
+        .status()
+        .context("running crmchat state load")?;
+    anyhow::ensure!(status.success(), "crmchat state load failed ({status}); see {}", log.display());
+    Ok(())
 }
 
 async fn count_memberships(url: &str) -> anyhow::Result<i64> {
