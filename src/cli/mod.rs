@@ -372,7 +372,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             access_token_ttl_secs: args.access_token_ttl,
             per_handler: 4,
         },
-    );
+    )
+    .context("starting the event delivery thread")?;
     let shutdown = app::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "crmchat {} serving portal {}", env!("CARGO_PKG_VERSION"), portal.domain)?;

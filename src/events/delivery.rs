@@ -65,8 +65,17 @@ pub struct DeliverySettings {
     pub per_handler: usize,
 }
 
-/// Starts the worker on the current runtime.
-pub fn spawn(store: DynStore, clock: Arc<PortalClock>, settings: DeliverySettings) -> tokio::task::JoinHandle<()> {
+/// Starts the worker on a thread and runtime of its own. On the server's runtime, each sender's next step
+/// queued behind every request in flight, and with both cores busy serving removals a delivery took several
+/// times its own work; a thread of its own is scheduled by the kernel beside the request workers.
+pub fn spawn(store: DynStore, clock: Arc<PortalClock>, settings: DeliverySettings) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let worker = worker(store, clock, settings);
+    std::thread::Builder::new().name("crmchat-events".into()).spawn(move || runtime.block_on(worker.run()))?;
+    Ok(())
+}
+
+fn worker(store: DynStore, clock: Arc<PortalClock>, settings: DeliverySettings) -> Arc<Worker> {
     let http = reqwest::Client::builder()
         .connect_timeout(settings.timeout)
         .pool_idle_timeout(Duration::from_secs(60))
@@ -74,7 +83,7 @@ pub fn spawn(store: DynStore, clock: Arc<PortalClock>, settings: DeliverySetting
         .user_agent(concat!("crmchat/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the HTTP client for deliveries");
-    let worker = Arc::new(Worker {
+    Arc::new(Worker {
         store,
         clock,
         settings,
@@ -83,8 +92,7 @@ pub fn spawn(store: DynStore, clock: Arc<PortalClock>, settings: DeliverySetting
         in_flight: Mutex::new(InFlight::default()),
         lanes: Mutex::new(HashMap::new()),
         freed: Notify::new(),
-    });
-    tokio::spawn(worker.run())
+    })
 }
 
 struct Worker {
