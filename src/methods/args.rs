@@ -15,6 +15,26 @@ pub fn is_empty(value: Option<&Value>) -> bool {
     }
 }
 
+/// PHP's `intval`: leading whitespace, a sign and digits; anything else ends the number (`"12abc"` is 12,
+/// `"abc"` is 0).
+pub fn intval(value: Option<&Value>) -> i64 {
+    match value {
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or(0),
+        Some(Value::Bool(b)) => *b as i64,
+        Some(Value::String(s)) => {
+            let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+            let (sign, digits) = match t.as_bytes().first() {
+                Some(b'-') => (-1, &t[1..]),
+                Some(b'+') => (1, &t[1..]),
+                _ => (1, t),
+            };
+            let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+            digits[..end].parse::<i64>().map(|n| sign * n).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
 /// PHP's `is_numeric()` on a string: optional leading whitespace, sign, digits with an optional fraction,
 /// optional exponent, optional trailing whitespace (PHP 8). No hex, no bare ".".
 fn php_numeric_str(s: &str) -> Option<f64> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::args::{as_text, is_empty};
+use super::args::{as_text, intval, is_empty};
 use super::{CallContext, MethodResult, Params};
 use crate::error::{ApiError, Code, Variant};
 use crate::events::{self, EVENTS, HandlerUrlError};
@@ -19,26 +19,6 @@ fn upper_keys(params: &Params) -> HashMap<String, &Value> {
 
 fn text(q: &HashMap<String, &Value>, key: &str) -> String {
     as_text(q.get(key).copied()).unwrap_or_default()
-}
-
-/// PHP's `intval`: leading whitespace, a sign and digits; anything else ends the number (`"12abc"` is 12,
-/// `"abc"` is 0).
-fn intval(value: Option<&Value>) -> i64 {
-    match value {
-        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or(0),
-        Some(Value::Bool(b)) => *b as i64,
-        Some(Value::String(s)) => {
-            let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
-            let (sign, digits) = match t.as_bytes().first() {
-                Some(b'-') => (-1, &t[1..]),
-                Some(b'+') => (1, &t[1..]),
-                _ => (1, t),
-            };
-            let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-            digits[..end].parse::<i64>().map(|n| sign * n).unwrap_or(0)
-        }
-        _ => 0,
-    }
 }
 
 fn application<'a>(ctx: &CallContext<'a>) -> Result<&'a str, ApiError> {
@@ -226,6 +206,9 @@ mod tests {
             (json!("12"), 12),
             (json!("12abc"), 12),
             (json!(" -3"), -3),
+            // Only PHP's own whitespace is skipped (its `strtol` in the C locale): not a no-break space.
+            (json!("\t7"), 7),
+            (json!("\u{a0}5"), 0),
             (json!("abc"), 0),
             (json!(""), 0),
             (json!(7), 7),

@@ -9,7 +9,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde_json::{Value, json};
 
-use super::args::as_text;
+use super::args::{as_text, intval};
 use super::{CallContext, MethodResult, Output, Params};
 use crate::error::{ApiError, Code};
 use crate::store::offline::{self as queue, Condition, Field, Op, Owner, Query, Selection};
@@ -26,25 +26,6 @@ const LIST_FIELDS: &[Field] =
 /// The parameters by lower-cased name (PHP's `array_change_key_case`: of two spellings, the later wins).
 fn lower_keys(params: &Params) -> HashMap<String, &Value> {
     params.iter().map(|(k, v)| (k.to_lowercase(), v)).collect()
-}
-
-/// PHP's `intval` of a parameter (see `event::intval`).
-fn intval(value: Option<&Value>) -> i64 {
-    match value {
-        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or(0),
-        Some(Value::Bool(b)) => *b as i64,
-        Some(Value::String(s)) => {
-            let t = s.trim_start();
-            let (sign, digits) = match t.as_bytes().first() {
-                Some(b'-') => (-1, &t[1..]),
-                Some(b'+') => (1, &t[1..]),
-                _ => (1, t),
-            };
-            let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-            digits[..end].parse::<i64>().map(|n| sign * n).unwrap_or(0)
-        }
-        _ => 0,
-    }
 }
 
 /// The checks every offline method starts with, in the vendor's order; the caller's queue.
