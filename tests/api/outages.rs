@@ -80,17 +80,21 @@ impl Gate {
     }
 }
 
-/// `url` with its port replaced by `port` (the host stays), and the address it named.
-fn through_gate(url: &str, default_port: u16, port: u16) -> (String, SocketAddr) {
-    let mut parsed = reqwest::Url::parse(url).expect("a database URL");
-    let host = parsed.host_str().expect("a host").to_string();
-    let target_port = parsed.port().unwrap_or(default_port);
-    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), target_port))
+/// The address of the service `url` names (`default_port` when it names none).
+fn service_of(url: &str, default_port: u16) -> SocketAddr {
+    let parsed = reqwest::Url::parse(url).expect("a service URL");
+    let host = parsed.host_str().expect("a host");
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, parsed.port().unwrap_or(default_port)))
         .expect("resolving the service")
         .next()
-        .expect("an address");
-    parsed.set_port(Some(port)).expect("setting the port");
-    (parsed.to_string(), target)
+        .expect("an address")
+}
+
+/// `url` reaching its service through `gate`: the same URL on the gate's port.
+fn through(gate: &Gate, url: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("a service URL");
+    parsed.set_port(Some(gate.port)).expect("setting the port");
+    parsed.to_string()
 }
 
 /// A message from user 12 into deal 288's chat 8773: a write on every call, as often as wanted.
@@ -112,9 +116,8 @@ struct Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_is_answered_within_seconds_and_the_pool_reconnects_at_once() {
     let database = PgDatabase::create("crmchat_outage");
-    let (_, target) = through_gate(&database.url, 5432, 1);
-    let gate = Gate::open_to(target).await;
-    let (gated_url, _) = through_gate(&database.url, 5432, gate.port);
+    let gate = Gate::open_to(service_of(&database.url, 5432)).await;
+    let gated_url = through(&gate, &database.url);
     let data_dir = tempfile::tempdir().unwrap();
     let fixture = demo_with(|f| f["portal"]["plan"] = json!("unlimited"));
     let app = Arc::new(spawn_instance(data_dir.path(), Some(&gated_url), Some(&fixture), &[]).await);
@@ -220,9 +223,8 @@ async fn postgres_outage_is_answered_within_seconds_and_the_pool_reconnects_at_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_gone_and_back_serves_locally_then_shares_the_limits_again() {
     const REDIS: &str = "redis://127.0.0.1:6379";
-    let (_, target) = through_gate(REDIS, 6379, 1);
-    let gate = Gate::open_to(target).await;
-    let (gated, _) = through_gate(REDIS, 6379, gate.port);
+    let gate = Gate::open_to(service_of(REDIS, 6379)).await;
+    let gated = through(&gate, REDIS);
     let domain = format!("t{:016x}.crmchat.localhost", rand::random::<u64>());
     let fixture = demo_with(|f| {
         f["portal"]["plan"] = json!("enterprise");
