@@ -98,14 +98,15 @@ pub async fn serve(
     });
     let connections = crate::connections::Connections::new(max_connections);
     tracing::info!(max_connections, "accepting connections");
-    let silent = ReadTimeoutAcceptor { limit: read_timeout, connections };
+    let silent = ReadTimeoutAcceptor { limit: read_timeout };
+    let admitting = |inner| crate::connections::AdmittingMakeService { inner, connections: connections.clone() };
     let mut http = axum_server::from_tcp(bound.http).acceptor(silent.clone()).handle(handle.clone());
     limit_slow_clients(http.http_builder(), read_timeout);
     let mut https =
         axum_server::from_tcp(bound.https).acceptor(RustlsAcceptor::new(tls).acceptor(silent)).handle(handle);
     limit_slow_clients(https.http_builder(), read_timeout);
-    let http = http.serve(http_app.into_make_service_with_connect_info::<SocketAddr>());
-    let https = https.serve(https_app.into_make_service_with_connect_info::<SocketAddr>());
+    let http = http.serve(admitting(http_app.into_make_service_with_connect_info::<SocketAddr>()));
+    let https = https.serve(admitting(https_app.into_make_service_with_connect_info::<SocketAddr>()));
     tokio::try_join!(http, https)?;
     Ok(())
 }

@@ -33,6 +33,16 @@ pub struct Activity {
     pub(crate) reader: AtomicWaker,
     /// Set by a fault rule's `connection_reset` (see `read_timeout::ResetSwitch`).
     pub(crate) reset: AtomicBool,
+    /// Milliseconds since [`CLOCK_START`] when the connection was admitted or last finished a request: the
+    /// limit closes the idle connection quiet the longest, as nginx does. A connection just admitted may
+    /// already hold a request the server has not read yet; closing it would lose that request.
+    pub(crate) last_active: AtomicU64,
+}
+
+static CLOCK_START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+pub(crate) fn now_millis() -> u64 {
+    CLOCK_START.elapsed().as_millis() as u64
 }
 
 impl Activity {
@@ -83,7 +93,7 @@ impl Connections {
             Ok(permit) => permit,
             Err(_) => self.wait_for_room().await?,
         };
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity { last_active: AtomicU64::new(now_millis()), ..Activity::default() });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(id, activity.clone());
         Some(Admitted { connections: self.clone(), id, activity, _permit: permit })
@@ -125,10 +135,11 @@ impl Connections {
         }
     }
 
-    /// Asks one idle connection to close; whether one was found.
+    /// Asks the idle connection quiet the longest to close; whether one was found.
     fn evict_one_idle(&self) -> bool {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(victim) = open.values().find(|a| a.is_idle()) else { return false };
+        let idle = open.values().filter(|a| a.is_idle());
+        let Some(victim) = idle.min_by_key(|a| a.last_active.load(Ordering::Relaxed)) else { return false };
         victim.evict.store(true, Ordering::Relaxed);
         victim.reader.wake();
         true
@@ -146,6 +157,69 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.connections.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+/// The accept loop's maker of connection services, deciding admission before the loop accepts the next
+/// connection. Deciding it in the connection's own task let the loop run ahead under load, holding a
+/// descriptor for every connection accepted and not yet admitted or refused, until `accept` itself failed
+/// with EMFILE. While a connection waits for room here, the ones behind it wait in the kernel's listen
+/// queue, where they cost no descriptor; a refused one is closed by the loop at once.
+pub struct AdmittingMakeService<M> {
+    pub inner: M,
+    pub connections: Arc<Connections>,
+}
+
+/// A connection's place under the limit with its service, taken apart by the acceptor
+/// ([`crate::read_timeout::ReadTimeoutAcceptor`]).
+/// Clone only because the accept loop's types ask for it; the acceptor holds its one copy.
+#[derive(Clone)]
+pub struct Admission<S> {
+    pub(crate) admitted: Arc<Admitted>,
+    pub(crate) service: S,
+}
+
+type MakeFuture<S> = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Admission<S>>> + Send>>;
+
+impl<M> tower::Service<std::net::SocketAddr> for AdmittingMakeService<M>
+where
+    M: tower::Service<std::net::SocketAddr>,
+    M::Future: Send + 'static,
+    M::Response: Send + 'static,
+{
+    type Response = Admission<M::Response>;
+    type Error = std::io::Error;
+    type Future = MakeFuture<M::Response>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.poll_ready(cx).map_err(|_| std::io::Error::other("the connection service is not ready"))
+    }
+
+    fn call(&mut self, peer: std::net::SocketAddr) -> Self::Future {
+        let service = self.inner.call(peer);
+        let connections = self.connections.clone();
+        Box::pin(async move {
+            let admitted =
+                connections.admit().await.ok_or_else(|| std::io::Error::other("connection limit reached"))?;
+            let service = service.await.map_err(|_| std::io::Error::other("no service for the connection"))?;
+            Ok(Admission { admitted: Arc::new(admitted), service })
+        })
+    }
+}
+
+/// Never called: the acceptor unwraps the admission before the connection is served. It exists because
+/// the accept loop's types need the made service to be a service.
+impl<S: tower::Service<R>, R> tower::Service<R> for Admission<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.service.call(request)
     }
 }
 
@@ -207,6 +281,29 @@ mod tests {
         assert!(connections.admit().await.is_none());
         assert!(started.elapsed() >= ROOM_WAIT);
         drop((second, third));
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_the_connection_idle_the_longest_is_closed_not_the_newest() {
+        let connections = Connections::new(3);
+        let early = connections.admit().await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let middle = connections.admit().await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let newest = connections.admit().await.unwrap();
+        // The earliest has just finished a request: the middle one has been quiet the longest.
+        early.activity.last_active.store(now_millis() + 1, Ordering::Relaxed);
+        let next = {
+            let connections = connections.clone();
+            tokio::spawn(async move { connections.admit().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(middle.activity.evict.load(Ordering::Relaxed), "the one quiet the longest is asked to close");
+        assert!(!early.activity.evict.load(Ordering::Relaxed));
+        assert!(!newest.activity.evict.load(Ordering::Relaxed), "a connection just admitted keeps its place");
+        drop(middle);
+        assert!(next.await.unwrap().is_some());
+        drop((early, newest));
     }
 
     #[test]

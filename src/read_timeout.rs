@@ -24,39 +24,33 @@ use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use crate::connections::{Activity, Admitted, Connections};
+use crate::connections::{Activity, Admission, Admitted};
 
-/// Admits every accepted connection under the connection limit and wraps it in a [`ReadTimeout`].
+/// Wraps every admitted connection in a [`ReadTimeout`]. Admission itself happens earlier, in the accept
+/// loop ([`crate::connections::AdmittingMakeService`]), so a refused connection never waits for a task.
 #[derive(Clone)]
 pub struct ReadTimeoutAcceptor {
     pub limit: Duration,
-    pub connections: Arc<Connections>,
 }
 
 type Accepted<I, S> = io::Result<(ReadTimeout<I>, Tracked<S>)>;
 
-impl<I, S> Accept<I, S> for ReadTimeoutAcceptor
+impl<I, S> Accept<I, Admission<S>> for ReadTimeoutAcceptor
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Send + 'static,
 {
     type Stream = ReadTimeout<I>;
     type Service = Tracked<S>;
-    type Future = Pin<Box<dyn Future<Output = Accepted<I, S>> + Send>>;
+    type Future = std::future::Ready<Accepted<I, S>>;
 
-    fn accept(&self, stream: I, service: S) -> Self::Future {
-        let (limit, connections) = (self.limit, self.connections.clone());
-        Box::pin(async move {
-            // Refused: dropping the stream closes it at once, giving its descriptor back.
-            let Some(admitted) = connections.admit().await else {
-                return Err(io::Error::other("connection limit reached"));
-            };
-            let mut stream = ReadTimeout::new(stream, limit);
-            stream.activity = admitted.activity.clone();
-            stream.admitted = Some(admitted);
-            let service = Tracked { inner: service, activity: stream.activity.clone() };
-            Ok((stream, service))
-        })
+    fn accept(&self, stream: I, admission: Admission<S>) -> Self::Future {
+        let Admission { admitted, service } = admission;
+        let mut stream = ReadTimeout::new(stream, self.limit);
+        stream.activity = admitted.activity.clone();
+        stream.admitted = Some(admitted);
+        let service = Tracked { inner: service, activity: stream.activity.clone() };
+        std::future::ready(Ok((stream, service)))
     }
 }
 
@@ -111,6 +105,7 @@ struct BusyGuard(Arc<Activity>);
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         // `finished` first: a stream that sees `busy` at zero must also see the move.
+        self.0.last_active.store(crate::connections::now_millis(), Ordering::Relaxed);
         self.0.finished.fetch_add(1, Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Release);
     }
@@ -147,7 +142,7 @@ pub struct ReadTimeout<S> {
     /// `activity.finished` when last looked at.
     seen_finished: usize,
     /// The connection's place under the connection limit.
-    admitted: Option<Admitted>,
+    admitted: Option<Arc<Admitted>>,
 }
 
 impl<S> ReadTimeout<S> {
