@@ -143,6 +143,21 @@ impl UserKind {
     }
 }
 
+/// A user's id (an employee, a bot, an extranet or connector user), as a method names it: positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub i64);
+
+/// A chat's id, as a method names it: positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChatId(pub i64);
+
+/// A CRM record named by its type and id; it may not exist (a method then judges the caller by the type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordRef {
+    pub entity_type: CrmEntityType,
+    pub id: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
     pub id: i64,
@@ -163,6 +178,17 @@ pub struct CrmRecord {
     pub id: i64,
     pub responsible: i64,
     pub observers: Vec<i64>,
+}
+
+impl CrmRecord {
+    pub fn reference(&self) -> RecordRef {
+        RecordRef { entity_type: self.entity_type, id: self.id }
+    }
+
+    /// A record the portal does not hold: nobody is responsible for it and nobody observes it.
+    pub fn unknown(reference: RecordRef) -> Self {
+        Self { entity_type: reference.entity_type, id: reference.id, responsible: 0, observers: Vec::new() }
+    }
 }
 
 /// Open-line session status codes of the reference (`Bitrix\ImOpenLines\Session::STATUS_*`).

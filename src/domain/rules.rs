@@ -1,6 +1,6 @@
 //! Pure rules of `docs/methods.md`: permissions and chat resolution.
 
-use super::{ChatRef, CrmRecord, Line, LineLevel, Member, ReadLevel, SessionLink, User, UserKind};
+use super::{ChatId, ChatRef, CrmRecord, Line, LineLevel, Member, ReadLevel, SessionLink, User, UserId, UserKind};
 
 /// May `user` read `record`? Admins read everything; otherwise the per-type level decides.
 pub fn can_read_record(user: &User, record: &CrmRecord) -> bool {
@@ -28,8 +28,8 @@ pub fn line_allows(user: &User, level: LineLevel, line: &Line) -> bool {
 
 /// The chat of the most recently modified session bound to the record, whatever its status and connector.
 /// Ties on the modification time go to the later session.
-pub fn last_chat(links: &[SessionLink]) -> Option<i64> {
-    links.iter().max_by_key(|l| (l.modified, l.session_id)).map(|l| l.chat_id)
+pub fn last_chat(links: &[SessionLink]) -> Option<ChatId> {
+    links.iter().max_by_key(|l| (l.modified, l.session_id)).map(|l| ChatId(l.chat_id))
 }
 
 /// The record's chats, newest session first, each chat once. Chats that came through a connector that is
@@ -52,14 +52,14 @@ pub fn record_chats(links: &[SessionLink], active_only: bool) -> Vec<ChatRef> {
 }
 
 /// A chat belongs to a record when it is in the record's *active* chat list.
-pub fn chat_belongs_to_record(links: &[SessionLink], chat_id: i64) -> bool {
+pub fn chat_belongs_to_record(links: &[SessionLink], ChatId(chat_id): ChatId) -> bool {
     links.iter().any(|l| l.chat_id == chat_id && l.connector_active && l.status.is_active())
 }
 
 /// May `member` become the chat's author when `leaving` (the author) leaves? The longest-standing remaining
 /// member who may takes over; when none may, the author stays unchanged. The stores walk the members in join
 /// order and ask member by member, so that they look up as few users as they can.
-pub fn may_take_over(member: &Member, leaving: i64) -> bool {
+pub fn may_take_over(member: &Member, UserId(leaving): UserId) -> bool {
     member.user_id != leaving && member.active && member.kind == UserKind::Employee
 }
 
@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn last_chat_ignores_status_and_connector() {
         let links = vec![link(1, 100, 40, 10, true), link(2, 200, 60, 20, false)];
-        assert_eq!(last_chat(&links), Some(200));
+        assert_eq!(last_chat(&links), Some(ChatId(200)));
         assert_eq!(last_chat(&[]), None);
     }
 
@@ -141,14 +141,14 @@ mod tests {
         assert_eq!(active, vec![100]);
         let all: Vec<i64> = record_chats(&links, false).iter().map(|c| c.chat_id).collect();
         assert_eq!(all, vec![100, 300, 200]);
-        assert!(chat_belongs_to_record(&links, 100));
-        assert!(!chat_belongs_to_record(&links, 200));
-        assert!(!chat_belongs_to_record(&links, 400));
+        assert!(chat_belongs_to_record(&links, ChatId(100)));
+        assert!(!chat_belongs_to_record(&links, ChatId(200)));
+        assert!(!chat_belongs_to_record(&links, ChatId(400)));
     }
 
     /// The hand-over as the stores run it: the first member in join order who may take over.
     fn next_author(members_in_join_order: &[Member], leaving: i64) -> Option<i64> {
-        members_in_join_order.iter().find(|m| may_take_over(m, leaving)).map(|m| m.user_id)
+        members_in_join_order.iter().find(|m| may_take_over(m, UserId(leaving))).map(|m| m.user_id)
     }
 
     #[test]

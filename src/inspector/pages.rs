@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::session::Flash;
 use super::{BASE, Login, Nav, error_page, layout};
 use crate::domain::rules::{chat_belongs_to_record, last_chat};
-use crate::domain::{CrmEntityType, User};
+use crate::domain::{ChatId, CrmEntityType, User};
 use crate::rest::limits::Plan;
 use crate::server_state::AppState;
 use crate::state::demo::{DEMO_WEBHOOK_CODE, DEMO_WEBHOOK_USER};
@@ -388,8 +388,8 @@ pub async fn record(
                 @for chat in &chats {
                     li {
                         (chat_link(*chat))
-                        @if Some(*chat) == last { " " span class="badge" { "last chat" } }
-                        @if !chat_belongs_to_record(&links, *chat) { " " span class="badge muted" { "not in the active list" } }
+                        @if Some(ChatId(*chat)) == last { " " span class="badge" { "last chat" } }
+                        @if !chat_belongs_to_record(&links, ChatId(*chat)) { " " span class="badge muted" { "not in the active list" } }
                     }
                 }
             }

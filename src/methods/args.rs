@@ -1,7 +1,108 @@
 //! Reading method parameters the way the reference's PHP does: what counts as empty, what is numeric.
-//! Form values arrive as strings and JSON values typed; both are judged here, in one place.
+//! Form values arrive as strings and JSON values typed; both are judged here, in one place. The fields the
+//! methods share are parsed here too, into the domain's types, each with the error the spec tables give.
 
 use serde_json::Value;
+
+use super::Params;
+use crate::domain::{ChatId, CrmEntityType, RecordRef, UserId};
+use crate::error::{ApiError, Code};
+
+/// `CRM_ENTITY_TYPE` and `CRM_ENTITY` as parsed. The id is checked here; a type that is not one of the four
+/// is not an error of its own but a record nobody may read, which the methods judge in their own row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestedRecord {
+    pub entity_type: Option<CrmEntityType>,
+    pub id: i64,
+}
+
+impl RequestedRecord {
+    /// The record, when its type is one of the four.
+    pub fn reference(self) -> Option<RecordRef> {
+        Some(RecordRef { entity_type: self.entity_type?, id: self.id })
+    }
+}
+
+/// Are both CRM parameters given (the `CRM_CHAT_EMPTY_CRM_DATA` rows)?
+pub fn has_crm_data(params: &Params) -> bool {
+    !is_empty(params.get("CRM_ENTITY_TYPE")) && !is_empty(params.get("CRM_ENTITY"))
+}
+
+/// `CRM_ENTITY_TYPE` and `CRM_ENTITY`, given (check that first): the id numeric in PHP's sense with an integer
+/// part above zero.
+pub fn crm_record(params: &Params) -> Result<RequestedRecord, ApiError> {
+    let id = match php_numeric_int(params.get("CRM_ENTITY")) {
+        Some(id) if id > 0 => id,
+        _ => return Err(ApiError::argument_invalid_type("CRM_ENTITY")),
+    };
+    let type_text = as_text(params.get("CRM_ENTITY_TYPE")).unwrap_or_default();
+    Ok(RequestedRecord { entity_type: CrmEntityType::parse(&type_text), id })
+}
+
+/// The CRM parameters null-checked one by one (`ArgumentNullException` naming the first missing), then
+/// typed: rows 1–3 of `user.add`, `chat.get` and `message.add`.
+pub fn required_crm_record(params: &Params) -> Result<RequestedRecord, ApiError> {
+    for name in ["CRM_ENTITY_TYPE", "CRM_ENTITY"] {
+        if is_empty(params.get(name)) {
+            return Err(ApiError::argument_null_or_empty(name));
+        }
+    }
+    crm_record(params)
+}
+
+/// `CHAT_ID` of the membership methods: empty means "the record's last chat"; otherwise a positive integer
+/// [crmchat: the reference casts garbage to 0 and reports success].
+pub fn optional_chat_id(params: &Params) -> Result<Option<ChatId>, ApiError> {
+    let value = params.get("CHAT_ID");
+    if is_empty(value) {
+        return Ok(None);
+    }
+    match strict_int(value) {
+        Some(id) if id > 0 => Ok(Some(ChatId(id))),
+        _ => Err(ApiError::argument_invalid_type("CHAT_ID")),
+    }
+}
+
+/// A user id parameter: empty, or an integer of 0 or below, is `empty()` (as on the reference); anything else
+/// that is not an integer is of the wrong type [crmchat].
+pub fn user_id(params: &Params, name: &str, empty: impl Fn() -> ApiError) -> Result<UserId, ApiError> {
+    let value = params.get(name);
+    if is_empty(value) {
+        return Err(empty());
+    }
+    match strict_int(value) {
+        Some(id) if id > 0 => Ok(UserId(id)),
+        Some(_) => Err(empty()),
+        None => Err(ApiError::argument_invalid_type(name)),
+    }
+}
+
+/// A required positive integer id parameter: empty is `ArgumentNullException`, anything else that is not a
+/// positive integer is of the wrong type.
+pub fn required_id(params: &Params, name: &str) -> Result<i64, ApiError> {
+    let value = params.get(name);
+    if is_empty(value) {
+        return Err(ApiError::argument_null_or_empty(name));
+    }
+    match strict_int(value) {
+        Some(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::argument_invalid_type(name)),
+    }
+}
+
+/// A required text parameter: empty is `ArgumentNullException`, an array or object is of the wrong type.
+pub fn required_text(params: &Params, name: &str) -> Result<String, ApiError> {
+    match params.get(name) {
+        value if is_empty(value) => Err(ApiError::argument_null_or_empty(name)),
+        Some(Value::Array(_) | Value::Object(_)) => Err(ApiError::argument_invalid_type(name)),
+        value => Ok(as_text(value).unwrap_or_default()),
+    }
+}
+
+/// The `CRM_CHAT_EMPTY_USER` error of `user.delete`'s `USER_ID`.
+pub fn empty_user() -> ApiError {
+    Code::CrmChatEmptyUser.into()
+}
 
 /// PHP's `empty()`: absent, null, "", "0", 0, 0.0, false, or an empty array.
 pub fn is_empty(value: Option<&Value>) -> bool {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, User};
+use crate::domain::{
+    Chat, ChatId, CrmEntityType, CrmRecord, Line, PortalSettings, RecordRef, SessionLink, User, UserId,
+};
 use crate::state::{FixtureErrors, PortalState};
 
 /// Why the store failed, in words an operator can act on: a full disk is not a corrupt database.
@@ -214,25 +216,25 @@ pub struct Cause {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     RemoveMember {
-        chat_id: i64,
-        user_id: i64,
-        record: (CrmEntityType, i64),
+        chat_id: ChatId,
+        user_id: UserId,
+        record: RecordRef,
         at_ms: i64,
         cause: Cause,
     },
     AddMember {
-        chat_id: i64,
-        user_id: i64,
-        record: (CrmEntityType, i64),
+        chat_id: ChatId,
+        user_id: UserId,
+        record: RecordRef,
         at_ms: i64,
         cause: Cause,
     },
     /// A message from `author`, who must be a member of the chat when the change is applied.
     AddMessage {
-        chat_id: i64,
-        author: i64,
+        chat_id: ChatId,
+        author: UserId,
         text: String,
-        record: (CrmEntityType, i64),
+        record: RecordRef,
         /// The chat's line and connector, for the event's `connector` block.
         line_id: i64,
         connector_id: String,

@@ -21,7 +21,7 @@ use sqlx::{Postgres, Transaction};
 use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
 use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult, offline};
-use crate::domain::{CrmEntityType, rules};
+use crate::domain::{ChatId, RecordRef, UserId, rules};
 use crate::state::PortalState;
 
 pub struct PgStore {
@@ -119,19 +119,28 @@ impl Backend for PgStore {
         // The events the change wrote, counted once it committed.
         let mut produced = Produced::default();
         let outcome = match change {
-            Change::RemoveMember { chat_id, user_id, record, at_ms, cause } => {
+            Change::RemoveMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
                 let (outcome, events) = remove_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?;
                 produced = events;
                 outcome
             }
-            Change::AddMember { chat_id, user_id, record, at_ms, cause } => {
+            Change::AddMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
                 lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
                 let (outcome, events) = add_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?;
                 produced = events;
                 outcome
             }
-            Change::AddMessage { chat_id, author, text, record: _, line_id, connector_id, at_ms, cause } => {
+            Change::AddMessage {
+                chat_id: ChatId(chat_id),
+                author: UserId(author),
+                text,
+                record: _,
+                line_id,
+                connector_id,
+                at_ms,
+                cause,
+            } => {
                 lock_chat(&mut tx, chat_id, "FOR SHARE").await?;
                 // Conflicts with itself and with a load's lock, not with readers.
                 sqlx::query("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
@@ -260,7 +269,7 @@ pub(super) async fn remove_member(
     tx: &mut shared::Tx,
     chat_id: i64,
     user_id: i64,
-    record: (CrmEntityType, i64),
+    record: RecordRef,
     at_ms: i64,
     cause: Cause,
 ) -> StoreResult<(ChangeOutcome, Produced)> {
@@ -279,7 +288,7 @@ pub(super) async fn remove_member(
         for &candidate in &members {
             let (kind, active): (String, bool) =
                 sqlx::query_as(sql::USER_KIND).bind(candidate).fetch_one(&mut **tx).await?;
-            if rules::may_take_over(&sql::member(candidate, &kind, active), user_id) {
+            if rules::may_take_over(&sql::member(candidate, &kind, active), UserId(user_id)) {
                 next = Some(candidate);
                 break;
             }
@@ -309,7 +318,7 @@ pub(super) async fn add_member(
     tx: &mut shared::Tx,
     chat_id: i64,
     user_id: i64,
-    record: (CrmEntityType, i64),
+    record: RecordRef,
     at_ms: i64,
     cause: Cause,
 ) -> StoreResult<(ChangeOutcome, Produced)> {

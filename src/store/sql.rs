@@ -153,7 +153,6 @@ impl From<&state::PortalSettings> for PortalSettings {
 /// (`rusqlite`). Placeholders `$n` first appear in increasing order, so that SQLite, which numbers named
 /// parameters by first appearance, binds them by position too (checked by a test).
 pub(crate) mod statements {
-    use crate::domain::CrmEntityType;
 
     pub const DELETE_MEMBER: &str = "DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2";
     /// The members with their place in the join order: a range of the primary key, sorted by the caller
@@ -371,7 +370,7 @@ pub(crate) mod statements {
         user_id: i64,
         member_count: i64,
         recipients: &[i64],
-        record: (CrmEntityType, i64),
+        record: crate::domain::RecordRef,
     ) -> (String, String) {
         // `itoa` rather than `write!`: the formatting machinery was a sixteenth of the writer's instructions.
         let mut digits = itoa::Buffer::new();
@@ -397,9 +396,9 @@ pub(crate) mod statements {
         event.push_str(r#","USER_ID":"#);
         int(&mut event, user_id);
         event.push_str(r#","CRM_ENTITY_TYPE":""#);
-        event.push_str(record.0.as_upper());
+        event.push_str(record.entity_type.as_upper());
         event.push_str(r#"","CRM_ENTITY":"#);
-        int(&mut event, record.1);
+        int(&mut event, record.id);
         event.push_str(r#","USER_COUNT":"#);
         int(&mut event, member_count);
         event.push('}');

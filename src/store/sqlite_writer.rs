@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 
 use super::sql::statements as sql;
 use super::{Cause, Change, ChangeOutcome, NextStep, StoreError, StoreResult, offline};
-use crate::domain::rules;
+use crate::domain::{ChatId, UserId, rules};
 use crate::log_throttle::LogThrottle;
 
 /// The most changes committed together; more wait for the next group.
@@ -722,7 +722,7 @@ fn record_offline(
 
 fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite::Result<ChangeOutcome> {
     match change {
-        Change::RemoveMember { chat_id, user_id, record, at_ms, cause } => {
+        Change::RemoveMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
             if s.delete_member.execute(params![chat_id, user_id])? == 0 {
                 return Ok(ChangeOutcome::NotAMember);
             }
@@ -736,7 +736,7 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
                     let member = s
                         .user_kind
                         .query_row([candidate], |r| Ok(sql::member(candidate, &r.get::<_, String>(0)?, r.get(1)?)))?;
-                    if rules::may_take_over(&member, *user_id) {
+                    if rules::may_take_over(&member, UserId(*user_id)) {
                         next = Some(candidate);
                         break;
                     }
@@ -754,7 +754,7 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
             produce(s, cache, "ONCRMCHATUSERDELETE", &event, *at_ms, cause, None)?;
             Ok(ChangeOutcome::MemberRemoved { member_count, author })
         }
-        Change::AddMember { chat_id, user_id, record, at_ms, cause } => {
+        Change::AddMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
             if s.insert_member.execute(params![chat_id, user_id, at_ms])? == 0 {
                 return Ok(ChangeOutcome::AlreadyAMember);
             }
@@ -766,7 +766,16 @@ fn apply(s: &mut Prepared, cache: &mut MemberCache, change: &Change) -> rusqlite
             produce(s, cache, "ONCRMCHATUSERADD", &event, *at_ms, cause, None)?;
             Ok(ChangeOutcome::MemberAdded { member_count })
         }
-        Change::AddMessage { chat_id, author, text, record: _, line_id, connector_id, at_ms, cause } => {
+        Change::AddMessage {
+            chat_id: ChatId(chat_id),
+            author: UserId(author),
+            text,
+            record: _,
+            line_id,
+            connector_id,
+            at_ms,
+            cause,
+        } => {
             if s.is_member.query_row(params![chat_id, author], |_| Ok(())).optional()?.is_none() {
                 return Ok(ChangeOutcome::NotAMember);
             }
@@ -866,8 +875,13 @@ mod tests {
 
     #[test]
     fn payloads_are_the_json_they_look_like() {
-        let (notification, event) =
-            sql::membership_payloads(5, 2, 1, &[1, 2], (crate::domain::CrmEntityType::Deal, 288));
+        let (notification, event) = sql::membership_payloads(
+            5,
+            2,
+            1,
+            &[1, 2],
+            crate::domain::RecordRef { entity_type: crate::domain::CrmEntityType::Deal, id: 288 },
+        );
         let notification: serde_json::Value = serde_json::from_str(&notification).unwrap();
         let event: serde_json::Value = serde_json::from_str(&event).unwrap();
         assert_eq!(
@@ -878,7 +892,13 @@ mod tests {
             event,
             serde_json::json!({"CHAT_ID": 5, "USER_ID": 2, "CRM_ENTITY_TYPE": "DEAL", "CRM_ENTITY": 288, "USER_COUNT": 1})
         );
-        let (empty, _) = sql::membership_payloads(5, 2, 0, &[], (crate::domain::CrmEntityType::Lead, 1));
+        let (empty, _) = sql::membership_payloads(
+            5,
+            2,
+            0,
+            &[],
+            crate::domain::RecordRef { entity_type: crate::domain::CrmEntityType::Lead, id: 1 },
+        );
         assert!(serde_json::from_str::<serde_json::Value>(&empty).is_ok(), "{empty}");
     }
 
@@ -1056,9 +1076,16 @@ mod tests {
             .unwrap();
         let mut statements = Prepared::new(&connection).unwrap();
         let mut members = MemberCache::default();
-        let record = (crate::domain::CrmEntityType::Deal, 1);
-        let remove =
-            |user_id| job(Change::RemoveMember { chat_id: 5, user_id, record, at_ms: 0, cause: Cause::default() });
+        let record = crate::domain::RecordRef { entity_type: crate::domain::CrmEntityType::Deal, id: 1 };
+        let remove = |user| {
+            job(Change::RemoveMember {
+                chat_id: ChatId(5),
+                user_id: UserId(user),
+                record,
+                at_ms: 0,
+                cause: Cause::default(),
+            })
+        };
         let last_recipients = || {
             let payload: String = connection
                 .query_row("SELECT payload FROM notifications ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
@@ -1112,12 +1139,30 @@ mod tests {
                         ('app', 'ONCRMCHATUSERADD', 'http://127.0.0.1/', 0, '', 0);",
             )
             .unwrap();
-        let record = (crate::domain::CrmEntityType::Deal, 1);
+        let record = crate::domain::RecordRef { entity_type: crate::domain::CrmEntityType::Deal, id: 1 };
         let group = [
-            job(Change::RemoveMember { chat_id: 5, user_id: 2, record, at_ms: 0, cause: Cause::default() }),
+            job(Change::RemoveMember {
+                chat_id: ChatId(5),
+                user_id: UserId(2),
+                record,
+                at_ms: 0,
+                cause: Cause::default(),
+            }),
             // User 99 does not exist: the foreign key refuses the membership.
-            job(Change::AddMember { chat_id: 5, user_id: 99, record, at_ms: 0, cause: Cause::default() }),
-            job(Change::RemoveMember { chat_id: 5, user_id: 1, record, at_ms: 0, cause: Cause::default() }),
+            job(Change::AddMember {
+                chat_id: ChatId(5),
+                user_id: UserId(99),
+                record,
+                at_ms: 0,
+                cause: Cause::default(),
+            }),
+            job(Change::RemoveMember {
+                chat_id: ChatId(5),
+                user_id: UserId(1),
+                record,
+                at_ms: 0,
+                cause: Cause::default(),
+            }),
         ];
         let outcomes = commit_group(&mut Prepared::new(&connection).unwrap(), &mut MemberCache::default(), &group);
         assert!(matches!(outcomes[0], Ok(ChangeOutcome::MemberRemoved { member_count: 1, .. })), "{outcomes:?}");

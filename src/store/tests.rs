@@ -7,13 +7,13 @@
 use tokio::task::JoinSet;
 
 use super::{Change, ChangeOutcome, DynStore};
-use crate::domain::CrmEntityType;
+use crate::domain::{ChatId, CrmEntityType, RecordRef, UserId};
 use crate::state::{self, ChatDef, PortalState, UserDef};
 
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Chats 9000.. of the test portal: members 12 (employee, the author), 20 (bot) and 30 (connector).
 const FIRST_CHAT: i64 = 9000;
-const RECORD: (CrmEntityType, i64) = (CrmEntityType::Deal, 288);
+const RECORD: RecordRef = RecordRef { entity_type: CrmEntityType::Deal, id: 288 };
 
 enum Kind {
     /// The directory of the database file, deleted with it.
@@ -134,11 +134,23 @@ fn portal(chats: i64) -> PortalState {
 }
 
 fn remove(chat_id: i64, user_id: i64) -> Change {
-    Change::RemoveMember { chat_id, user_id, record: RECORD, at_ms: 1, cause: Default::default() }
+    Change::RemoveMember {
+        chat_id: ChatId(chat_id),
+        user_id: UserId(user_id),
+        record: RECORD,
+        at_ms: 1,
+        cause: Default::default(),
+    }
 }
 
 fn add(chat_id: i64, user_id: i64) -> Change {
-    Change::AddMember { chat_id, user_id, record: RECORD, at_ms: 1, cause: Default::default() }
+    Change::AddMember {
+        chat_id: ChatId(chat_id),
+        user_id: UserId(user_id),
+        record: RECORD,
+        at_ms: 1,
+        cause: Default::default(),
+    }
 }
 
 /// Runs every `(instance, change)` at once; the outcomes in the order given.
@@ -215,8 +227,8 @@ async fn message_ids_never_collide(db: TestDb) {
     for i in 0..40 {
         let chat = [8773, FIRST_CHAT, FIRST_CHAT + 1, FIRST_CHAT + 2][i % 4];
         let change = Change::AddMessage {
-            chat_id: chat,
-            author: 12,
+            chat_id: ChatId(chat),
+            author: UserId(12),
             text: format!("m{i}"),
             record: RECORD,
             line_id: 1,

@@ -1,7 +1,7 @@
 //! Moving a portal between backends: `state export` from SQLite and `state load` into a fresh PostgreSQL
 //! database reproduce the same portal, and both go on numbering new rows alike.
 
-use crmchat::domain::CrmEntityType;
+use crmchat::domain::{ChatId, CrmEntityType, RecordRef, UserId};
 use crmchat::store::{self, Change, ChangeOutcome};
 use serde_json::Value;
 
@@ -23,10 +23,10 @@ async fn add_rows(url: &str) -> (i64, i64) {
     let store = store::open(url).await.unwrap();
     let webhook = store.add_webhook(14, &"b".repeat(64), &["im".to_string()], 1_795_000_000_000).await.unwrap();
     let message = Change::AddMessage {
-        chat_id: 8773,
-        author: 14,
+        chat_id: ChatId(8773),
+        author: UserId(14),
         text: "after the move".into(),
-        record: (CrmEntityType::Deal, 288),
+        record: RecordRef { entity_type: CrmEntityType::Deal, id: 288 },
         line_id: 1,
         connector_id: "livechat".into(),
         at_ms: 1_795_000_000_000,
@@ -48,9 +48,9 @@ async fn a_portal_exported_from_sqlite_loads_into_postgres_unchanged() {
     // and webhooks were added, one webhook revoked (the ids now have a gap).
     let source = store::open(&sqlite).await.unwrap();
     let removal = Change::RemoveMember {
-        chat_id: 8773,
-        user_id: 12,
-        record: (CrmEntityType::Deal, 288),
+        chat_id: ChatId(8773),
+        user_id: UserId(12),
+        record: RecordRef { entity_type: CrmEntityType::Deal, id: 288 },
         at_ms: 1_795_000_000_000,
         cause: Default::default(),
     };
@@ -59,10 +59,10 @@ async fn a_portal_exported_from_sqlite_loads_into_postgres_unchanged() {
         ChangeOutcome::MemberRemoved { member_count: 3, author: Some(14) }
     );
     let message = Change::AddMessage {
-        chat_id: 8773,
-        author: 30,
+        chat_id: ChatId(8773),
+        author: UserId(30),
         text: "Still there?".into(),
-        record: (CrmEntityType::Deal, 288),
+        record: RecordRef { entity_type: CrmEntityType::Deal, id: 288 },
         line_id: 1,
         connector_id: "livechat".into(),
         at_ms: 1_795_000_000_000,
