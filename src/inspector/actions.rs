@@ -18,9 +18,9 @@ use crate::clock::Start;
 use crate::error::{ApiError, Code};
 use crate::methods::Params;
 use crate::rest;
-use crate::rest::auth::{AuthKind, Caller};
 use crate::rest::envelope::success_body;
 use crate::server_state::AppState;
+use crate::store::WebhookCredential;
 
 #[derive(Deserialize)]
 pub struct MemberForm {
@@ -98,20 +98,8 @@ async fn call(app: &AppState, webhook_id: i64, method: &str, params: &Params) ->
         return Err(Code::InvalidCredentials.into());
     };
     // The checks authentication makes for a webhook's user.
-    let user = match app.store.user(hook.user_id).await? {
-        Some(user) if user.active => user,
-        _ => return Err(Code::InvalidCredentials.into()),
-    };
-    let caller = Caller {
-        user,
-        scopes: hook.scopes.into(),
-        kind: AuthKind::Webhook,
-        credential_id: format!("webhook:{}", hook.id),
-        client_id: None,
-        auth_connector: String::new(),
-        list_start: 0,
-        event_depth: 0,
-    };
+    let credential = WebhookCredential { id: hook.id, user_id: hook.user_id, scopes: hook.scopes };
+    let caller = rest::auth::webhook_caller(&app.store, credential).await?;
     let portal = app.store.portal().await?;
     let (output, timing) = rest::invoke(app, &caller, &portal, def, params, start).await?;
     Ok(success_body(&output, &timing))

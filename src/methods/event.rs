@@ -34,6 +34,31 @@ fn is_offline(event_type: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// The checks `event.bind` and `event.unbind` make alike, in the vendor's order: `EVENT` given, `EVENT_TYPE`
+/// known; an offline binding only by an admin (else `denied`) and without a handler (one given is dropped), an
+/// online one with a handler. Whether the binding is offline.
+fn binding_kind(
+    event: &str,
+    event_type: &str,
+    handler: &mut String,
+    admin: bool,
+    denied: Variant,
+) -> Result<bool, ApiError> {
+    if event.is_empty() {
+        return Err(ApiError::argument_null_or_empty("EVENT"));
+    }
+    let offline = is_offline(event_type)?;
+    if offline {
+        if !admin {
+            return Err(denied.into());
+        }
+        handler.clear();
+    } else if handler.is_empty() {
+        return Err(ApiError::argument_null_or_empty("HANDLER"));
+    }
+    Ok(offline)
+}
+
 /// `event.bind`: `event`, `handler`, `auth_type`, `event_type`, `options`.
 pub async fn bind(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let client_id = application(ctx)?;
@@ -51,18 +76,9 @@ pub async fn bind(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     } else if !admin {
         user_id = ctx.caller.id;
     }
-    if event.is_empty() {
-        return Err(ApiError::argument_null_or_empty("EVENT"));
-    }
-    let offline = is_offline(&event_type)?;
+    let offline = binding_kind(&event, &event_type, &mut handler, admin, Variant::DeniedOfflineBinding)?;
     if offline {
-        if !admin {
-            return Err(Variant::DeniedOfflineBinding.into());
-        }
-        handler.clear();
         user_id = 0;
-    } else if handler.is_empty() {
-        return Err(ApiError::argument_null_or_empty("HANDLER"));
     }
     if !handler.is_empty() {
         events::check_handler(&handler).map_err(|e| match e {
@@ -106,18 +122,7 @@ pub async fn unbind(ctx: &CallContext<'_>, params: &Params) -> MethodResult {
     let event_type = text(&q, "EVENT_TYPE").to_lowercase();
     let mut handler = text(&q, "HANDLER");
     let admin = ctx.caller.admin;
-    if event.is_empty() {
-        return Err(ApiError::argument_null_or_empty("EVENT"));
-    }
-    let offline = is_offline(&event_type)?;
-    if offline {
-        if !admin {
-            return Err(Variant::DeniedOfflineUnbinding.into());
-        }
-        handler.clear();
-    } else if handler.is_empty() {
-        return Err(ApiError::argument_null_or_empty("HANDLER"));
-    }
+    let offline = binding_kind(&event, &event_type, &mut handler, admin, Variant::DeniedOfflineUnbinding)?;
     let mut filter =
         BindingFilter { client_id: client_id.to_string(), event, handler, user_id: None, connector_id: None };
     if offline {

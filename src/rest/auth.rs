@@ -9,7 +9,7 @@ use crate::domain::User;
 use crate::error::{ApiError, Code, Variant};
 use crate::methods::Params;
 use crate::secrets::sha256_hex;
-use crate::store::{DynStore, TokenRecord};
+use crate::store::{DynStore, TokenRecord, WebhookCredential};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthKind {
@@ -111,6 +111,23 @@ pub fn strip_reserved(params: &mut Params) {
     }
 }
 
+/// The caller of a webhook whose code matched: its user, who must exist and be active.
+pub async fn webhook_caller(store: &DynStore, hook: WebhookCredential) -> Result<Caller, ApiError> {
+    match store.user(hook.user_id).await? {
+        Some(user) if user.active => Ok(Caller {
+            user,
+            scopes: hook.scopes.into(),
+            kind: AuthKind::Webhook,
+            credential_id: format!("webhook:{}", hook.id),
+            client_id: None,
+            auth_connector: String::new(),
+            list_start: 0,
+            event_depth: 0,
+        }),
+        _ => Err(Code::InvalidCredentials.into()),
+    }
+}
+
 /// Check credentials against the store at time `now_ms`. Secrets are looked up by their SHA-256 only; the
 /// clear value is never stored or logged.
 pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i64) -> Result<Caller, ApiError> {
@@ -123,19 +140,7 @@ pub async fn authenticate(store: &DynStore, credentials: Credentials, now_ms: i6
             let Some(hook) = store.webhook(user_id, &sha256_hex(&code)).await? else {
                 return Err(Code::InvalidCredentials.into());
             };
-            match store.user(hook.user_id).await? {
-                Some(user) if user.active => Ok(Caller {
-                    user,
-                    scopes: hook.scopes.into(),
-                    kind: AuthKind::Webhook,
-                    credential_id: format!("webhook:{}", hook.id),
-                    client_id: None,
-                    auth_connector: String::new(),
-                    list_start: 0,
-                    event_depth: 0,
-                }),
-                _ => Err(Code::InvalidCredentials.into()),
-            }
+            webhook_caller(store, hook).await
         }
         Credentials::Token(token) => {
             let record = store.token_by_access(&sha256_hex(&token)).await?;
