@@ -78,7 +78,7 @@ impl Backend for PgStore {
          COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outgoing_webhooks', 'id')::regclass), 0)",
     );
 
-    fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String {
+    fn json_rows_sql(types: &[Col]) -> String {
         let values: Vec<String> = types
             .iter()
             .enumerate()
@@ -88,11 +88,7 @@ impl Backend for PgStore {
                 Col::Bool => format!("(e ->> {i})::boolean"),
             })
             .collect();
-        format!(
-            "INSERT INTO {table} ({}) SELECT {} FROM json_array_elements($1::json) AS e",
-            columns.join(", "),
-            values.join(", ")
-        )
+        format!("SELECT {} FROM json_array_elements($1::json) AS e", values.join(", "))
     }
 
     /// One statement; `chats` first, the lock order of every change. `CASCADE` also empties tables that

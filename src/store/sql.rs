@@ -45,9 +45,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Replace the whole stored state by a validated one, in one transaction (see `shared::replace_all`).
     fn replace_state(&self, state: &PortalState, clear_history: bool) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// `INSERT INTO table (columns) SELECT … FROM` the rows of the JSON array bound as `$1` (see
-    /// [`json_rows`]): one statement and one parameter for thousands of rows, parsed by the database.
-    fn bulk_insert_sql(table: &str, columns: &[&str], types: &[Col]) -> String;
+    /// `SELECT … FROM` the rows of the JSON array bound as `$1` (see [`json_rows`]), a column of each type in
+    /// `types`: one statement and one parameter for thousands of rows, parsed by the database. The bulk
+    /// inserts, upserts and deletes of [`bulk_sql`] select from it.
+    fn json_rows_sql(types: &[Col]) -> String;
 
     /// Statements that empty every table of a state, and the OAuth codes and tokens that refer to its users
     /// and applications, in an order the foreign keys accept.
@@ -57,6 +58,38 @@ pub(crate) trait Backend: Send + Sync + 'static {
 /// Rows per bulk `INSERT`: each statement binds its rows as one JSON array, which bounds the text built for
 /// a portal of millions of memberships to a few MB at a time.
 pub(crate) const BULK_ROWS: usize = 50_000;
+
+/// The statement of a bulk write of `table`'s `columns`, its rows selected by `rows` (a backend's
+/// [`Backend::json_rows_sql`]). SQLite needs the `WHERE true` to read `ON CONFLICT` as the upsert's and not as
+/// part of the `SELECT`.
+pub(crate) fn bulk_sql(write: BulkWrite<'_>, table: &str, columns: &[&str], rows: &str) -> String {
+    let listed = columns.join(", ");
+    match write {
+        BulkWrite::Insert => format!("INSERT INTO {table} ({listed}) {rows}"),
+        BulkWrite::Upsert { key } => {
+            let set: Vec<String> =
+                columns.iter().filter(|c| !key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+            format!(
+                "INSERT INTO {table} ({listed}) {rows} WHERE true ON CONFLICT ({}) DO UPDATE SET {}",
+                key.join(", "),
+                set.join(", ")
+            )
+        }
+        BulkWrite::Delete => format!("DELETE FROM {table} WHERE ({listed}) IN ({rows})"),
+    }
+}
+
+/// What a bulk statement does with its rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BulkWrite<'a> {
+    Insert,
+    /// Insert, or replace the row of the same `key` (its other columns).
+    Upsert {
+        key: &'a [&'a str],
+    },
+    /// Delete the rows whose `columns` equal one of the rows.
+    Delete,
+}
 
 /// The SQL type a bulk-inserted column is read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,7 +476,7 @@ macro_rules! shared_sql {
                 Chat, CrmEntityType, CrmRecord, Line, PortalSettings, SessionLink, SessionStatus, User, UserKind,
             };
             use $crate::state::{self, PortalState};
-            use $crate::store::sql::{Backend, Val, column_types, json_rows, line_level, now_ms, read_level, split_list};
+            use $crate::store::sql::{Backend, BulkWrite, Val, bulk_sql, column_types, json_rows, line_level, now_ms, read_level, split_list};
             use $crate::store::{
                 AppRecord, AuthCode, BindingFilter, Change, ChangeOutcome, ChatDetail, Counts, DeliveryState, EventBinding, EventLogFilter, ExportDetail, LoadError, LoggedAttempt, LoggedDelivery, LoggedEvent, PendingDelivery, PendingStats, Store, StoreError, StoreResult, TokenRecord,
                 OutgoingWebhook, WebhookCredential, WebhookInfo, ms_to_rfc3339, offline, rfc3339_to_ms,
@@ -1647,159 +1680,115 @@ macro_rules! shared_sql {
                 .bind(p.events.retries)
                 .execute(&mut **tx)
                 .await?;
+                // Each table in a few bulk statements: the file's rows upserted, the children of its parents
+                // deleted and written again (a record in a file replaces the stored one whole). One statement per
+                // row cost a round trip to SQLite's worker thread each, most of a large load's time.
+                let upsert = |key| BulkWrite::Upsert { key };
+                let mut v: Vec<Val<'_>> = Vec::new();
                 for u in &state.users {
-                    sqlx::query(
-                        "INSERT INTO users (id, name, last_name, active, kind, admin, crm_read_lead, crm_read_deal, \
-                         crm_read_contact, crm_read_company, line_join, line_history) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO UPDATE SET \
-                         name = excluded.name, last_name = excluded.last_name, active = excluded.active, \
-                         kind = excluded.kind, admin = excluded.admin, crm_read_lead = excluded.crm_read_lead, \
-                         crm_read_deal = excluded.crm_read_deal, crm_read_contact = excluded.crm_read_contact, \
-                         crm_read_company = excluded.crm_read_company, line_join = excluded.line_join, \
-                         line_history = excluded.line_history",
-                    )
-                    .bind(u.id)
-                    .bind(&u.name)
-                    .bind(&u.last_name)
-                    .bind(u.active)
-                    .bind(&u.kind)
-                    .bind(u.admin)
-                    .bind(&u.crm_read.lead)
-                    .bind(&u.crm_read.deal)
-                    .bind(&u.crm_read.contact)
-                    .bind(&u.crm_read.company)
-                    .bind(&u.lines.join)
-                    .bind(&u.lines.history)
-                    .execute(&mut **tx)
-                    .await?;
+                    v.extend([
+                        Val::Int(u.id),
+                        Val::Text(&u.name),
+                        Val::Text(&u.last_name),
+                        Val::Bool(u.active),
+                        Val::Text(&u.kind),
+                        Val::Bool(u.admin),
+                        Val::Text(&u.crm_read.lead),
+                        Val::Text(&u.crm_read.deal),
+                        Val::Text(&u.crm_read.contact),
+                        Val::Text(&u.crm_read.company),
+                        Val::Text(&u.lines.join),
+                        Val::Text(&u.lines.history),
+                    ]);
                 }
+                let user_columns = [
+                    "id", "name", "last_name", "active", "kind", "admin", "crm_read_lead", "crm_read_deal",
+                    "crm_read_contact", "crm_read_company", "line_join", "line_history",
+                ];
+                bulk(tx, upsert(&["id"]), "users", &user_columns, &v).await?;
+                v.clear();
                 for c in &state.crm {
-                    sqlx::query(
-                        "INSERT INTO crm_records (entity_type, id, title, responsible) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (entity_type, id) DO UPDATE SET title = excluded.title, \
-                         responsible = excluded.responsible",
-                    )
-                    .bind(&c.entity_type)
-                    .bind(c.id)
-                    .bind(&c.title)
-                    .bind(c.responsible)
-                    .execute(&mut **tx)
-                    .await?;
-                    sqlx::query("DELETE FROM crm_observers WHERE entity_type = $1 AND entity_id = $2")
-                        .bind(&c.entity_type)
-                        .bind(c.id)
-                        .execute(&mut **tx)
-                        .await?;
+                    v.extend([Val::Text(&c.entity_type), Val::Int(c.id), Val::Text(&c.title), Val::Int(c.responsible)]);
+                }
+                let record_columns = ["entity_type", "id", "title", "responsible"];
+                bulk(tx, upsert(&["entity_type", "id"]), "crm_records", &record_columns, &v).await?;
+                v.clear();
+                for c in &state.crm {
+                    v.extend([Val::Text(&c.entity_type), Val::Int(c.id)]);
+                }
+                bulk(tx, BulkWrite::Delete, "crm_observers", &["entity_type", "entity_id"], &v).await?;
+                v.clear();
+                for c in &state.crm {
                     for (pos, o) in c.observers.iter().enumerate() {
-                        sqlx::query(
-                            "INSERT INTO crm_observers (entity_type, entity_id, user_id, position) \
-                             VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(&c.entity_type)
-                        .bind(c.id)
-                        .bind(o)
-                        .bind(pos as i64)
-                        .execute(&mut **tx)
-                        .await?;
+                        v.extend([Val::Text(&c.entity_type), Val::Int(c.id), Val::Int(*o), Val::Int(pos as i64)]);
                     }
                 }
+                bulk_insert(tx, "crm_observers", &["entity_type", "entity_id", "user_id", "position"], &v).await?;
+                v.clear();
                 for l in &state.lines {
-                    sqlx::query(
-                        "INSERT INTO lines (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-                    )
-                    .bind(l.id)
-                    .bind(&l.name)
-                    .execute(&mut **tx)
-                    .await?;
-                    sqlx::query("DELETE FROM line_queue WHERE line_id = $1").bind(l.id).execute(&mut **tx).await?;
-                    sqlx::query("DELETE FROM connectors WHERE line_id = $1").bind(l.id).execute(&mut **tx).await?;
+                    v.extend([Val::Int(l.id), Val::Text(&l.name)]);
+                }
+                bulk(tx, upsert(&["id"]), "lines", &["id", "name"], &v).await?;
+                v.clear();
+                let line_ids: Vec<Val<'_>> = state.lines.iter().map(|l| Val::Int(l.id)).collect();
+                bulk(tx, BulkWrite::Delete, "line_queue", &["line_id"], &line_ids).await?;
+                bulk(tx, BulkWrite::Delete, "connectors", &["line_id"], &line_ids).await?;
+                for l in &state.lines {
                     for (pos, u) in l.queue.iter().enumerate() {
-                        sqlx::query("INSERT INTO line_queue (line_id, user_id, position) VALUES ($1, $2, $3)")
-                            .bind(l.id)
-                            .bind(u)
-                            .bind(pos as i64)
-                            .execute(&mut **tx)
-                            .await?;
+                        v.extend([Val::Int(l.id), Val::Int(*u), Val::Int(pos as i64)]);
                     }
+                }
+                bulk_insert(tx, "line_queue", &["line_id", "user_id", "position"], &v).await?;
+                v.clear();
+                for l in &state.lines {
                     for (pos, k) in l.connectors.iter().enumerate() {
-                        sqlx::query(
-                            "INSERT INTO connectors (line_id, id, title, active, position) VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(l.id)
-                        .bind(&k.id)
-                        .bind(&k.title)
-                        .bind(k.active)
-                        .bind(pos as i64)
-                        .execute(&mut **tx)
-                        .await?;
+                        v.extend([Val::Int(l.id), Val::Text(&k.id), Val::Text(&k.title), Val::Bool(k.active), Val::Int(pos as i64)]);
                     }
+                }
+                bulk_insert(tx, "connectors", &["line_id", "id", "title", "active", "position"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    let count = c.members.len() as i64;
+                    v.extend([Val::Int(c.id), Val::Int(c.line), Val::Text(&c.connector), Val::OptInt(c.author), Val::Int(count), Val::Int(count)]);
+                }
+                let chat_columns = ["id", "line_id", "connector_id", "author_id", "member_count", "next_join_seq"];
+                bulk(tx, upsert(&["id"]), "chats", &chat_columns, &v).await?;
+                v.clear();
+                let chat_ids: Vec<Val<'_>> = state.chats.iter().map(|c| Val::Int(c.id)).collect();
+                for table in ["chat_members", "sessions", "messages"] {
+                    bulk(tx, BulkWrite::Delete, table, &["chat_id"], &chat_ids).await?;
                 }
                 for c in &state.chats {
-                    sqlx::query(
-                        "INSERT INTO chats (id, line_id, connector_id, author_id, member_count, next_join_seq) \
-                         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO UPDATE SET line_id = excluded.line_id, \
-                         connector_id = excluded.connector_id, author_id = excluded.author_id, \
-                         member_count = excluded.member_count, next_join_seq = excluded.next_join_seq",
-                    )
-                    .bind(c.id)
-                    .bind(c.line)
-                    .bind(&c.connector)
-                    .bind(c.author)
-                    .bind(c.members.len() as i64)
-                    .execute(&mut **tx)
-                    .await?;
-                    for table in ["chat_members", "sessions", "messages"] {
-                        sqlx::query(&format!("DELETE FROM {table} WHERE chat_id = $1"))
-                            .bind(c.id)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
                     for (seq, m) in c.members.iter().enumerate() {
-                        sqlx::query(
-                            "INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(c.id)
-                        .bind(m)
-                        .bind(seq as i64)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                    for s in &c.sessions {
-                        let status = $crate::state::validate::session_status(&s.status).ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
-                        sqlx::query("INSERT INTO sessions (id, chat_id, status, modified_ms) VALUES ($1, $2, $3, $4)")
-                            .bind(s.id)
-                            .bind(c.id)
-                            .bind(status.0)
-                            .bind(rfc3339_to_ms(&s.modified)?)
-                            .execute(&mut **tx)
-                            .await?;
-                        for (pos, r) in s.crm.iter().enumerate() {
-                            sqlx::query(
-                                "INSERT INTO session_crm (session_id, entity_type, entity_id, position) \
-                                 VALUES ($1, $2, $3, $4)",
-                            )
-                            .bind(s.id)
-                            .bind(&r.entity_type)
-                            .bind(r.id)
-                            .bind(pos as i64)
-                            .execute(&mut **tx)
-                            .await?;
-                        }
-                    }
-                    for m in &c.messages {
-                        sqlx::query(
-                            "INSERT INTO messages (id, chat_id, author_id, text, date_ms) VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(m.id)
-                        .bind(c.id)
-                        .bind(m.author)
-                        .bind(&m.text)
-                        .bind(rfc3339_to_ms(&m.date)?)
-                        .execute(&mut **tx)
-                        .await?;
+                        v.extend([Val::Int(c.id), Val::Int(*m), Val::Int(seq as i64), Val::Int(now)]);
                     }
                 }
+                bulk_insert(tx, "chat_members", &["chat_id", "user_id", "join_seq", "joined_at"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    for s in &c.sessions {
+                        let status = $crate::state::validate::session_status(&s.status)
+                            .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
+                        v.extend([Val::Int(s.id), Val::Int(c.id), Val::Int(status.0), Val::Int(rfc3339_to_ms(&s.modified)?)]);
+                    }
+                }
+                bulk_insert(tx, "sessions", &["id", "chat_id", "status", "modified_ms"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    for s in &c.sessions {
+                        for (pos, r) in s.crm.iter().enumerate() {
+                            v.extend([Val::Int(s.id), Val::Text(&r.entity_type), Val::Int(r.id), Val::Int(pos as i64)]);
+                        }
+                    }
+                }
+                bulk_insert(tx, "session_crm", &["session_id", "entity_type", "entity_id", "position"], &v).await?;
+                v.clear();
+                for c in &state.chats {
+                    for m in &c.messages {
+                        v.extend([Val::Int(m.id), Val::Int(c.id), Val::Int(m.author), Val::Text(&m.text), Val::Int(rfc3339_to_ms(&m.date)?)]);
+                    }
+                }
+                bulk_insert(tx, "messages", &["id", "chat_id", "author_id", "text", "date_ms"], &v).await?;
                 for w in &state.webhooks {
                     let hash =
                         w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
@@ -1968,11 +1957,17 @@ macro_rules! shared_sql {
             /// Inserts `values` (rows of `columns.len()` values, one after the other), [`BULK_ROWS`] rows a
             /// statement.
             async fn bulk_insert(tx: &mut Tx, table: &str, columns: &[&str], values: &[Val<'_>]) -> StoreResult<()> {
+                bulk(tx, BulkWrite::Insert, table, columns, values).await
+            }
+
+            /// Writes `values` as `write` says, [`BULK_ROWS`] rows a statement.
+            async fn bulk(tx: &mut Tx, write: BulkWrite<'_>, table: &str, columns: &[&str], values: &[Val<'_>]) -> StoreResult<()> {
                 let width = columns.len();
                 if values.is_empty() {
                     return Ok(());
                 }
-                let sql = <$store as Backend>::bulk_insert_sql(table, columns, &column_types(&values[..width]));
+                let rows = <$store as Backend>::json_rows_sql(&column_types(&values[..width]));
+                let sql = bulk_sql(write, table, columns, &rows);
                 for chunk in values.chunks($crate::store::sql::BULK_ROWS * width) {
                     sqlx::query::<$db>(&sql).bind(json_rows(chunk, width)).execute(&mut **tx).await?;
                 }

@@ -65,9 +65,9 @@ impl Backend for SqliteStore {
     const AFTER_EXPLICIT_BINDING_ID: Option<&'static str> = None;
     const AFTER_EXPLICIT_OUTGOING_WEBHOOK_ID: Option<&'static str> = None;
 
-    fn bulk_insert_sql(table: &str, columns: &[&str], _types: &[Col]) -> String {
-        let values: Vec<String> = (0..columns.len()).map(|i| format!("value ->> {i}")).collect();
-        format!("INSERT INTO {table} ({}) SELECT {} FROM json_each($1)", columns.join(", "), values.join(", "))
+    fn json_rows_sql(types: &[Col]) -> String {
+        let values: Vec<String> = (0..types.len()).map(|i| format!("value ->> {i}")).collect();
+        format!("SELECT {} FROM json_each($1)", values.join(", "))
     }
 
     /// Children before parents. A `DELETE` without a `WHERE` of a table no foreign key points at empties it
