@@ -1544,27 +1544,32 @@ macro_rules! shared_sql {
                     crm_read: CrmReadDef::default(),
                     lines: LinePermsDef::default(),
                 };
-                for &id in &keys.users {
-                    let found: Option<i64> =
-                        sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(id).fetch_optional(&mut *conn).await?;
-                    rows_read += found.is_some() as u64;
-                    scope.users.extend(found.map(stand_in));
+                // The keys in bulk, [`BULK_ROWS`] a statement: one query per key cost a round trip to SQLite's
+                // worker thread each, which was most of a large load's time once its writes were bulk.
+                let user_keys: Vec<Val<'_>> = keys.users.iter().map(|&id| Val::Int(id)).collect();
+                let mut users: Vec<i64> = Vec::new();
+                for r in bulk_select(conn, "SELECT id FROM users WHERE (id) IN", &user_keys, 1).await? {
+                    users.push(r.get(0));
                 }
-                for (entity_type, id) in &keys.records {
-                    let found: Option<i64> = sqlx::query_scalar("SELECT responsible FROM crm_records WHERE entity_type = $1 AND id = $2")
-                        .bind(entity_type)
-                        .bind(id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    rows_read += found.is_some() as u64;
-                    scope.crm.extend(found.map(|responsible| CrmDef {
-                        entity_type: entity_type.clone(),
-                        id: *id,
-                        title: String::new(),
-                        responsible,
-                        observers: Vec::new(),
-                    }));
+                users.sort_unstable();
+                rows_read += users.len() as u64;
+                scope.users.extend(users.into_iter().map(stand_in));
+                let record_keys: Vec<Val<'_>> =
+                    keys.records.iter().flat_map(|(t, id)| [Val::Text(t), Val::Int(*id)]).collect();
+                let sql = "SELECT entity_type, id, responsible FROM crm_records WHERE (entity_type, id) IN";
+                let mut records: Vec<(String, i64, i64)> = Vec::new();
+                for r in bulk_select(conn, sql, &record_keys, 2).await? {
+                    records.push((r.get(0), r.get(1), r.get(2)));
                 }
+                records.sort_unstable();
+                rows_read += records.len() as u64;
+                scope.crm.extend(records.into_iter().map(|(entity_type, id, responsible)| CrmDef {
+                    entity_type,
+                    id,
+                    title: String::new(),
+                    responsible,
+                    observers: Vec::new(),
+                }));
                 for &id in &keys.lines {
                     let found: Option<String> =
                         sqlx::query_scalar("SELECT name FROM lines WHERE id = $1").bind(id).fetch_optional(&mut *conn).await?;
@@ -1608,11 +1613,14 @@ macro_rules! shared_sql {
                 // A session or message id the file uses that a chat it does not bring holds already.
                 for (table, ids) in [("sessions", &keys.sessions), ("messages", &keys.messages)] {
                     let sql = format!(
-                        "SELECT t.chat_id, c.line_id, c.connector_id FROM {table} t JOIN chats c ON c.id = t.chat_id \
-                         WHERE t.id = $1"
+                        "SELECT t.id, t.chat_id, c.line_id, c.connector_id FROM {table} t JOIN chats c ON c.id = t.chat_id \
+                         WHERE (t.id) IN"
                     );
-                    for &id in ids {
-                        let Some(r) = sqlx::query(&sql).bind(id).fetch_optional(&mut *conn).await? else { continue };
+                    let id_keys: Vec<Val<'_>> = ids.iter().map(|&id| Val::Int(id)).collect();
+                    let mut found = bulk_select(conn, &sql, &id_keys, 1).await?;
+                    found.sort_by_key(|r| r.get::<i64, _>("id"));
+                    for r in found {
+                        let id: i64 = r.get("id");
                         rows_read += 1;
                         let chat: i64 = r.get("chat_id");
                         if keys.chats.contains(&chat) {
@@ -1972,6 +1980,20 @@ macro_rules! shared_sql {
                     sqlx::query::<$db>(&sql).bind(json_rows(chunk, width)).execute(&mut **tx).await?;
                 }
                 Ok(())
+            }
+
+            /// The rows `select` (a query ending in `WHERE (key columns) IN`) finds for `keys` (rows of `width`
+            /// values), [`BULK_ROWS`] keys a statement.
+            async fn bulk_select(conn: &mut Connection, select: &str, keys: &[Val<'_>], width: usize) -> StoreResult<Vec<<$db as sqlx::Database>::Row>> {
+                let mut found = Vec::new();
+                if keys.is_empty() {
+                    return Ok(found);
+                }
+                let sql = format!("{select} ({})", <$store as Backend>::json_rows_sql(&column_types(&keys[..width])));
+                for chunk in keys.chunks($crate::store::sql::BULK_ROWS * width) {
+                    found.extend(sqlx::query::<$db>(&sql).bind(json_rows(chunk, width)).fetch_all(&mut *conn).await?);
+                }
+                Ok(found)
             }
 
             /// Makes the stored state exactly `state` (validated): every table of a state is emptied and
