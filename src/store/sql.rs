@@ -1997,7 +1997,7 @@ macro_rules! shared_sql {
             }
 
             /// Makes the stored state exactly `state` (validated): every table of a state is emptied and
-            /// refilled with bulk inserts, in the caller's transaction, so a reset of a large portal is a handful
+            /// refilled with bulk statements, in the caller's transaction, so a reset of a large portal is a handful
             /// of statements rather than one per row. Issued OAuth codes and tokens go too: they belong to the
             /// users and applications being replaced. With `clear_history`, so do the messenger notifications
             /// and the outbox (a reset); without it they stay, as after a load.
@@ -2009,162 +2009,9 @@ macro_rules! shared_sql {
                     sqlx::query("DELETE FROM notifications").execute(&mut **tx).await?;
                     sqlx::query("DELETE FROM outbox").execute(&mut **tx).await?;
                 }
-                bump_revision(tx).await?;
-                let p = &state.portal;
-                sqlx::query(
-                    "INSERT INTO portal (id, domain, language, modules, plan, strict_line_permissions, require_https, \
-                     event_retries) VALUES (1, $1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&p.domain)
-                .bind(&p.language)
-                .bind(p.modules.join(","))
-                .bind(&p.plan)
-                .bind(p.strict_line_permissions)
-                .bind(p.require_https)
-                .bind(p.events.retries)
-                .execute(&mut **tx)
-                .await?;
-                let mut v: Vec<Val<'_>> = Vec::new();
-                for u in &state.users {
-                    v.extend([
-                        Val::Int(u.id),
-                        Val::Text(&u.name),
-                        Val::Text(&u.last_name),
-                        Val::Bool(u.active),
-                        Val::Text(&u.kind),
-                        Val::Bool(u.admin),
-                        Val::Text(&u.crm_read.lead),
-                        Val::Text(&u.crm_read.deal),
-                        Val::Text(&u.crm_read.contact),
-                        Val::Text(&u.crm_read.company),
-                        Val::Text(&u.lines.join),
-                        Val::Text(&u.lines.history),
-                    ]);
-                }
-                let user_columns = [
-                    "id", "name", "last_name", "active", "kind", "admin", "crm_read_lead", "crm_read_deal",
-                    "crm_read_contact", "crm_read_company", "line_join", "line_history",
-                ];
-                bulk_insert(tx, "users", &user_columns, &v).await?;
-                v.clear();
-                for c in &state.crm {
-                    v.extend([Val::Text(&c.entity_type), Val::Int(c.id), Val::Text(&c.title), Val::Int(c.responsible)]);
-                }
-                bulk_insert(tx, "crm_records", &["entity_type", "id", "title", "responsible"], &v).await?;
-                v.clear();
-                for c in &state.crm {
-                    for (pos, o) in c.observers.iter().enumerate() {
-                        v.extend([Val::Text(&c.entity_type), Val::Int(c.id), Val::Int(*o), Val::Int(pos as i64)]);
-                    }
-                }
-                bulk_insert(tx, "crm_observers", &["entity_type", "entity_id", "user_id", "position"], &v).await?;
-                v.clear();
-                for l in &state.lines {
-                    v.extend([Val::Int(l.id), Val::Text(&l.name)]);
-                }
-                bulk_insert(tx, "lines", &["id", "name"], &v).await?;
-                v.clear();
-                for l in &state.lines {
-                    for (pos, u) in l.queue.iter().enumerate() {
-                        v.extend([Val::Int(l.id), Val::Int(*u), Val::Int(pos as i64)]);
-                    }
-                }
-                bulk_insert(tx, "line_queue", &["line_id", "user_id", "position"], &v).await?;
-                v.clear();
-                for l in &state.lines {
-                    for (pos, k) in l.connectors.iter().enumerate() {
-                        v.extend([Val::Int(l.id), Val::Text(&k.id), Val::Text(&k.title), Val::Bool(k.active), Val::Int(pos as i64)]);
-                    }
-                }
-                bulk_insert(tx, "connectors", &["line_id", "id", "title", "active", "position"], &v).await?;
-                v.clear();
-                for c in &state.chats {
-                    let count = c.members.len() as i64;
-                    v.extend([Val::Int(c.id), Val::Int(c.line), Val::Text(&c.connector), Val::OptInt(c.author), Val::Int(count), Val::Int(count)]);
-                }
-                let chat_columns = ["id", "line_id", "connector_id", "author_id", "member_count", "next_join_seq"];
-                bulk_insert(tx, "chats", &chat_columns, &v).await?;
-                v.clear();
-                let now = now_ms();
-                for c in &state.chats {
-                    for (seq, m) in c.members.iter().enumerate() {
-                        v.extend([Val::Int(c.id), Val::Int(*m), Val::Int(seq as i64), Val::Int(now)]);
-                    }
-                }
-                bulk_insert(tx, "chat_members", &["chat_id", "user_id", "join_seq", "joined_at"], &v).await?;
-                v.clear();
-                for c in &state.chats {
-                    for s in &c.sessions {
-                        let status = $crate::state::validate::session_status(&s.status)
-                            .ok_or_else(|| StoreError::Corrupt(format!("session {} status", s.id)))?;
-                        v.extend([Val::Int(s.id), Val::Int(c.id), Val::Int(status.0), Val::Int(rfc3339_to_ms(&s.modified)?)]);
-                    }
-                }
-                bulk_insert(tx, "sessions", &["id", "chat_id", "status", "modified_ms"], &v).await?;
-                v.clear();
-                for c in &state.chats {
-                    for s in &c.sessions {
-                        for (pos, r) in s.crm.iter().enumerate() {
-                            v.extend([Val::Int(s.id), Val::Text(&r.entity_type), Val::Int(r.id), Val::Int(pos as i64)]);
-                        }
-                    }
-                }
-                bulk_insert(tx, "session_crm", &["session_id", "entity_type", "entity_id", "position"], &v).await?;
-                v.clear();
-                for c in &state.chats {
-                    for m in &c.messages {
-                        v.extend([Val::Int(m.id), Val::Int(c.id), Val::Int(m.author), Val::Text(&m.text), Val::Int(rfc3339_to_ms(&m.date)?)]);
-                    }
-                }
-                bulk_insert(tx, "messages", &["id", "chat_id", "author_id", "text", "date_ms"], &v).await?;
-                v.clear();
-                let scopes: Vec<String> = state.webhooks.iter().map(|w| w.scopes.join(",")).collect();
-                let mut max_id = None;
-                for (w, scopes) in state.webhooks.iter().zip(&scopes) {
-                    let hash =
-                        w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
-                    match w.id {
-                        Some(id) => {
-                            max_id = max_id.max(Some(id));
-                            v.extend([Val::Int(id), Val::Int(w.user), Val::Text(hash), Val::Text(scopes), Val::Int(now)]);
-                        }
-                        // A new webhook: numbered by the database below, after the ones with ids.
-                        None => {}
-                    }
-                }
-                bulk_insert(tx, "webhooks", &["id", "user_id", "code_sha256", "scopes", "created_ms"], &v).await?;
-                v.clear();
-                if let (Some(bump), Some(max_id)) = (<$store as Backend>::AFTER_EXPLICIT_WEBHOOK_ID, max_id) {
-                    sqlx::query(bump).bind(max_id).execute(&mut **tx).await?;
-                }
-                for (w, scopes) in state.webhooks.iter().zip(&scopes).filter(|(w, _)| w.id.is_none()) {
-                    let hash =
-                        w.code_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("webhook without hash".into()))?;
-                    sqlx::query("INSERT INTO webhooks (user_id, code_sha256, scopes, created_ms) VALUES ($1, $2, $3, $4)")
-                        .bind(w.user)
-                        .bind(hash)
-                        .bind(scopes)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                let scopes: Vec<String> = state.apps.iter().map(|a| a.scopes.join(",")).collect();
-                for (a, scopes) in state.apps.iter().zip(&scopes) {
-                    let hash =
-                        a.secret_sha256.as_deref().ok_or_else(|| StoreError::Corrupt("app without hash".into()))?;
-                    v.extend([Val::Text(&a.client_id), Val::Text(hash), Val::Text(scopes), Val::Text(&a.application_token)]);
-                }
-                bulk_insert(tx, "apps", &["client_id", "secret_sha256", "scopes", "application_token"], &v).await?;
-                let now = now_ms();
-                for a in &state.apps {
-                    for b in &a.events {
-                        insert_binding(tx, &a.client_id, b, now).await?;
-                    }
-                }
-                for w in &state.outgoing_webhooks {
-                    upsert_outgoing_webhook(tx, w, now).await?;
-                }
-                Ok(())
+                // Into empty tables the load's bulk upserts are inserts and its deletes find nothing: the
+                // same statements as a load, so a reset and a load cannot drift apart.
+                write_state(tx, state, now_ms()).await
             }
         }
     };
