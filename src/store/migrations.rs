@@ -31,6 +31,7 @@ pub const POSTGRES: &[File] = &[
     ("0005_event_settings", include_str!("../../migrations/postgres/0005_event_settings.sql")),
     ("0006_delivery_log", include_str!("../../migrations/postgres/0006_delivery_log.sql")),
     ("0007_outgoing_webhooks", include_str!("../../migrations/postgres/0007_outgoing_webhooks.sql")),
+    ("0008_message_ids", include_str!("../../migrations/postgres/0008_message_ids.sql")),
 ];
 
 /// The migrator of one backend's files.

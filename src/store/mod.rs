@@ -5,6 +5,7 @@
 pub mod cache;
 mod migrations;
 pub mod offline;
+mod pg_writer;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -2,11 +2,12 @@
 //! is generated into `shared` by `store::sql::shared_sql!`; what is its own is the locking that SQLite gets
 //! from its single writer:
 //!
+//! - the changes of chats are committed in groups (`pg_writer`), each in its chat's lane;
 //! - a membership change locks its chat row (`FOR UPDATE`) before anything else, so two instances changing
 //!   the same chat run one after the other and the member count, join order and author are computed from
 //!   what the other committed;
-//! - a message locks its chat row `FOR SHARE` (the author stays a member until the commit) and then the
-//!   `messages` table against other message writers, so `MAX(id) + 1` cannot be taken twice;
+//! - a message locks its chat row `FOR SHARE` (the author stays a member until the commit) and takes its id
+//!   from a sequence;
 //! - a state load locks every table it reads and writes against writers (readers go on) before reading the
 //!   stored state it merges into.
 //!
@@ -18,6 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
+use super::pg_writer::GroupCommit;
 use super::sql::statements as sql;
 use super::sql::{Backend, Col, shared_sql};
 use super::{Cause, Change, ChangeOutcome, ExportDetail, LoadError, NextStep, StoreError, StoreResult, offline};
@@ -26,7 +28,21 @@ use crate::state::PortalState;
 
 pub struct PgStore {
     pool: PgPool,
+    group: GroupCommit,
 }
+
+/// A message's id: the next of the `message_ids` sequence, which no other writer waits for (ids a rolled-back
+/// transaction took are skipped, as the vendor's ids skip). Loads and resets move it past the stored ids.
+const INSERT_MESSAGE: &str = "INSERT INTO messages (id, chat_id, author_id, text, date_ms) \
+     VALUES (nextval('message_ids'), $1, $2, $3, $4) RETURNING id";
+
+/// After a load: past every stored id, never back (ids taken by messages of other instances meanwhile stay
+/// taken).
+const MESSAGE_IDS_PAST_STORED: &str = "SELECT setval('message_ids', m) FROM (SELECT MAX(id) AS m FROM messages) s \
+     WHERE m >= (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM message_ids)";
+
+/// After a reset: the next id follows the state's last message, as on SQLite.
+const MESSAGE_IDS_AFTER_STATE: &str = "SELECT setval('message_ids', COALESCE(MAX(id), 0) + 1, false) FROM messages";
 
 /// `chats` first: every change transaction starts by locking a chat row, so a load that holds `chats` can
 /// wait for the others without any of them waiting for it. Notifications, the outbox and OAuth codes and
@@ -47,7 +63,8 @@ impl PgStore {
         let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(POOL_WAIT).connect_with(options).await?;
         // sqlx holds an advisory lock while migrating, so instances starting together migrate once.
         super::migrations::migrator(super::migrations::POSTGRES).await?.run(&pool).await?;
-        Ok(Self { pool })
+        let group = GroupCommit::start(&pool);
+        Ok(Self { pool, group })
     }
 }
 
@@ -111,37 +128,16 @@ impl Backend for PgStore {
     }
 
     async fn apply(&self, change: Change) -> StoreResult<ChangeOutcome> {
+        if let Some(chat_id) = chat_of(&change) {
+            return self.group.apply(chat_id, change).await;
+        }
         let mut tx = self.begin_write().await?;
         // The events the change wrote, counted once it committed.
         let mut produced = Produced::default();
         let outcome = match change {
-            Change::RemoveMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
-                lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
-                let (outcome, events) = remove_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?;
-                produced = events;
-                outcome
-            }
-            Change::AddMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
-                lock_chat(&mut tx, chat_id, "FOR UPDATE").await?;
-                let (outcome, events) = add_member(&mut tx, chat_id, user_id, record, at_ms, cause).await?;
-                produced = events;
-                outcome
-            }
-            Change::AddMessage {
-                chat_id: ChatId(chat_id),
-                author: UserId(author),
-                text,
-                record: _,
-                line_id,
-                connector_id,
-                at_ms,
-                cause,
-            } => {
-                lock_chat(&mut tx, chat_id, "FOR SHARE").await?;
-                // Conflicts with itself and with a load's lock, not with readers.
-                sqlx::query("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-                let (outcome, events) =
-                    add_message(&mut tx, chat_id, author, &text, (line_id, &connector_id), at_ms, cause).await?;
+            // Sent to their lane above; applied alone here they would be just as right, only slower.
+            chat_change @ (Change::RemoveMember { .. } | Change::AddMember { .. } | Change::AddMessage { .. }) => {
+                let (outcome, events) = apply_chat_change(&mut tx, &chat_change).await?;
                 produced = events;
                 outcome
             }
@@ -245,6 +241,8 @@ impl Backend for PgStore {
         // file's own rows (see `shared::load`).
         sqlx::query(LOCK_FOR_LOAD).execute(&mut *tx).await.map_err(StoreError::from)?;
         shared::load(&mut tx, incoming, has_portal, now_ms).await?;
+        // Last: a sequence is not rolled back with the transaction.
+        sqlx::query(MESSAGE_IDS_PAST_STORED).execute(&mut *tx).await.map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
@@ -252,12 +250,55 @@ impl Backend for PgStore {
     async fn replace_state(&self, state: &PortalState, clear_history: bool) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         shared::replace_all(&mut tx, state, clear_history).await?;
+        sqlx::query(MESSAGE_IDS_AFTER_STATE).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
 // The changes of the methods. SQLite applies the same statements in its group-commit writer.
+
+/// The chat a change of the methods locks; `None` for the changes of the delivery engine.
+fn chat_of(change: &Change) -> Option<i64> {
+    match change {
+        Change::RemoveMember { chat_id, .. }
+        | Change::AddMember { chat_id, .. }
+        | Change::AddMessage { chat_id, .. } => Some(chat_id.0),
+        _ => None,
+    }
+}
+
+/// Applies a change of a chat inside `tx`, its chat row locked first (see the module's lock order). A change
+/// that finds nothing to do writes nothing.
+pub(super) async fn apply_chat_change(tx: &mut shared::Tx, change: &Change) -> StoreResult<(ChangeOutcome, Produced)> {
+    match change {
+        Change::RemoveMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
+            lock_chat(tx, *chat_id, "FOR UPDATE").await?;
+            remove_member(tx, *chat_id, *user_id, *record, *at_ms, cause.clone()).await
+        }
+        Change::AddMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
+            lock_chat(tx, *chat_id, "FOR UPDATE").await?;
+            add_member(tx, *chat_id, *user_id, *record, *at_ms, cause.clone()).await
+        }
+        Change::AddMessage {
+            chat_id: ChatId(chat_id),
+            author: UserId(author),
+            text,
+            record: _,
+            line_id,
+            connector_id,
+            at_ms,
+            cause,
+        } => {
+            // The author stays a member until the commit; message ids come from a sequence, so other
+            // messages are not waited for.
+            lock_chat(tx, *chat_id, "FOR SHARE").await?;
+            add_message(tx, *chat_id, *author, text, (*line_id, connector_id), *at_ms, cause.clone()).await
+        }
+        // `chat_of` names the changes that come here; the engine's own changes have a chat of none.
+        other => Err(StoreError::Unavailable(format!("not a change of a chat: {other:?}"))),
+    }
+}
 
 /// Removes a membership, hands the authorship over when the author left, and records the
 /// notification and the event. Run it with the chat serialized (see the backend's `apply`).
@@ -330,8 +371,7 @@ pub(super) async fn add_member(
     Ok((ChangeOutcome::MemberAdded { member_count }, produced))
 }
 
-/// Stores a message of a member under the id `MAX(id) + 1`. Run it with message ids serialized
-/// and the chat's membership held still.
+/// Stores a message of a member under the sequence's next id. Run it with the chat's membership held still.
 pub(super) async fn add_message(
     tx: &mut shared::Tx,
     chat_id: i64,
@@ -346,7 +386,7 @@ pub(super) async fn add_message(
     if member.is_none() {
         return Ok((ChangeOutcome::NotAMember, Produced::default()));
     }
-    let id: i64 = sqlx::query_scalar(sql::INSERT_MESSAGE)
+    let id: i64 = sqlx::query_scalar(INSERT_MESSAGE)
         .bind(chat_id)
         .bind(author)
         .bind(text)
