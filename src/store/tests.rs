@@ -425,3 +425,48 @@ async fn sqlite_loads_racing_changes_lose_nothing() {
 async fn postgres_loads_racing_changes_lose_nothing() {
     loads_racing_changes_lose_nothing(TestDb::postgres().await).await
 }
+
+/// PostgreSQL refuses a NUL in text, SQLite stores it: on PostgreSQL the message fails inside whatever group it
+/// was committed with, and every other change sent with it at once must still be applied, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_failing_change_is_left_out_of_its_group() {
+    let db = TestDb::postgres().await;
+    let (a, _) = two_instances(&db, 40).await;
+    let message = |text: &str| Change::AddMessage {
+        chat_id: ChatId(FIRST_CHAT),
+        author: UserId(12),
+        text: text.into(),
+        record: RECORD,
+        line_id: 1,
+        connector_id: "livechat".into(),
+        at_ms: 1,
+        cause: Default::default(),
+    };
+    let mut set = JoinSet::new();
+    for round in 0..5 {
+        // Chats of one lane (ids four apart), so the changes queue behind each other's commits.
+        for chat in (FIRST_CHAT..FIRST_CHAT + 40).step_by(4) {
+            let change = if round == 0 { remove(chat, 20) } else { add(chat, [1, 13, 14, 15][round - 1]) };
+            let store = a.clone();
+            set.spawn(async move { (chat, store.apply(change).await) });
+        }
+        let store = a.clone();
+        set.spawn(async move { (0, store.apply(message(&format!("bad\0{round}"))).await) });
+    }
+    let mut failed = 0;
+    for (chat, outcome) in set.join_all().await {
+        match outcome {
+            Err(_) if chat == 0 => failed += 1,
+            Ok(ChangeOutcome::MemberRemoved { .. } | ChangeOutcome::MemberAdded { .. }) => {}
+            other => panic!("chat {chat}: {other:?}"),
+        }
+    }
+    assert_eq!(failed, 5, "every message with a NUL fails");
+    for chat in (FIRST_CHAT..FIRST_CHAT + 40).step_by(4) {
+        let mut members = a.chat_members(chat).await.unwrap();
+        members.sort_unstable();
+        assert_eq!(members, [1, 12, 13, 14, 15, 30], "chat {chat}");
+        db.assert_counters_match_members(chat).await;
+    }
+    assert_eq!(a.apply(message("good")).await.unwrap(), ChangeOutcome::MessageAdded { id: 1003 });
+}
