@@ -41,6 +41,10 @@ pub enum StoreError {
     /// A part of the store is not running (its thread could not start or has stopped).
     #[error("the store is not running: {0}")]
     Unavailable(String),
+    /// The change was committed in a group with others, and the group's transaction met this fault (another
+    /// change's connection, the server, the commit): nothing of the group was kept.
+    #[error("the change's group was not committed: {0}")]
+    GroupNotCommitted(String),
     /// What was read back breaks a rule the store keeps (an unknown enum value, a missing hash).
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),

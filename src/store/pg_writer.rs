@@ -110,20 +110,20 @@ fn failure(err: &StoreError) -> Failure {
 fn group_failed(err: &StoreError) -> StoreError {
     match err {
         StoreError::DiskFull(message) => StoreError::DiskFull(message.clone()),
-        other => StoreError::Unavailable(format!("the transaction of the change's group failed: {other}")),
+        other => StoreError::GroupNotCommitted(other.to_string()),
     }
 }
 
 async fn commit_group(pool: &PgPool, group: &[Job]) -> Vec<StoreResult<ChangeOutcome>> {
-    let fail_all = |err: StoreError| -> Vec<StoreResult<ChangeOutcome>> {
-        group.iter().map(|_| Err(group_failed(&err))).collect()
+    let fail_all = |err: &StoreError| -> Vec<StoreResult<ChangeOutcome>> {
+        group.iter().map(|_| Err(group_failed(err))).collect()
     };
     let mut outcomes: Vec<Option<StoreResult<ChangeOutcome>>> = group.iter().map(|_| None).collect();
     let mut deadlocks = 0;
     'attempt: loop {
         let mut tx = match pool.begin().await {
             Ok(tx) => tx,
-            Err(err) => return fail_all(err.into()),
+            Err(err) => return fail_all(&err.into()),
         };
         let mut produced = Vec::new();
         for (index, job) in group.iter().enumerate() {
@@ -147,7 +147,7 @@ async fn commit_group(pool: &PgPool, group: &[Job]) -> Vec<StoreResult<ChangeOut
                             outcomes[index] = Some(Err(err));
                         }
                         Failure::Deadlock | Failure::Group => {
-                            let mut answers = fail_all(group_failed(&err));
+                            let mut answers = fail_all(&err);
                             answers[index] = Err(err);
                             return answers;
                         }
@@ -157,7 +157,7 @@ async fn commit_group(pool: &PgPool, group: &[Job]) -> Vec<StoreResult<ChangeOut
             }
         }
         if let Err(err) = tx.commit().await {
-            return fail_all(err.into());
+            return fail_all(&err.into());
         }
         crate::telemetry::events_produced(&produced);
         return outcomes
@@ -180,6 +180,6 @@ mod tests {
         assert_eq!(failure(&io), Failure::Group);
         assert_eq!(failure(&StoreError::DiskFull("no room".into())), Failure::Group);
         assert!(matches!(group_failed(&StoreError::DiskFull("no room".into())), StoreError::DiskFull(_)));
-        assert!(matches!(group_failed(&io), StoreError::Unavailable(_)));
+        assert!(matches!(group_failed(&io), StoreError::GroupNotCommitted(_)));
     }
 }
