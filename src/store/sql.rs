@@ -1766,12 +1766,19 @@ macro_rules! shared_sql {
                 for table in ["chat_members", "sessions", "messages"] {
                     bulk(tx, BulkWrite::Delete, table, &["chat_id"], &chat_ids).await?;
                 }
+                let member_columns = ["chat_id", "user_id", "join_seq", "joined_at"];
                 for c in &state.chats {
                     for (seq, m) in c.members.iter().enumerate() {
                         v.extend([Val::Int(c.id), Val::Int(*m), Val::Int(seq as i64), Val::Int(now)]);
                     }
+                    // A statement's worth at a time: the memberships of a big state, its largest table by far, are
+                    // never all held as values at once.
+                    if v.len() >= $crate::store::sql::BULK_ROWS * member_columns.len() {
+                        bulk_insert(tx, "chat_members", &member_columns, &v).await?;
+                        v.clear();
+                    }
                 }
-                bulk_insert(tx, "chat_members", &["chat_id", "user_id", "join_seq", "joined_at"], &v).await?;
+                bulk_insert(tx, "chat_members", &member_columns, &v).await?;
                 v.clear();
                 for c in &state.chats {
                     for s in &c.sessions {
