@@ -463,8 +463,11 @@ async fn events_event_test_fires_onapptest_to_the_applications_handlers() {
 #[tokio::test]
 async fn events_acknowledged_events_survive_a_crash_while_the_handler_is_down() {
     let mut app = spawn_app().await;
-    // A port nobody listens on yet: the handler is down.
-    let addr = unused_addr();
+    // The handler is down: its port is bound, so nothing else can take it while the server restarts, but not
+    // listening, so a delivery's connection is refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = reserved.local_addr().unwrap();
     let handler = format!("http://{addr}/handler");
     let admin = token(&app, "local.crash.app", "imopenlines,im", 1).await;
     assert_success(&bind(&app, &admin, json!({"event": "ONCRMCHATUSERDELETE", "handler": handler})).await, json!(true));
@@ -477,8 +480,10 @@ async fn events_acknowledged_events_survive_a_crash_while_the_handler_is_down() 
         assert_success(&call("imopenlines.crm.chat.user.add", 12).await, json!(8773));
     }
     app.restart();
-    let sink = Sink::on(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
-    let received = sink.wait(6, 40).await;
+    let sink = Sink::on(reserved.listen(1024).unwrap()).await;
+    // Deliveries the killed process had leased wait for their lease to run out (the 10 s handler timeout plus
+    // 30 s) before the new process sends them, so up to 40 s after the kill, plus a poll.
+    let received = sink.wait(6, 60).await;
     // Up to four deliveries of a handler are in flight at once, so they may arrive in another order.
     let mut events: Vec<(String, String)> =
         received.iter().map(|r| (r.field("event").unwrap(), r.field("data[USER_COUNT]").unwrap())).collect();
