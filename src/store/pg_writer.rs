@@ -15,7 +15,7 @@
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::postgres::apply_chat_change;
+use super::postgres::{Listened, apply_chat_change};
 use super::{Change, ChangeOutcome, StoreError, StoreResult};
 
 /// Lanes per instance: enough to keep PostgreSQL's cores busy while a lane waits for its commit, few enough
@@ -125,12 +125,16 @@ async fn commit_group(pool: &PgPool, group: &[Job]) -> Vec<StoreResult<ChangeOut
             Ok(tx) => tx,
             Err(err) => return fail_all(&err.into()),
         };
+        let listened = match Listened::read(&mut tx).await {
+            Ok(listened) => listened,
+            Err(err) => return fail_all(&err),
+        };
         let mut produced = Vec::new();
         for (index, job) in group.iter().enumerate() {
             if matches!(outcomes[index], Some(Err(_))) {
                 continue;
             }
-            match apply_chat_change(&mut tx, &job.change).await {
+            match apply_chat_change(&mut tx, &listened, &job.change).await {
                 Ok((outcome, events)) => {
                     outcomes[index] = Some(Ok(outcome));
                     produced.extend(events.events);

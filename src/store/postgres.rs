@@ -36,6 +36,35 @@ pub struct PgStore {
 const INSERT_MESSAGE: &str = "INSERT INTO messages (id, chat_id, author_id, text, date_ms) \
      VALUES (nextval('message_ids'), $1, $2, $3, $4) RETURNING id";
 
+/// A removal after its chat row is locked, in one round trip: the membership deleted, the count lowered, and the
+/// members left in the statement's snapshot (taken after the lock, so it holds every committed change of the
+/// chat; the deleted row is still in it and filtered out), with each one's kind when the author left — what
+/// the hand-over rule needs. No row: not a member; one row with a NULL member: nobody is left.
+const REMOVE_MEMBER: &str = "WITH gone AS (DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING user_id), \
+     counted AS (UPDATE chats SET member_count = member_count - 1 \
+       WHERE id = $1 AND EXISTS (SELECT 1 FROM gone) RETURNING author_id, member_count) \
+     SELECT c.author_id, c.member_count, m.user_id, m.join_seq, u.kind, u.active FROM counted c \
+     LEFT JOIN chat_members m ON m.chat_id = $1 AND m.user_id <> $2 \
+     LEFT JOIN users u ON u.id = m.user_id AND c.author_id = $2";
+
+/// An addition after its chat row is locked, in one round trip: the membership at the end of the join order,
+/// the count (the snapshot's members plus the new one) and every member with its place. No row: already a
+/// member.
+const ADD_MEMBER: &str = "WITH added AS (INSERT INTO chat_members (chat_id, user_id, join_seq, joined_at) \
+       SELECT $1, $2, next_join_seq, $3 FROM chats WHERE id = $1 \
+       ON CONFLICT (chat_id, user_id) DO NOTHING RETURNING user_id, join_seq), \
+     counted AS (UPDATE chats SET next_join_seq = next_join_seq + 1, \
+       member_count = (SELECT COUNT(*) FROM chat_members WHERE chat_id = $1) + 1 \
+       WHERE id = $1 AND EXISTS (SELECT 1 FROM added) RETURNING member_count) \
+     SELECT c.member_count, m.user_id, m.join_seq FROM counted c CROSS JOIN \
+     (SELECT user_id, join_seq FROM chat_members WHERE chat_id = $1 UNION ALL SELECT user_id, join_seq FROM added) m";
+
+/// Which events anyone listens to: online (a handler or an outgoing webhook) and offline (recorded for
+/// `event.offline.get`). Read once per group of changes instead of two statements per change that find
+/// nobody; a binding committed before the group began is seen, as it would be by each statement.
+const LISTENED: &str = "SELECT event, bool_or(handler <> ''), bool_or(handler = '') FROM event_bindings GROUP BY event \
+     UNION ALL SELECT DISTINCT event, true, false FROM outgoing_webhook_events";
+
 /// After a load: past every stored id, never back (ids taken by messages of other instances meanwhile stay
 /// taken).
 const MESSAGE_IDS_PAST_STORED: &str = "SELECT setval('message_ids', m) FROM (SELECT MAX(id) AS m FROM messages) s \
@@ -75,6 +104,29 @@ shared_sql!(PgStore, Postgres);
 async fn lock_chat(tx: &mut shared::Tx, chat_id: i64, mode: &str) -> StoreResult<()> {
     sqlx::query(&format!("SELECT id FROM chats WHERE id = $1 {mode}")).bind(chat_id).fetch_optional(&mut **tx).await?;
     Ok(())
+}
+
+/// The events someone listens to, as [`LISTENED`] reads them inside a transaction.
+#[derive(Debug, Default)]
+pub(super) struct Listened {
+    online: std::collections::HashSet<String>,
+    offline: std::collections::HashSet<String>,
+}
+
+impl Listened {
+    pub(super) async fn read(tx: &mut shared::Tx) -> StoreResult<Self> {
+        let rows: Vec<(String, bool, bool)> = sqlx::query_as(LISTENED).fetch_all(&mut **tx).await?;
+        let mut listened = Listened::default();
+        for (event, online, offline) in rows {
+            if online {
+                listened.online.insert(event.clone());
+            }
+            if offline {
+                listened.offline.insert(event);
+            }
+        }
+        Ok(listened)
+    }
 }
 
 impl Backend for PgStore {
@@ -137,7 +189,8 @@ impl Backend for PgStore {
         let outcome = match change {
             // Sent to their lane above; applied alone here they would be just as right, only slower.
             chat_change @ (Change::RemoveMember { .. } | Change::AddMember { .. } | Change::AddMessage { .. }) => {
-                let (outcome, events) = apply_chat_change(&mut tx, &chat_change).await?;
+                let listened = Listened::read(&mut tx).await?;
+                let (outcome, events) = apply_chat_change(&mut tx, &listened, &chat_change).await?;
                 produced = events;
                 outcome
             }
@@ -270,15 +323,19 @@ fn chat_of(change: &Change) -> Option<i64> {
 
 /// Applies a change of a chat inside `tx`, its chat row locked first (see the module's lock order). A change
 /// that finds nothing to do writes nothing.
-pub(super) async fn apply_chat_change(tx: &mut shared::Tx, change: &Change) -> StoreResult<(ChangeOutcome, Produced)> {
+pub(super) async fn apply_chat_change(
+    tx: &mut shared::Tx,
+    listened: &Listened,
+    change: &Change,
+) -> StoreResult<(ChangeOutcome, Produced)> {
     match change {
         Change::RemoveMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
             lock_chat(tx, *chat_id, "FOR UPDATE").await?;
-            remove_member(tx, *chat_id, *user_id, *record, *at_ms, cause.clone()).await
+            remove_member(tx, listened, *chat_id, *user_id, *record, *at_ms, cause.clone()).await
         }
         Change::AddMember { chat_id: ChatId(chat_id), user_id: UserId(user_id), record, at_ms, cause } => {
             lock_chat(tx, *chat_id, "FOR UPDATE").await?;
-            add_member(tx, *chat_id, *user_id, *record, *at_ms, cause.clone()).await
+            add_member(tx, listened, *chat_id, *user_id, *record, *at_ms, cause.clone()).await
         }
         Change::AddMessage {
             chat_id: ChatId(chat_id),
@@ -293,7 +350,7 @@ pub(super) async fn apply_chat_change(tx: &mut shared::Tx, change: &Change) -> S
             // The author stays a member until the commit; message ids come from a sequence, so other
             // messages are not waited for.
             lock_chat(tx, *chat_id, "FOR SHARE").await?;
-            add_message(tx, *chat_id, *author, text, (*line_id, connector_id), *at_ms, cause.clone()).await
+            add_message(tx, listened, *chat_id, (*author, text), (*line_id, connector_id), *at_ms, cause.clone()).await
         }
         // `chat_of` names the changes that come here; the engine's own changes have a chat of none.
         other => Err(StoreError::Unavailable(format!("not a change of a chat: {other:?}"))),
@@ -301,82 +358,92 @@ pub(super) async fn apply_chat_change(tx: &mut shared::Tx, change: &Change) -> S
 }
 
 /// Removes a membership, hands the authorship over when the author left, and records the
-/// notification and the event. Run it with the chat serialized (see the backend's `apply`).
+/// notification and the event. Run it with the chat row locked (see [`apply_chat_change`]).
 pub(super) async fn remove_member(
     tx: &mut shared::Tx,
+    listened: &Listened,
     chat_id: i64,
     user_id: i64,
     record: RecordRef,
     at_ms: i64,
     cause: Cause,
 ) -> StoreResult<(ChangeOutcome, Produced)> {
-    // The row count decides between two identical calls: the second finds nothing to delete.
-    let deleted = sqlx::query(sql::DELETE_MEMBER).bind(chat_id).bind(user_id).execute(&mut **tx).await?;
-    if deleted.rows_affected() == 0 {
+    type Row = (Option<i64>, i64, Option<i64>, Option<i64>, Option<String>, Option<bool>);
+    let rows: Vec<Row> = sqlx::query_as(REMOVE_MEMBER).bind(chat_id).bind(user_id).fetch_all(&mut **tx).await?;
+    // No row: the second of two identical calls finds nothing to delete.
+    let Some(&(author, member_count, ..)) = rows.first() else {
         return Ok((ChangeOutcome::NotAMember, Produced::default()));
-    }
-    // The same statements, in the same order, as SQLite's group-commit writer.
-    let (author, member_count): (Option<i64>, i64) =
-        sqlx::query_as(sql::COUNT_AFTER_LEAVE).bind(chat_id).fetch_one(&mut **tx).await?;
-    let members = members_in_join_order(tx, chat_id).await?;
-    // The members' kinds matter only when the author leaves.
+    };
+    let mut left: Vec<(i64, i64, Option<String>, Option<bool>)> =
+        rows.into_iter().filter_map(|(_, _, member, seq, kind, active)| Some((member?, seq?, kind, active))).collect();
+    left.sort_unstable_by_key(|&(_, seq, ..)| seq);
+    // The same rule as SQLite's writer: the first member in join order who may take over.
     let new_author = if author == Some(user_id) {
-        let mut next = author;
-        for &candidate in &members {
-            let (kind, active): (String, bool) =
-                sqlx::query_as(sql::USER_KIND).bind(candidate).fetch_one(&mut **tx).await?;
-            if rules::may_take_over(&sql::member(candidate, &kind, active), UserId(user_id)) {
-                next = Some(candidate);
-                break;
-            }
-        }
+        let next = left
+            .iter()
+            .find(|(member, _, kind, active)| {
+                let kind = kind.as_deref().unwrap_or_default();
+                rules::may_take_over(&sql::member(*member, kind, active.unwrap_or(false)), UserId(user_id))
+            })
+            .map(|&(member, ..)| member)
+            .or(author);
         sqlx::query(sql::SET_AUTHOR).bind(next).bind(chat_id).execute(&mut **tx).await?;
         next
     } else {
         author
     };
-    let mut recipients = members;
+    let mut recipients: Vec<i64> = left.iter().map(|&(member, ..)| member).collect();
     recipients.push(user_id);
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
-    let produced =
-        record_change(tx, chat_id, ("chatUserLeave", &notification), ("ONCRMCHATUSERDELETE", &event), at_ms, cause)
-            .await?;
+    let produced = record_change(
+        tx,
+        listened,
+        chat_id,
+        ("chatUserLeave", &notification),
+        ("ONCRMCHATUSERDELETE", &event),
+        at_ms,
+        cause,
+    )
+    .await?;
     Ok((ChangeOutcome::MemberRemoved { member_count, author: new_author }, produced))
 }
 
-/// The chat's member ids, longest-standing first.
-async fn members_in_join_order(tx: &mut shared::Tx, chat_id: i64) -> StoreResult<Vec<i64>> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as(sql::MEMBERS_WITH_SEQ).bind(chat_id).fetch_all(&mut **tx).await?;
-    Ok(sql::in_join_order(rows))
-}
-
-/// Adds a membership at the end of the join order. Run it with the chat serialized.
+/// Adds a membership at the end of the join order. Run it with the chat row locked.
 pub(super) async fn add_member(
     tx: &mut shared::Tx,
+    listened: &Listened,
     chat_id: i64,
     user_id: i64,
     record: RecordRef,
     at_ms: i64,
     cause: Cause,
 ) -> StoreResult<(ChangeOutcome, Produced)> {
-    let inserted = sqlx::query(sql::INSERT_MEMBER).bind(chat_id).bind(user_id).bind(at_ms).execute(&mut **tx).await?;
-    if inserted.rows_affected() == 0 {
+    let rows: Vec<(i64, i64, i64)> =
+        sqlx::query_as(ADD_MEMBER).bind(chat_id).bind(user_id).bind(at_ms).fetch_all(&mut **tx).await?;
+    let Some(&(member_count, ..)) = rows.first() else {
         return Ok((ChangeOutcome::AlreadyAMember, Produced::default()));
-    }
-    let member_count: i64 = sqlx::query_scalar(sql::COUNT_AFTER_JOIN).bind(chat_id).fetch_one(&mut **tx).await?;
-    let recipients = members_in_join_order(tx, chat_id).await?;
+    };
+    let recipients = sql::in_join_order(rows.into_iter().map(|(_, member, seq)| (member, seq)).collect());
     let (notification, event) = sql::membership_payloads(chat_id, user_id, member_count, &recipients, record);
-    let produced =
-        record_change(tx, chat_id, ("chatUserJoin", &notification), ("ONCRMCHATUSERADD", &event), at_ms, cause).await?;
+    let produced = record_change(
+        tx,
+        listened,
+        chat_id,
+        ("chatUserJoin", &notification),
+        ("ONCRMCHATUSERADD", &event),
+        at_ms,
+        cause,
+    )
+    .await?;
     Ok((ChangeOutcome::MemberAdded { member_count }, produced))
 }
 
 /// Stores a message of a member under the sequence's next id. Run it with the chat's membership held still.
 pub(super) async fn add_message(
     tx: &mut shared::Tx,
+    listened: &Listened,
     chat_id: i64,
-    author: i64,
-    text: &str,
+    (author, text): (i64, &str),
     (line_id, connector_id): (i64, &str),
     at_ms: i64,
     cause: Cause,
@@ -394,13 +461,14 @@ pub(super) async fn add_message(
         .fetch_one(&mut **tx)
         .await?;
     let event = sql::message_payload(chat_id, id, author, text, at_ms, line_id, connector_id);
-    let produced = produce(tx, "ONOPENLINEMESSAGEADD", &event, at_ms, cause, None).await?;
+    let produced = produce_listened(tx, listened, "ONOPENLINEMESSAGEADD", &event, at_ms, cause).await?;
     Ok((ChangeOutcome::MessageAdded { id }, produced))
 }
 
 /// The messenger notification (kind, payload) and the event (name, payload) of a change.
 async fn record_change(
     tx: &mut shared::Tx,
+    listened: &Listened,
     chat_id: i64,
     notification: (&str, &str),
     event: (&'static str, &str),
@@ -414,7 +482,23 @@ async fn record_change(
         .bind(at_ms)
         .execute(&mut **tx)
         .await?;
-    produce(tx, event.0, event.1, at_ms, cause, None).await
+    produce_listened(tx, listened, event.0, event.1, at_ms, cause).await
+}
+
+/// An event of the portal (of no one application), written as [`produce`] writes it, but only where
+/// `listened` says someone may take it: nothing to do, no statement.
+async fn produce_listened(
+    tx: &mut shared::Tx,
+    listened: &Listened,
+    event: &'static str,
+    payload: &str,
+    at_ms: i64,
+    cause: Cause,
+) -> StoreResult<Produced> {
+    if !listened.online.contains(event) && !listened.offline.contains(event) {
+        return Ok(Produced::default());
+    }
+    produce(tx, event, payload, at_ms, cause, None).await
 }
 
 /// What a change wrote to the outbox: the names of its events (for [`crate::telemetry::EVENTS_PRODUCED`], once
