@@ -50,6 +50,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// inserts, upserts and deletes of [`bulk_sql`] select from it.
     fn json_rows_sql(types: &[Col]) -> String;
 
+    /// Inserts rows (`columns.len()` values each, one after the other) by the database's own bulk path where it
+    /// has one, PostgreSQL's `COPY`, which skips parsing a statement's JSON parameter: whether it did. When it
+    /// did not, the caller inserts with statements.
+    fn copy_rows<'a>(
+        tx: &'a mut Transaction<'static, Self::Db>,
+        table: &'a str,
+        columns: &'a [&'a str],
+        values: &'a [Val<'a>],
+    ) -> impl Future<Output = StoreResult<bool>> + Send + 'a;
+
     /// Statements that empty every table of a state, and the OAuth codes and tokens that refer to its users
     /// and applications, in an order the foreign keys accept.
     const CLEAR_STATE: &'static [&'static str];
@@ -58,6 +68,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 /// Rows per bulk `INSERT`: each statement binds its rows as one JSON array, which bounds the text built for
 /// a portal of millions of memberships to a few MB at a time.
 pub(crate) const BULK_ROWS: usize = 50_000;
+
+/// Rows per message of a `COPY` (PostgreSQL), so that the text sent is a few hundred KB at a time.
+pub(crate) const COPY_ROWS: usize = 10_000;
 
 /// The statement of a bulk write of `table`'s `columns`, its rows selected by `rows` (a backend's
 /// [`Backend::json_rows_sql`]). SQLite needs the `WHERE true` to read `ON CONFLICT` as the upsert's and not as
@@ -134,6 +147,37 @@ pub(crate) fn json_rows(values: &[Val<'_>], width: usize) -> String {
         out.push(']');
     }
     out.push(']');
+    out
+}
+
+/// Rows of `width` values in the text format of PostgreSQL's `COPY … FROM STDIN`: tab-separated, one per line,
+/// `\N` for NULL, and backslash, tab, line feed and carriage return escaped in text.
+pub(crate) fn copy_text(values: &[Val<'_>], width: usize) -> String {
+    let mut out = String::with_capacity(values.len() * 8);
+    for row in values.chunks(width) {
+        for (j, value) in row.iter().enumerate() {
+            if j > 0 {
+                out.push('\t');
+            }
+            match *value {
+                Val::Int(v) | Val::OptInt(Some(v)) => out.push_str(itoa::Buffer::new().format(v)),
+                Val::OptInt(None) => out.push_str("\\N"),
+                Val::Bool(v) => out.push(if v { 't' } else { 'f' }),
+                Val::Text(v) => {
+                    for c in v.chars() {
+                        match c {
+                            '\\' => out.push_str("\\\\"),
+                            '\t' => out.push_str("\\t"),
+                            '\n' => out.push_str("\\n"),
+                            '\r' => out.push_str("\\r"),
+                            c => out.push(c),
+                        }
+                    }
+                }
+            }
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -1968,6 +2012,9 @@ macro_rules! shared_sql {
             /// Inserts `values` (rows of `columns.len()` values, one after the other), [`BULK_ROWS`] rows a
             /// statement.
             async fn bulk_insert(tx: &mut Tx, table: &str, columns: &[&str], values: &[Val<'_>]) -> StoreResult<()> {
+                if values.is_empty() || <$store as Backend>::copy_rows(tx, table, columns, values).await? {
+                    return Ok(());
+                }
                 bulk(tx, BulkWrite::Insert, table, columns, values).await
             }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
-use super::sql::{Backend, Col, shared_sql};
+use super::sql::{Backend, Col, Val, shared_sql};
 use super::sqlite_writer::GroupWriter;
 use super::{Change, ChangeOutcome, ExportDetail, LoadError, StoreError, StoreResult};
 use crate::state::PortalState;
@@ -68,6 +68,16 @@ impl Backend for SqliteStore {
     fn json_rows_sql(types: &[Col]) -> String {
         let values: Vec<String> = (0..types.len()).map(|i| format!("value ->> {i}")).collect();
         format!("SELECT {} FROM json_each($1)", values.join(", "))
+    }
+
+    /// SQLite has no bulk path beyond statements: a `json_each` insert is as fast as its prepared inserts.
+    async fn copy_rows<'a>(
+        _tx: &'a mut Transaction<'static, Sqlite>,
+        _table: &'a str,
+        _columns: &'a [&'a str],
+        _values: &'a [Val<'a>],
+    ) -> StoreResult<bool> {
+        Ok(false)
     }
 
     /// Children before parents. A `DELETE` without a `WHERE` of a table no foreign key points at empties it

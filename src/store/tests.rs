@@ -470,3 +470,37 @@ async fn postgres_a_failing_change_is_left_out_of_its_group() {
     }
     assert_eq!(a.apply(message("good")).await.unwrap(), ChangeOutcome::MessageAdded { id: 1003 });
 }
+
+/// Text with the characters a bulk path must escape (PostgreSQL's `COPY` text format: backslash, tab, line
+/// feed, carriage return; and the two-character `\N` that means NULL there) is stored and exported as given.
+async fn awkward_text_survives_a_load(db: TestDb) {
+    let store = db.instance().await;
+    let mut state = portal(1);
+    let texts = ["tab\there", "line\nfeed\r\nand back", "back\\slash \\N \\t", "ünïcødé \"quoted\" 'single'", "\\"];
+    state.chats.last_mut().unwrap().messages = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| state::MessageDef {
+            id: 7000 + i as i64,
+            author: 12,
+            text: (*text).into(),
+            date: "2026-11-20T10:00:00Z".into(),
+        })
+        .collect();
+    state.lines[0].connectors[0].title = "Online\tchat\\\n".into();
+    store.load_state(state, true, 0).await.unwrap();
+    let exported = store.export_state().await.unwrap();
+    let chat = exported.chats.iter().find(|c| c.id == FIRST_CHAT).unwrap();
+    assert_eq!(chat.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), texts);
+    assert_eq!(exported.lines[0].connectors[0].title, "Online\tchat\\\n");
+}
+
+#[tokio::test]
+async fn sqlite_awkward_text_survives_a_load() {
+    awkward_text_survives_a_load(TestDb::sqlite()).await
+}
+
+#[tokio::test]
+async fn postgres_awkward_text_survives_a_load() {
+    awkward_text_survives_a_load(TestDb::postgres().await).await
+}
